@@ -1,0 +1,31 @@
+"""Rebuild a trained model from a checkpoint file alone: the checkpoint carries the model config and vocabulary."""
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from makemore_lab.data import Vocabulary
+from makemore_lab.errors import UserError
+
+
+def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary, dict]:
+    """Returns (net in eval mode on the CPU, its vocabulary, the checkpoint's makemore_lab metadata)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        # weights_only: a checkpoint holds tensors and plain values only, so nothing in it can run code.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(err).__name__})") from None
+    meta = checkpoint.get("makemore_lab") if isinstance(checkpoint, dict) else None
+    if not meta or "state_dict" not in checkpoint:
+        raise UserError(f"checkpoint {path} was not written by makemore-lab (no model config inside)")
+    vocab = Vocabulary(tuple(meta["vocab"]))
+    net = instantiate(meta["model"], vocab_size=len(vocab), block_size=meta["block_size"])
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    return net.eval(), vocab, meta

@@ -1,0 +1,172 @@
+"""Character data: one item per line -> (context window, next character) examples, split as in the lectures."""
+
+import random
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from makemore_lab.errors import UserError
+
+BOUNDARY = "."  # index 0: marks both the start and the end of an item, as in the lectures
+
+
+def builtin_names_path() -> Path:
+    """makemore's names.txt (32,033 names) shipped inside the package, so training needs no download."""
+    return Path(str(resources.files("makemore_lab") / "datasets" / "names.txt"))
+
+
+def read_items(path: str | Path | None) -> list[str]:
+    """Read one item per line; blank lines and surrounding whitespace are ignored. None means names.txt."""
+    path = builtin_names_path() if path is None else Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"data file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"data path is a directory, not a file: {path}") from None
+    except OSError as err:
+        raise UserError(f"cannot read data file {path}: {err.strerror}") from None
+    if b"\x00" in raw:
+        raise UserError(f"data file {path} looks binary (it contains NUL bytes); expected text, one item per line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"data file {path} is not UTF-8 text (bad byte at offset {err.start})") from None
+    items = [line.strip() for line in text.splitlines()]
+    items = [item for item in items if item]
+    if not items:
+        raise UserError(f"data file {path} has no items (it is empty or only blank lines)")
+    bad = next((item for item in items if BOUNDARY in item), None)
+    if bad is not None:
+        raise UserError(f"data item {bad!r} contains {BOUNDARY!r}, which the vocabulary reserves for start/end")
+    return items
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """'.' at index 0, then the sorted characters of the data."""
+
+    chars: tuple[str, ...]
+
+    @classmethod
+    def from_items(cls, items: list[str]) -> "Vocabulary":
+        return cls((BOUNDARY, *sorted(set("".join(items)))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {ch: i for i, ch in enumerate(self.chars)}
+
+    def encode(self, item: str) -> list[int]:
+        return [self.index[ch] for ch in item]
+
+    def decode(self, indices) -> str:
+        return "".join(self.chars[i] for i in indices)
+
+
+def split_items(items: list[str], train_fraction: float, val_fraction: float, seed: int):
+    """The lecture split: random.seed(42); random.shuffle(words); cut at 80% and 90%."""
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    n1 = int(train_fraction * len(shuffled))
+    n2 = int((train_fraction + val_fraction) * len(shuffled))
+    return shuffled[:n1], shuffled[n1:n2], shuffled[n2:]
+
+
+def make_examples(items: list[str], vocab: Vocabulary, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every position of every item (and its end mark) becomes one example: the block_size previous indices -> next."""
+    contexts, targets = [], []
+    for item in items:
+        context = [0] * block_size
+        for ix in vocab.encode(item) + [0]:
+            contexts.append(context)
+            targets.append(ix)
+            context = context[1:] + [ix]
+    return torch.tensor(contexts, dtype=torch.long).view(-1, block_size), torch.tensor(targets, dtype=torch.long)
+
+
+class TensorPairs(torch.utils.data.Dataset):
+    """Indexed with a whole list of indices at once, so a batch is two tensor gathers, not a Python collate."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, indices):
+        return self.x[indices], self.y[indices]
+
+
+class CharDataModule(pl.LightningDataModule):
+    """Loads the items, builds the vocabulary and the three splits as tensors.
+
+    `block_size=None` means "the longest item + 1", so a sequence model sees a whole item (makemore.py's choice).
+    `vocab` fixes the vocabulary (a trained model's) instead of deriving it from the data.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        block_size: int | None = 3,
+        batch_size: int = 32,
+        eval_batch_size: int = 4096,
+        train_fraction: float = 0.8,
+        val_fraction: float = 0.1,
+        split_seed: int = 42,
+        vocab: Vocabulary | None = None,
+    ):
+        super().__init__()
+        if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+            raise UserError(f"block_size must be a positive integer (or null for longest item + 1), got {block_size!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+        if not (0 < train_fraction < 1 and 0 < val_fraction < 1 and train_fraction + val_fraction < 1):
+            raise UserError("data.train_fraction and data.val_fraction must be in (0, 1) and leave room for a test split")
+        self.path, self.batch_size, self.eval_batch_size = path, batch_size, eval_batch_size
+        self.train_fraction, self.val_fraction, self.split_seed = train_fraction, val_fraction, split_seed
+        self.items = read_items(path)
+        self.source = None if path is None else str(Path(path).resolve())  # absolute: checkpoints work from any dir
+        self.vocab = vocab or Vocabulary.from_items(self.items)
+        unknown = set("".join(self.items)) - set(self.vocab.chars)
+        if unknown:
+            raise UserError(f"the data has characters outside the vocabulary: {''.join(sorted(unknown))!r}")
+        self.block_size = block_size if block_size is not None else max(map(len, self.items)) + 1
+        self.train_items, self.val_items, self.test_items = split_items(
+            self.items, train_fraction, val_fraction, split_seed
+        )
+        if not (self.train_items and self.val_items and self.test_items):
+            raise UserError(
+                f"data file {self.path or 'names.txt'} has {len(self.items)} items: too few to make non-empty "
+                "train/val/test splits"
+            )
+        self.splits = {
+            name: TensorPairs(*make_examples(items, self.vocab, self.block_size))
+            for name, items in (("train", self.train_items), ("val", self.val_items), ("test", self.test_items))
+        }
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        # batch_size=None turns off per-item collation: the sampler hands the dataset a whole batch of indices.
+        return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,101 @@
+"""Recurrent models over the context window, makemore.py style: a cell does one time step, RecurrentLM loops.
+
+- rnn: Elman / Mikolov et al. 2010 (https://www.fit.vutbr.cz/research/groups/speech/publi/2010/mikolov_interspeech2010_IS100722.pdf)
+- gru: Cho et al. 2014 (https://arxiv.org/abs/1409.1259)
+- lstm: Hochreiter & Schmidhuber 1997
+A cell's state is the hidden vector (rnn, gru) or a (hidden, memory) pair (lstm); `hidden(state)` reads it out.
+The nonlinearities are nn.Module instances (not torch.tanh) so the diagnostics callbacks can hook them.
+"""
+
+import torch
+from torch import nn
+
+from makemore_lab.errors import UserError
+from makemore_lab.models.init import initialize
+
+
+class RNNCell(nn.Module):
+    def __init__(self, n_embd: int, n_hidden: int):
+        super().__init__()
+        self.xh_to_h = nn.Linear(n_embd + n_hidden, n_hidden)
+        self.act = nn.Tanh()
+
+    def initial_state(self, start: torch.Tensor):
+        return start
+
+    def hidden(self, state) -> torch.Tensor:
+        return state
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.act(self.xh_to_h(torch.cat([x, h], dim=1)))
+
+
+class GRUCell(RNNCell):
+    """Gates decide how much of the old state to keep, so gradients survive longer contexts than in a plain RNN."""
+
+    def __init__(self, n_embd: int, n_hidden: int):
+        super().__init__(n_embd, n_hidden)  # xh_to_h proposes the candidate state
+        self.xh_to_z = nn.Linear(n_embd + n_hidden, n_hidden)
+        self.xh_to_r = nn.Linear(n_embd + n_hidden, n_hidden)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        xh = torch.cat([x, h], dim=1)
+        r = self.gate(self.xh_to_r(xh))  # reset: how much of h the candidate may see
+        h_candidate = self.act(self.xh_to_h(torch.cat([x, r * h], dim=1)))
+        z = self.gate(self.xh_to_z(xh))  # update: blend old state and candidate
+        return (1 - z) * h + z * h_candidate
+
+
+class LSTMCell(RNNCell):
+    """A separate memory cell, written and read through input/forget/output gates."""
+
+    def __init__(self, n_embd: int, n_hidden: int):
+        super().__init__(n_embd, n_hidden)
+        self.xh_to_h = nn.Linear(n_embd + n_hidden, 4 * n_hidden)  # all four gates in one matmul
+        self.gate = nn.Sigmoid()
+        self.memory_act = nn.Tanh()
+
+    def initial_state(self, start: torch.Tensor):
+        return start, torch.zeros_like(start)
+
+    def hidden(self, state) -> torch.Tensor:
+        return state[0]
+
+    def forward(self, x: torch.Tensor, state):
+        h, c = state
+        i, f, o, g = self.xh_to_h(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        c = self.gate(f) * c + self.gate(i) * self.act(g)
+        return self.gate(o) * self.memory_act(c), c
+
+
+CELLS = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
+
+
+class RecurrentLM(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        cell: str = "rnn",
+        n_embd: int = 64,
+        n_hidden: int = 64,
+        init: str = "torch",
+    ):
+        super().__init__()
+        if cell not in CELLS:
+            raise UserError(f"model.cell must be one of {', '.join(CELLS)}; got {cell!r}")
+        self.block_size = block_size
+        self.start = nn.Parameter(torch.zeros(1, n_hidden))  # the learned state before the first character
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.cell = CELLS[cell](n_embd, n_hidden)
+        self.lm_head = nn.Linear(n_hidden, vocab_size)
+        initialize(self, init)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        emb = self.wte(idx)  # (B, T, n_embd)
+        state = self.cell.initial_state(self.start.expand(B, -1))
+        for t in range(T):
+            state = self.cell(emb[:, t], state)
+        return self.lm_head(self.cell.hidden(state))  # (B, V)

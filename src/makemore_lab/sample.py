@@ -1,0 +1,41 @@
+"""Sample items from a checkpoint: exactly num_samples lines on stdout, the novelty report on stderr."""
+
+import sys
+
+import torch
+from omegaconf import DictConfig
+
+from makemore_lab.checkpoint import load_trained_net
+from makemore_lab.data import CharDataModule
+from makemore_lab.errors import UserError, exit_on_user_error
+from makemore_lab.sampling import generate
+
+
+def training_items(meta: dict) -> set[str] | None:
+    """The training split the checkpoint was trained on, rebuilt from its data config; None if the file is gone."""
+    data = {k: v for k, v in meta["data"].items() if k not in ("_target_", "block_size")}
+    try:
+        return set(CharDataModule(**data, block_size=1).train_items)
+    except UserError:
+        return None
+
+
+@exit_on_user_error
+def run(cfg: DictConfig) -> list[str]:
+    if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
+        raise UserError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
+    if not isinstance(cfg.temperature, (int, float)) or cfg.temperature <= 0:
+        raise UserError(f"temperature must be a positive number, got {cfg.temperature!r}")
+    if cfg.top_k is not None and (not isinstance(cfg.top_k, int) or cfg.top_k < 1):
+        raise UserError(f"top_k must be a positive integer or null, got {cfg.top_k!r}")
+    net, vocab, meta = load_trained_net(cfg.ckpt_path)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    items = generate(net, vocab, cfg.num_samples, meta["block_size"], generator, cfg.temperature, cfg.top_k, cfg.max_length)
+    print("\n".join(items), flush=True)
+    seen = training_items(meta)
+    if seen is None:
+        print("novelty unknown: the training data file is not available", file=sys.stderr)
+    else:
+        novel = sum(item not in seen for item in items)
+        print(f"{novel}/{len(items)} samples are novel (not in the training split)", file=sys.stderr)
+    return items
