@@ -1,0 +1,63 @@
+"""Shared fixtures: configs composed the way ./train.py composes them, shrunk to seconds, writing under tmp_path."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(ROOT / "configs")
+NAMES = ROOT / "src" / "makemore_lab" / "datasets" / "names.txt"
+
+# A run of a few steps that still validates twice, checkpoints, and writes TensorBoard events.
+TINY = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.accelerator=cpu", "num_samples=3"]
+
+
+@pytest.fixture(scope="session")
+def small_names(tmp_path_factory) -> Path:
+    """The first 600 names: enough for three splits, small enough that nine models train in seconds."""
+    path = tmp_path_factory.mktemp("data") / "small_names.txt"
+    path.write_text("\n".join(NAMES.read_text().split()[:600]) + "\n")
+    return path
+
+
+@pytest.fixture
+def compose_train(tmp_path):
+    """compose_train(*overrides) -> the train config, as `python train.py <overrides>` would see it."""
+
+    def _compose(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            cfg = compose("train", overrides=[*TINY, f"paths.output_dir={tmp_path}", *overrides])
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the root entry points as a user would, capturing stdout and stderr separately."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[float]]:
+    """All scalar series in the TensorBoard event files under event_dir, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(event_dir))
+    mux.Reload()
+    series: dict[str, list[float]] = {}
+    for run, tags in mux.Runs().items():
+        for tag in tags.get("scalars", []):
+            series.setdefault(tag, []).extend(e.value for e in mux.Scalars(run, tag))
+    return series

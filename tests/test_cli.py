@@ -1,0 +1,99 @@
+"""The root entry points run as a user runs them: train.py -> checkpoint -> sample.py / eval.py, and bad input."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_script
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, small_names):
+    run_dir = tmp_path_factory.mktemp("cli_run")
+    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_train_writes_a_complete_run_dir(trained_run):
+    run_dir, result = trained_run
+    assert (run_dir / ".hydra" / "config.yaml").is_file()  # the resolved config
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 20
+    assert "samples:" in result.stdout and "final loss" in result.stdout + result.stderr
+
+
+def test_sample_prints_exactly_n_items_and_is_seeded(trained_run):
+    run_dir, _ = trained_run
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    first = run_script("sample.py", ckpt, "num_samples=7", "seed=3")
+    again = run_script("sample.py", ckpt, "num_samples=7", "seed=3")
+    other = run_script("sample.py", ckpt, "num_samples=7", "seed=4", "temperature=0.5", "top_k=5")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert len(lines) == 7 and all(lines)
+    assert again.stdout == first.stdout and other.stdout != first.stdout
+    assert re.search(r"\d+/7 samples are novel", first.stderr)
+
+
+def test_sample_works_from_another_directory(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    result = run_script("sample.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "num_samples=2", cwd=tmp_path)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
+    assert not list(tmp_path.iterdir())  # sampling leaves no run directory behind
+
+
+def test_eval_reproduces_the_runs_losses(trained_run):
+    run_dir, _ = trained_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = run_script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert result.returncode == 0, result.stderr
+    losses = dict(re.findall(r"^(val_loss|test_loss): ([0-9.]+)$", result.stdout, re.M))
+    assert float(losses["val_loss"]) == pytest.approx(summary["val_loss"], abs=1e-4)
+    assert float(losses["test_loss"]) == pytest.approx(summary["test_loss"], abs=1e-4)
+
+
+def bad_file(tmp_path: Path, content: bytes) -> str:
+    path = tmp_path / "data.txt"
+    path.write_bytes(content)
+    return f"data.path={path}"
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda t: ["data.path=/no/such/file.txt"], "data file not found"),
+        (lambda t: [bad_file(t, b"")], "no items"),
+        (lambda t: [bad_file(t, b"\n \n\n")], "no items"),
+        (lambda t: [bad_file(t, b"ann\nbob\n")], "too few"),
+        (lambda t: [bad_file(t, b"\x89PNG\r\n\x1a\n\x00\x00")], "binary"),
+        (lambda t: [bad_file(t, b"caf\xe9\nbob\nann\nsue\n")], "not UTF-8"),
+        (lambda t: ["model=nosuchmodel"], "Could not find 'model/nosuchmodel'"),
+        (lambda t: ["optimizer.lr=fast"], "optimizer.lr must be a positive number"),
+        (lambda t: ["optimizer.lr=-0.1"], "optimizer.lr must be a positive number"),
+        (lambda t: ["block_size=0"], "block_size must be a positive integer"),
+        (lambda t: ["model=wavenet", "block_size=6"], "power of two"),
+        (lambda t: ["model.n_hidden=wide"], "bad model config"),
+    ],
+)
+def test_bad_train_input_is_one_line_without_traceback(tmp_path, make_args, message):
+    result = run_script("train.py", *make_args(tmp_path), f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_steps=5")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("script", ["sample.py", "eval.py"])
+def test_missing_and_corrupt_checkpoints(tmp_path, script):
+    missing = run_script(script, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'nope.ckpt'}"
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    result = run_script(script, f"ckpt_path={corrupt}")
+    assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""

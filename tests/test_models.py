@@ -1,0 +1,98 @@
+"""The architectures as plain nn.Modules, no Hydra: shapes, sizes, the lecture's initial-loss sanity check."""
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from makemore_lab.data import Vocabulary
+from makemore_lab.errors import UserError
+from makemore_lab.models.bigram import Bigram
+from makemore_lab.models.bow import BagOfWords
+from makemore_lab.models.mlp import MLP
+from makemore_lab.models.mlp_bn import DeepMLP
+from makemore_lab.models.rnn import RecurrentLM
+from makemore_lab.models.transformer import Transformer
+from makemore_lab.models.wavenet import WaveNet
+from makemore_lab.sampling import generate
+
+V = 27
+BUILDERS = {
+    "bigram": lambda init: Bigram(V, 1, init=init),
+    "mlp": lambda init: MLP(V, 3, init=init),
+    "mlp_batchnorm": lambda init: MLP(V, 3, batchnorm=True, init=init),
+    "mlp_bn": lambda init: DeepMLP(V, 3, init=init),
+    "wavenet": lambda init: WaveNet(V, 8, init=init),
+    "rnn": lambda init: RecurrentLM(V, 16, "rnn", init=init),
+    "gru": lambda init: RecurrentLM(V, 16, "gru", init=init),
+    "lstm": lambda init: RecurrentLM(V, 16, "lstm", init=init),
+    "transformer": lambda init: Transformer(V, 16, init=init),
+    "bow": lambda init: BagOfWords(V, 16, init=init),
+}
+
+
+def n_params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_lecture_parameter_counts():
+    assert n_params(MLP(V, 3)) == 11_897
+    assert n_params(MLP(V, 3, batchnorm=True)) == 12_097
+    assert n_params(WaveNet(V, 8)) == 76_579
+    assert n_params(Bigram(V, 1)) == 729
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_logits_shape_and_kaiming_initial_loss_near_ln_vocab(name):
+    torch.manual_seed(0)
+    net = BUILDERS[name]("kaiming")
+    x = torch.randint(0, V, (256, net.block_size))
+    logits = net(x)
+    assert logits.shape == (256, V)
+    loss = F.cross_entropy(logits, torch.randint(0, V, (256,))).item()
+    assert abs(loss - math.log(V)) < 0.1 * math.log(V), f"{name} starts at {loss:.3f}, far from ln 27"
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp_bn", "wavenet"])
+def test_naive_init_starts_confidently_wrong(name):
+    torch.manual_seed(0)
+    net = BUILDERS[name]("naive")
+    loss = F.cross_entropy(net(torch.randint(0, V, (256, net.block_size))), torch.randint(0, V, (256,))).item()
+    assert loss > 2 * math.log(V)
+
+
+def test_torch_init_leaves_pytorch_defaults():
+    torch.manual_seed(0)
+    net = MLP(V, 3, init="torch")
+    torch.manual_seed(0)  # the same layers in the same order draw the same default weights
+    wte, hidden, head = torch.nn.Embedding(V, 10), torch.nn.Linear(30, 200), torch.nn.Linear(200, V)
+    assert torch.equal(net.wte.weight, wte.weight)
+    assert torch.equal(net.hidden.weight, hidden.weight) and torch.equal(net.lm_head.bias, head.bias)
+
+
+def test_bad_model_options_are_user_errors():
+    with pytest.raises(UserError, match="power of two"):
+        WaveNet(V, 6)
+    with pytest.raises(UserError, match="model.init"):
+        MLP(V, 3, init="xavier")
+    with pytest.raises(UserError, match="model.cell"):
+        RecurrentLM(V, 4, "tcn")
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer", "lstm"])
+def test_generate_is_seeded_and_ends_items(name):
+    net = BUILDERS[name]("kaiming")
+    vocab = Vocabulary(tuple(".abcdefghijklmnopqrstuvwxyz"))
+    a = generate(net, vocab, 8, net.block_size, torch.Generator().manual_seed(1), max_length=30)
+    b = generate(net, vocab, 8, net.block_size, torch.Generator().manual_seed(1), max_length=30)
+    assert a == b and len(a) == 8
+    assert all("." not in item and len(item) <= 30 for item in a)
+
+
+def test_generate_top_k_1_is_greedy():
+    torch.manual_seed(0)
+    net = MLP(V, 3)
+    vocab = Vocabulary(tuple(".abcdefghijklmnopqrstuvwxyz"))
+    items = generate(net, vocab, 5, 3, torch.Generator().manual_seed(3), top_k=1, max_length=20)
+    assert len(set(items)) == 1  # argmax sampling: every item identical
