@@ -133,6 +133,9 @@ def train(cfg: DictConfig) -> dict:
         "samples": samples,
         "output_dir": str(out_dir),
     }
+    for callback in callbacks:  # callbacks that measure something add it here (e.g. the diagnostics' `health`)
+        if hasattr(callback, "summary_fields"):
+            summary.update(callback.summary_fields())
     write_json_atomically(out_dir / "summary.json", summary)
     log.info("summary: %s", out_dir / "summary.json")
     return summary
