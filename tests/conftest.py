@@ -61,3 +61,17 @@ def read_scalars(event_dir: Path) -> dict[str, list[float]]:
         for tag in tags.get("scalars", []):
             series.setdefault(tag, []).extend(e.value for e in mux.Scalars(run, tag))
     return series
+
+
+def read_scalar_steps(event_dir: Path) -> dict[str, list[int]]:
+    """The global steps at which each scalar tag was logged, in order."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(event_dir))
+    mux.Reload()
+    steps: dict[str, list[int]] = {}
+    for run, tags in mux.Runs().items():
+        for tag in tags.get("scalars", []):
+            steps.setdefault(tag, []).extend(e.step for e in mux.Scalars(run, tag))
+    return steps

@@ -46,7 +46,7 @@ def test_default_run_reads_back_from_tensorboard_and_checkpoint(compose_train, s
     scalars = read_scalars(out / "tensorboard")
     assert len(scalars["train/loss"]) >= 10  # every 5 steps
     assert len(scalars["val/loss"]) == 6  # every 10 steps
-    assert scalars["lr-SGD"][0] == pytest.approx(0.1) and scalars["lr-SGD"][-1] == pytest.approx(0.01)  # step decay
+    assert scalars["lr"][0] == pytest.approx(0.1) and scalars["lr"][-1] == pytest.approx(0.01)  # step decay
     assert scalars["test/loss"] == [pytest.approx(summary["test_loss"])]
     assert scalars["hparams/val_loss"] == [pytest.approx(summary["val_loss"])]
     assert summary["val_loss"] < summary["initial_loss"]  # it learned something in 60 steps
@@ -77,14 +77,15 @@ def test_init_naive_starts_far_above_ln_v(compose_train, small_names):
 
 
 @pytest.mark.parametrize(
-    "schedule, expected_last_lr",
-    [("constant", 0.1), ("step", 0.01), ("cosine", 0.1 * 0.5 * (1 + math.cos(math.pi * 19 / 20)))],
+    "schedule, multiplier",
+    [("constant", lambda s: 1.0), ("step", lambda s: 1.0 if s < 10 else 0.1), ("cosine", lambda s: 0.5 * (1 + math.cos(math.pi * s / 20)))],
 )
-def test_schedules_reach_the_optimizer(compose_train, small_names, schedule, expected_last_lr):
+def test_schedules_reach_the_optimizer(compose_train, small_names, schedule, multiplier):
+    """`lr` at step s is the rate the optimizer uses for step s (0-based), for every step of a 20-step run."""
     cfg = compose_train(f"data.path={small_names}", f"schedule={schedule}", "trainer.log_every_n_steps=1")
     train(cfg)
-    lrs = read_scalars(Path(cfg.paths.output_dir) / "tensorboard")["lr-SGD"]
-    assert lrs[-1] == pytest.approx(expected_last_lr, rel=1e-5)
+    lrs = read_scalars(Path(cfg.paths.output_dir) / "tensorboard")["lr"]
+    assert lrs == pytest.approx([0.1 * multiplier(s) for s in range(1, 21)], rel=1e-5, abs=1e-9)
 
 
 def test_checkpoint_holds_optimizer_state_for_resume(compose_train, small_names):

@@ -110,6 +110,7 @@ class CharDataModule(pl.LightningDataModule):
 
     `block_size=None` means "the longest item + 1", so a sequence model sees a whole item (makemore.py's choice).
     `vocab` fixes the vocabulary (a trained model's) instead of deriving it from the data.
+    `steps_per_call`: a training batch holds this many minibatches, cut apart by the module (see CharLM).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class CharDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 42,
         vocab: Vocabulary | None = None,
+        steps_per_call: int = 1,
     ):
         super().__init__()
         if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
@@ -131,6 +133,7 @@ class CharDataModule(pl.LightningDataModule):
         if not (0 < train_fraction < 1 and 0 < val_fraction < 1 and train_fraction + val_fraction < 1):
             raise UserError("data.train_fraction and data.val_fraction must be in (0, 1) and leave room for a test split")
         self.path, self.batch_size, self.eval_batch_size = path, batch_size, eval_batch_size
+        self.steps_per_call = steps_per_call
         self.train_fraction, self.val_fraction, self.split_seed = train_fraction, val_fraction, split_seed
         self.items = read_items(path)
         self.source = None if path is None else str(Path(path).resolve())  # absolute: checkpoints work from any dir
@@ -163,7 +166,9 @@ class CharDataModule(pl.LightningDataModule):
         return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        # One permutation per epoch, cut into steps_per_call * batch_size pieces: the same minibatches, in the
+        # same order, as batch_size pieces would give.
+        return self._loader("train", self.batch_size * self.steps_per_call, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -9,18 +9,37 @@ from torch.optim.lr_scheduler import LambdaLR
 class CharLM(pl.LightningModule):
     """Next-character cross-entropy (nats) for any `net` mapping (B, block_size) contexts to (B, V) logits.
 
+    Each Lightning batch holds `steps_per_call` minibatches of `batch_size` examples, and one training_step makes
+    that many optimizer steps (manual optimization). At the lectures' model sizes a step costs a fraction of a
+    millisecond and Lightning's per-batch machinery about a millisecond; doing many steps per call amortises it.
+    Semantics stay those of one step per minibatch: the same minibatches in the same order, `global_step` counts
+    optimizer steps, the schedule steps after every optimizer step, and training stops exactly at max_steps.
+    The step calls torch directly (backward, optimizer.step), so Lightning's per-step hooks (on_before_backward,
+    on_after_backward, on_before_optimizer_step) do not run, nor does its fp16 gradient scaler: use 32-bit or
+    bf16 precision. Under DDP train.py sets steps_per_call to 1 (DDP syncs gradients once per forward call).
+
     Args:
         net: the architecture (an nn.Module from makemore_lab.models).
         optimizer: a partial optimizer, completed here with the parameters (configs/optimizer/).
         schedule: a partial from makemore_lab.schedules, completed with trainer.max_steps; None for a constant lr.
+        batch_size: examples per optimizer step.
         checkpoint_meta: what a checkpoint needs to rebuild `net` alone (config, vocabulary), stored in every save.
     """
 
-    def __init__(self, net: torch.nn.Module, optimizer, schedule=None, checkpoint_meta: dict | None = None):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        optimizer,
+        schedule=None,
+        batch_size: int = 32,
+        checkpoint_meta: dict | None = None,
+    ):
         super().__init__()
+        self.automatic_optimization = False
         self.net = net
         self.optimizer_factory = optimizer
         self.schedule_factory = schedule
+        self.batch_size = batch_size
         self.checkpoint_meta = dict(checkpoint_meta or {})
         self.initial_loss: float | None = None  # loss of the very first step, for the lecture's ln(V) check
 
@@ -28,17 +47,35 @@ class CharLM(pl.LightningModule):
         return self.net(idx)
 
     def training_step(self, batch, batch_idx):
+        optimizer, scheduler = self.optimizers().optimizer, self.lr_schedulers()
+        # Lightning's own step counter (trainer.global_step), advanced here as its optimizer wrapper would advance it.
+        step_counter = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         x, y = batch
-        loss = F.cross_entropy(self.net(x), y)
-        if self.global_step == 0 and self.initial_loss is None:
-            self.initial_loss = loss.item()  # one sync, on the first step only
+        steps_left = self.trainer.max_steps - self.global_step
+        for xb, yb in list(zip(x.split(self.batch_size), y.split(self.batch_size)))[:steps_left]:
+            loss = F.cross_entropy(self.net(xb), yb)
+            if self.initial_loss is None and self.global_step == 0:
+                self.initial_loss = loss.item()  # one sync, on the first step only
+            # The torch optimizer itself, not Lightning's wrapper: its per-step hooks cost more than a small
+            # model's whole step. torch's own optimizer step hooks still fire (the diagnostics use them).
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_counter.increment_ready()
+            step_counter.increment_completed()
+            if scheduler is not None:
+                scheduler.step()
+        # Logged once per call, against the optimizer step (the "step" key), not Lightning's batch counter.
         self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", optimizer.param_groups[0]["lr"])
+        self.log("step", float(self.global_step))
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         # batch_size makes Lightning weight each batch by its size: the epoch value is the exact mean over the split.
         self.log("val/loss", F.cross_entropy(self.net(x), y), batch_size=len(y), prog_bar=True)
+        self.log("step", float(self.global_step), batch_size=len(y))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -44,6 +44,26 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
 
 
+def effective_steps_per_call(cfg: DictConfig) -> int:
+    """Optimizer steps per Lightning call, shrunk to divide the validation and logging intervals so both stay exact.
+
+    DDP gets 1: its gradient sync is set up once per forward call of the wrapped module.
+    """
+    k = cfg.steps_per_call
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UserError(f"steps_per_call must be a positive integer, got {k!r}")
+    if "ddp" in str(cfg.trainer.get("strategy", "")):
+        return 1
+    if str(cfg.trainer.get("precision", "")).startswith("16"):
+        raise UserError("trainer.precision=16-mixed is not supported (the fast step has no gradient scaler); use bf16-mixed")
+    for key in ("val_check_interval", "log_every_n_steps"):
+        interval = cfg.trainer.get(key)
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise UserError(f"trainer.{key} must be a positive number of steps, got {interval!r}")
+        k = math.gcd(k, interval)
+    return k
+
+
 def write_json_atomically(path: Path, data: dict) -> None:
     """Write to a temporary file, then rename: a reader never sees a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -70,7 +90,8 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
 
-    datamodule = build(cfg.data, "data")
+    steps_per_call = effective_steps_per_call(cfg)
+    datamodule = build(cfg.data, "data", steps_per_call=steps_per_call)
     net = build(cfg.model, "model", vocab_size=datamodule.vocab_size, block_size=datamodule.block_size)
     params = sum(p.numel() for p in net.parameters())
     log.info(
@@ -86,11 +107,19 @@ def train(cfg: DictConfig) -> dict:
         "block_size": datamodule.block_size,
     }
     schedule = build(cfg.schedule, "schedule") if cfg.get("schedule") else None
-    module = CharLM(net, build(cfg.optimizer, "optimizer"), schedule, checkpoint_meta)
+    module = CharLM(net, build(cfg.optimizer, "optimizer"), schedule, cfg.data.batch_size, checkpoint_meta)
 
     callbacks = [build(c, "callbacks") for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = build(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        # Lightning counts these in batches; a batch is steps_per_call optimizer steps.
+        val_check_interval=cfg.trainer.val_check_interval // steps_per_call,
+        log_every_n_steps=cfg.trainer.log_every_n_steps // steps_per_call,
+    )
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
