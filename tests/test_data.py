@@ -24,7 +24,7 @@ def test_lecture_split_sizes_with_block_size_3():
 def test_block_size_none_means_longest_item_plus_one(tmp_path):
     path = tmp_path / "items.txt"
     path.write_text("\n".join(["ab", "abcdefg", "c", "de", "fgh", "ee", "ba", "cab", "dd", "xy"]))
-    assert CharDataModule(path=str(path), block_size=None).block_size == 8
+    assert CharDataModule(path=str(path), block_size=None, batch_size=4).block_size == 8
 
 
 def test_blank_lines_and_trailing_whitespace_are_ignored(tmp_path):

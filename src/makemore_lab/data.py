@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from makemore_lab.errors import UserError
 
@@ -105,6 +105,23 @@ class TensorPairs(torch.utils.data.Dataset):
         return self.x[indices], self.y[indices]
 
 
+class IndexBatches(torch.utils.data.Sampler):
+    """Index tensors of `batch_size` over `n` examples: each epoch one random permutation (or 0..n-1 in order).
+
+    Tensors, not lists of ints: gathering a batch with a tensor index is one fast op (see TensorPairs).
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool):
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+
+    def __iter__(self):
+        order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
+        yield from order.split(self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
 class CharDataModule(pl.LightningDataModule):
     """Loads the items, builds the vocabulary and the three splits as tensors.
 
@@ -154,6 +171,11 @@ class CharDataModule(pl.LightningDataModule):
             name: TensorPairs(*make_examples(items, self.vocab, self.block_size))
             for name, items in (("train", self.train_items), ("val", self.val_items), ("test", self.test_items))
         }
+        if len(self.splits["train"]) < batch_size:
+            raise UserError(
+                f"data.batch_size ({batch_size}) is larger than the training split ({len(self.splits['train'])} "
+                "examples): lower data.batch_size or use more data"
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -161,9 +183,8 @@ class CharDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.splits[split]
-        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         # batch_size=None turns off per-item collation: the sampler hands the dataset a whole batch of indices.
-        return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+        return DataLoader(dataset, sampler=IndexBatches(len(dataset), batch_size, shuffle), batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
         # One permutation per epoch, cut into steps_per_call * batch_size pieces: the same minibatches, in the

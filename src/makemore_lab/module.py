@@ -3,7 +3,8 @@
 import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
-from torch.optim.lr_scheduler import LambdaLR
+
+from makemore_lab.schedules import constant
 
 
 class CharLM(pl.LightningModule):
@@ -13,7 +14,7 @@ class CharLM(pl.LightningModule):
     that many optimizer steps (manual optimization). At the lectures' model sizes a step costs a fraction of a
     millisecond and Lightning's per-batch machinery about a millisecond; doing many steps per call amortises it.
     Semantics stay those of one step per minibatch: the same minibatches in the same order, `global_step` counts
-    optimizer steps, the schedule steps after every optimizer step, and training stops exactly at max_steps.
+    optimizer steps, the schedule sets the lr of every optimizer step, and training stops exactly at max_steps.
     The step calls torch directly (backward, optimizer.step), so Lightning's per-step hooks (on_before_backward,
     on_after_backward, on_before_optimizer_step) do not run, nor does its fp16 gradient scaler: use 32-bit or
     bf16 precision. Under DDP train.py sets steps_per_call to 1 (DDP syncs gradients once per forward call).
@@ -21,7 +22,8 @@ class CharLM(pl.LightningModule):
     Args:
         net: the architecture (an nn.Module from makemore_lab.models).
         optimizer: a partial optimizer, completed here with the parameters (configs/optimizer/).
-        schedule: a partial from makemore_lab.schedules, completed with trainer.max_steps; None for a constant lr.
+        schedule: a partial from makemore_lab.schedules (step -> lr multiplier), completed with trainer.max_steps;
+            None for a constant lr.
         batch_size: examples per optimizer step.
         checkpoint_meta: what a checkpoint needs to rebuild `net` alone (config, vocabulary), stored in every save.
     """
@@ -42,19 +44,25 @@ class CharLM(pl.LightningModule):
         self.batch_size = batch_size
         self.checkpoint_meta = dict(checkpoint_meta or {})
         self.initial_loss: float | None = None  # loss of the very first step, for the lecture's ln(V) check
+        self.lr_multiplier = constant(0)  # replaced in configure_optimizers, once max_steps is known
+        self._lr_factor: float | None = None  # the multiplier currently applied to the optimizer
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.net(idx)
 
     def training_step(self, batch, batch_idx):
-        optimizer, scheduler = self.optimizers().optimizer, self.lr_schedulers()
+        optimizer = self.optimizers().optimizer
         # Lightning's own step counter (trainer.global_step), advanced here as its optimizer wrapper would advance it.
         step_counter = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         x, y = batch
-        steps_left = self.trainer.max_steps - self.global_step
-        for xb, yb in list(zip(x.split(self.batch_size), y.split(self.batch_size)))[:steps_left]:
+        # Only full minibatches: an epoch's short last one is dropped (BatchNorm cannot train on a single example).
+        minibatches = [(xb, yb) for xb, yb in zip(x.split(self.batch_size), y.split(self.batch_size))
+                       if len(yb) == self.batch_size]
+        step = self.global_step
+        for xb, yb in minibatches[: self.trainer.max_steps - step]:
+            self._apply_schedule(optimizer, step)
             loss = F.cross_entropy(self.net(xb), yb)
-            if self.initial_loss is None and self.global_step == 0:
+            if step == 0 and self.initial_loss is None:
                 self.initial_loss = loss.item()  # one sync, on the first step only
             # The torch optimizer itself, not Lightning's wrapper: its per-step hooks cost more than a small
             # model's whole step. torch's own optimizer step hooks still fire (the diagnostics use them).
@@ -63,13 +71,21 @@ class CharLM(pl.LightningModule):
             optimizer.step()
             step_counter.increment_ready()
             step_counter.increment_completed()
-            if scheduler is not None:
-                scheduler.step()
-        # Logged once per call, against the optimizer step (the "step" key), not Lightning's batch counter.
+            step += 1
+        if not minibatches:
+            return None
         self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", optimizer.param_groups[0]["lr"])
+        self.log("lr", optimizer.param_groups[0]["initial_lr"] * self.lr_multiplier(self.global_step))
         self.log("step", float(self.global_step))
         return loss
+
+    def _apply_schedule(self, optimizer, step: int) -> None:
+        """Set the lr for `step`: a pure function of the step, so a resumed run needs no scheduler state."""
+        factor = self.lr_multiplier(step)
+        if factor != self._lr_factor:  # most schedules change rarely; writing every step would cost time
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+            self._lr_factor = factor
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -79,10 +95,12 @@ class CharLM(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
-        if self.schedule_factory is None:
-            return optimizer
-        scheduler = LambdaLR(optimizer, self.schedule_factory(total_steps=self.trainer.max_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])  # the base rate; saved with the optimizer state
+        total_steps = self.trainer.max_steps
+        self.lr_multiplier = self.schedule_factory(total_steps=total_steps) if self.schedule_factory else constant(total_steps)
+        self._lr_factor = None
+        return optimizer
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["makemore_lab"] = {**self.checkpoint_meta, "initial_loss": self.initial_loss}

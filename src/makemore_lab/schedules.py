@@ -1,4 +1,4 @@
-"""Learning-rate schedules as multipliers of the optimizer's lr, for torch's LambdaLR, stepped once per optimizer step.
+"""Learning-rate schedules: step -> multiplier of the optimizer's base lr, applied by CharLM before every optimizer step.
 
 Each config in configs/schedule/ is a partial of one of these; the module completes it with the run's total steps.
 """
