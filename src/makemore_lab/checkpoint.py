@@ -11,8 +11,8 @@ from makemore_lab.data import Vocabulary
 from makemore_lab.errors import UserError
 
 
-def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary, dict]:
-    """Returns (net in eval mode on the CPU, its vocabulary, the checkpoint's makemore_lab metadata)."""
+def read_checkpoint(ckpt_path: str | Path) -> dict:
+    """The checkpoint's contents, or a UserError saying why it cannot be used (missing, corrupt, not ours)."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
@@ -21,9 +21,15 @@ def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         raise UserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(err).__name__})") from None
-    meta = checkpoint.get("makemore_lab") if isinstance(checkpoint, dict) else None
-    if not meta or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or "makemore_lab" not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"checkpoint {path} was not written by makemore-lab (no model config inside)")
+    return checkpoint
+
+
+def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary, dict]:
+    """Returns (net in eval mode on the CPU, its vocabulary, the checkpoint's makemore_lab metadata)."""
+    checkpoint = read_checkpoint(ckpt_path)
+    meta = checkpoint["makemore_lab"]
     vocab = Vocabulary(tuple(meta["vocab"]))
     net = instantiate(meta["model"], vocab_size=len(vocab), block_size=meta["block_size"])
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}

@@ -7,9 +7,21 @@ import sys
 class UserError(Exception):
     """Bad input from the user (a file, a config value, a checkpoint). Entry points print it as one line."""
 
+    exit_code = 2
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number: nothing after that step is worth keeping."""
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C: the run stopped early on purpose, with its last checkpoint saved."""
+
+    exit_code = 130  # the shell's convention for "ended by SIGINT"
+
 
 def exit_on_user_error(func):
-    """Run an entry point; turn a UserError into `error: <message>` on stderr and exit status 2."""
+    """Run an entry point; turn a UserError into `error: <message>` on stderr and a non-zero exit status."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -17,6 +29,6 @@ def exit_on_user_error(func):
             return func(*args, **kwargs)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(err.exit_code)
 
     return wrapper

@@ -4,6 +4,7 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
+from makemore_lab.errors import TrainingDiverged
 from makemore_lab.schedules import constant
 
 
@@ -51,33 +52,48 @@ class CharLM(pl.LightningModule):
         return self.net(idx)
 
     def training_step(self, batch, batch_idx):
-        optimizer = self.optimizers().optimizer
-        # Lightning's own step counter (trainer.global_step), advanced here as its optimizer wrapper would advance it.
-        step_counter = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         x, y = batch
         # Only full minibatches: an epoch's short last one is dropped (BatchNorm cannot train on a single example).
         minibatches = [(xb, yb) for xb, yb in zip(x.split(self.batch_size), y.split(self.batch_size))
                        if len(yb) == self.batch_size]
-        step = self.global_step
-        for xb, yb in minibatches[: self.trainer.max_steps - step]:
+        first_step = self.global_step
+        losses = self._optimizer_steps(minibatches[: self.trainer.max_steps - first_step], first_step)
+        if losses is None:
+            return None
+        finite = torch.isfinite(losses)
+        if not finite.all():  # one check per call: no per-step sync with an accelerator
+            bad = int((~finite).nonzero()[0])
+            raise TrainingDiverged(
+                f"the loss became {losses[bad].item()} at step {first_step + bad}: training diverged "
+                "(a lower optimizer.lr usually helps)"
+            )
+        # Logged once per call, against the optimizer step (the "step" key), not Lightning's batch counter.
+        self.log("train/loss", losses[-1], prog_bar=True)
+        self.log("lr", self.optimizers().optimizer.param_groups[0]["initial_lr"] * self.lr_multiplier(self.global_step))
+        self.log("step", float(self.global_step))
+        return losses[-1]
+
+    def _optimizer_steps(self, minibatches, step: int) -> torch.Tensor | None:
+        """One optimizer step per minibatch; returns the losses, (steps,)."""
+        # The torch optimizer itself, not Lightning's wrapper: its per-step hooks cost more than a small model's
+        # whole step. torch's own optimizer step hooks still fire (the diagnostics use them).
+        optimizer = self.optimizers().optimizer
+        # Lightning's own step counter (trainer.global_step), advanced here as its optimizer wrapper would advance it.
+        step_counter = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        losses = []
+        for xb, yb in minibatches:
             self._apply_schedule(optimizer, step)
             loss = F.cross_entropy(self.net(xb), yb)
             if step == 0 and self.initial_loss is None:
                 self.initial_loss = loss.item()  # one sync, on the first step only
-            # The torch optimizer itself, not Lightning's wrapper: its per-step hooks cost more than a small
-            # model's whole step. torch's own optimizer step hooks still fire (the diagnostics use them).
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step_counter.increment_ready()
             step_counter.increment_completed()
+            losses.append(loss.detach())
             step += 1
-        if not minibatches:
-            return None
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", optimizer.param_groups[0]["initial_lr"] * self.lr_multiplier(self.global_step))
-        self.log("step", float(self.global_step))
-        return loss
+        return torch.stack(losses) if losses else None
 
     def _apply_schedule(self, optimizer, step: int) -> None:
         """Set the lr for `step`: a pure function of the step, so a resumed run needs no scheduler state."""

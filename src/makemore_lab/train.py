@@ -3,20 +3,27 @@
 Called by the thin ./train.py (a Hydra app); tests call `train(cfg)` with a composed config.
 """
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shlex
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from makemore_lab.errors import UserError, exit_on_user_error
+from makemore_lab.checkpoint import read_checkpoint
+from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError, exit_on_user_error
 from makemore_lab.module import CharLM, split_loss
 from makemore_lab.sampling import generate
 
@@ -37,8 +44,8 @@ def build(node: DictConfig, what: str, **kwargs):
 def check_config(cfg: DictConfig) -> None:
     """Catch the values that would otherwise fail deep inside torch with a traceback."""
     lr = cfg.optimizer.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise UserError(f"optimizer.lr must be a positive number, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1e30:
+        raise UserError(f"optimizer.lr must be a positive number below 1e30, got {lr!r}")
     max_steps = cfg.trainer.get("max_steps")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise UserError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
@@ -85,6 +92,69 @@ def hparams_for_tensorboard(cfg: DictConfig, params: int, block_size: int) -> di
     return flat
 
 
+def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict) -> None:
+    """A checkpoint to resume from must load and hold the model this config builds, or Lightning fails deep inside."""
+    meta = read_checkpoint(ckpt_path)["makemore_lab"]
+    for key in ("model", "vocab", "block_size"):
+        if meta.get(key) != checkpoint_meta[key]:
+            raise UserError(
+                f"checkpoint {ckpt_path} was trained with a different {key} ({meta.get(key)}) than this config "
+                f"builds ({checkpoint_meta[key]}): resume with the run's original overrides"
+            )
+
+
+def resume_command(out_dir: Path) -> str:
+    """The command that continues this run: its own overrides, its run dir, its last checkpoint."""
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    last = out_dir / "checkpoints" / "last.ckpt"
+    return shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={out_dir}", f"ckpt_path={last}"])
+
+
+@contextlib.contextmanager
+def stop_after_current_call_on_sigint(trainer: pl.Trainer):
+    """First Ctrl-C: finish the current training call, then stop cleanly; a second Ctrl-C stops at once."""
+    stop = {"requested": False}
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield stop
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+        trainer.should_stop = True  # Lightning ends the fit after the current batch
+        signal.signal(signal.SIGINT, previous)
+        print("\nCtrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def fit(trainer: pl.Trainer, module: CharLM, datamodule, ckpt_path: str | None, out_dir: Path) -> float:
+    """trainer.fit, then save the final weights; returns the wall time. Stops cleanly on Ctrl-C and divergence."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    start = time.perf_counter()
+    try:
+        with stop_after_current_call_on_sigint(trainer) as stop:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except TrainingDiverged as err:
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved before it"
+        raise TrainingDiverged(f"{err}; {kept}") from None
+    seconds = time.perf_counter() - start
+    trainer.save_checkpoint(last)  # the final (or interrupted) weights, whatever the checkpoint cadence
+    if stop["requested"]:
+        raise TrainingInterrupted(
+            f"interrupted at step {trainer.global_step} of {trainer.max_steps}; checkpoint saved. "
+            f"Resume with: {resume_command(out_dir)}"
+        )
+    return seconds
+
+
 def train(cfg: DictConfig) -> dict:
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -106,6 +176,8 @@ def train(cfg: DictConfig) -> dict:
         "vocab": list(datamodule.vocab.chars),
         "block_size": datamodule.block_size,
     }
+    if cfg.get("ckpt_path"):
+        check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta)
     schedule = build(cfg.schedule, "schedule") if cfg.get("schedule") else None
     module = CharLM(net, build(cfg.optimizer, "optimizer"), schedule, cfg.data.batch_size, checkpoint_meta)
 
@@ -120,28 +192,9 @@ def train(cfg: DictConfig) -> dict:
         val_check_interval=cfg.trainer.val_check_interval // steps_per_call,
         log_every_n_steps=cfg.trainer.log_every_n_steps // steps_per_call,
     )
-
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    train_seconds = time.perf_counter() - start
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")  # the final weights, whatever the val cadence
+    train_seconds = fit(trainer, module, datamodule, cfg.get("ckpt_path"), out_dir)
     if not trainer.is_global_zero:
         return {}
-
-    losses = {split: split_loss(net, ds.x, ds.y) for split, ds in datamodule.splits.items()}
-    log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"])
-    for logger in trainer.loggers:
-        logger.log_metrics({"test/loss": losses["test"], "final/val_loss": losses["val"]}, step=trainer.global_step)
-        logger.log_hyperparams(
-            hparams_for_tensorboard(cfg, params, datamodule.block_size),
-            metrics={"hparams/val_loss": losses["val"], "hparams/test_loss": losses["test"]},
-        )
-        logger.save()
-
-    generator = torch.Generator().manual_seed(cfg.seed)
-    samples = generate(net, datamodule.vocab, cfg.num_samples, datamodule.block_size, generator)
-    print("samples:\n  " + "\n  ".join(samples), flush=True)
-
     summary = {
         "model": cfg.model_name,
         "params": params,
@@ -153,21 +206,35 @@ def train(cfg: DictConfig) -> dict:
         "steps": trainer.global_step,
         "initial_loss": module.initial_loss,
         "expected_initial_loss": math.log(datamodule.vocab_size),
-        "train_loss": losses["train"],
-        "val_loss": losses["val"],
-        "test_loss": losses["test"],
+        **final_evaluation(cfg, trainer, net, datamodule, params),
         "train_seconds": train_seconds,
         "steps_per_second": trainer.global_step / train_seconds,
         "seed": cfg.seed,
-        "samples": samples,
         "output_dir": str(out_dir),
     }
     for callback in callbacks:  # callbacks that measure something add it here (e.g. the diagnostics' `health`)
         if hasattr(callback, "summary_fields"):
             summary.update(callback.summary_fields())
-    write_json_atomically(out_dir / "summary.json", summary)
+    write_json_atomically(out_dir / "summary.json", summary)  # last: its presence means the run finished
     log.info("summary: %s", out_dir / "summary.json")
     return summary
+
+
+def final_evaluation(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: int) -> dict:
+    """Exact losses on all three splits, logged to TensorBoard with the run's hparams, and a few samples printed."""
+    losses = {split: split_loss(net, ds.x, ds.y) for split, ds in datamodule.splits.items()}
+    log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"])
+    for logger in trainer.loggers:
+        logger.log_metrics({"test/loss": losses["test"], "final/val_loss": losses["val"]}, step=trainer.global_step)
+        logger.log_hyperparams(
+            hparams_for_tensorboard(cfg, params, datamodule.block_size),
+            metrics={"hparams/val_loss": losses["val"], "hparams/test_loss": losses["test"]},
+        )
+        logger.save()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    samples = generate(net, datamodule.vocab, cfg.num_samples, datamodule.block_size, generator)
+    print("samples:\n  " + "\n  ".join(samples), flush=True)
+    return {f"{split}_loss": loss for split, loss in losses.items()} | {"samples": samples}
 
 
 @exit_on_user_error

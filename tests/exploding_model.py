@@ -1,0 +1,20 @@
+"""A test-only model whose output becomes NaN from a chosen step on, to test how training handles divergence."""
+
+import torch
+
+from makemore_lab.models.mlp import MLP
+
+
+class ExplodingMLP(MLP):
+    def __init__(self, *args, explode_at_call: int = 25, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.explode_at_call = explode_at_call
+        self.calls = 0
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(idx)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.explode_at_call:
+                return logits * float("nan")
+        return logits

@@ -1,0 +1,101 @@
+"""Interruption, kill and resume, divergence: nothing finished is lost, nothing unfinished looks finished."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, read_scalar_steps
+from makemore_lab.errors import TrainingDiverged, UserError
+from makemore_lab.train import train
+
+
+def start_training(run_dir: Path, data: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", f"data.path={data}",
+         "trainer.accelerator=cpu", "callbacks.last_checkpoint.every_seconds=1", *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before {path.name} appeared:\n{proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def saved_step(ckpt: Path) -> int:
+    return torch.load(ckpt, weights_only=True)["global_step"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, small_names):
+    run_dir = tmp_path / "run"
+    proc = start_training(run_dir, small_names, "trainer.max_steps=1000000", "model=wavenet", "block_size=4")
+    wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("error: interrupted at step"))
+    assert "Resume with: python train.py" in line and "model=wavenet" in line and f"hydra.run.dir={run_dir}" in line
+    step = saved_step(run_dir / "checkpoints" / "last.ckpt")
+    assert 0 < step < 1_000_000 and f"interrupted at step {step} of 1000000" in line
+    assert not (run_dir / "summary.json").exists()  # an unfinished run does not look finished
+
+
+def test_resume_after_sigkill_finishes_at_max_steps(tmp_path, small_names):
+    run_dir = tmp_path / "run"
+    args = ("trainer.max_steps=30000", "trainer.val_check_interval=5000", "optimizer=adam")
+    proc = start_training(run_dir, small_names, *args)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    wait_for(last, proc)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    killed_at = saved_step(last)
+    assert 0 < killed_at < 30000
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", f"ckpt_path={last}",
+         f"data.path={small_names}", "trainer.accelerator=cpu", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 30000 and saved_step(last) == 30000
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["optimizer_states"][0]["state"][0]["step"] == 30000  # Adam's own counter went on from the kill
+    logged = read_scalar_steps(run_dir / "tensorboard")["train/loss"]
+    assert max(logged) == 30000 and any(s > killed_at for s in logged)
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, small_names, compose_train):
+    cfg = compose_train(f"data.path={small_names}")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match="different model"):
+        train(compose_train(f"data.path={small_names}", "model.n_hidden=50", f"ckpt_path={last}",
+                            f"paths.output_dir={tmp_path}/other"))
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(compose_train, small_names):
+    cfg = compose_train(
+        f"data.path={small_names}", "model._target_=exploding_model.ExplodingMLP", "+model.explode_at_call=25",
+        "trainer.max_steps=100", "trainer.val_check_interval=10",
+    )
+    with pytest.raises(TrainingDiverged) as caught:
+        train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert "the loss became nan at step 25" in str(caught.value)
+    assert f"the last good checkpoint is {last}" in str(caught.value)
+    assert saved_step(last) == 20  # the validation before the blow-up; nothing after it was written
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in state.values())
+    assert not (Path(cfg.paths.output_dir) / "summary.json").exists()
