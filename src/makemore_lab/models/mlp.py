@@ -18,13 +18,15 @@ class MLP(nn.Module):
         n_embd: int = 10,
         n_hidden: int = 200,
         batchnorm: bool = False,
+        bn_momentum: float = 0.1,
         init: str = "kaiming",
     ):
         super().__init__()
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.hidden = nn.Linear(block_size * n_embd, n_hidden, bias=not batchnorm)
-        self.norm = nn.BatchNorm1d(n_hidden) if batchnorm else nn.Identity()
+        # Lecture 3 keeps its running statistics with momentum 0.001; torch's default is 0.1.
+        self.norm = nn.BatchNorm1d(n_hidden, momentum=bn_momentum) if batchnorm else nn.Identity()
         self.act = nn.Tanh()
         self.lm_head = nn.Linear(n_hidden, vocab_size)
         initialize(self, init, gain=TANH_GAIN)
