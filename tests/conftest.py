@@ -49,29 +49,25 @@ def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 
     )
 
 
-def read_scalars(event_dir: Path) -> dict[str, list[float]]:
-    """All scalar series in the TensorBoard event files under event_dir, read back with TensorBoard's own reader."""
+def read_scalar_events(event_dir: Path) -> dict:
+    """Every scalar event under event_dir by tag, read back with TensorBoard's own reader (all event files)."""
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     mux = EventMultiplexer()
     mux.AddRunsFromDirectory(str(event_dir))
     mux.Reload()
-    series: dict[str, list[float]] = {}
+    events: dict[str, list] = {}
     for run, tags in mux.Runs().items():
         for tag in tags.get("scalars", []):
-            series.setdefault(tag, []).extend(e.value for e in mux.Scalars(run, tag))
-    return series
+            events.setdefault(tag, []).extend(mux.Scalars(run, tag))
+    return events
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[float]]:
+    """The values of each scalar tag, in the order logged."""
+    return {tag: [e.value for e in events] for tag, events in read_scalar_events(event_dir).items()}
 
 
 def read_scalar_steps(event_dir: Path) -> dict[str, list[int]]:
     """The global steps at which each scalar tag was logged, in order."""
-    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
-
-    mux = EventMultiplexer()
-    mux.AddRunsFromDirectory(str(event_dir))
-    mux.Reload()
-    steps: dict[str, list[int]] = {}
-    for run, tags in mux.Runs().items():
-        for tag in tags.get("scalars", []):
-            steps.setdefault(tag, []).extend(e.step for e in mux.Scalars(run, tag))
-    return steps
+    return {tag: [e.step for e in events] for tag, events in read_scalar_events(event_dir).items()}
