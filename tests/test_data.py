@@ -76,3 +76,18 @@ def test_missing_file_and_bad_block_size(tmp_path):
         CharDataModule(path=str(tmp_path / "missing.txt"))
     with pytest.raises(UserError, match="block_size"):
         CharDataModule(path=None, block_size=0)
+
+
+def test_minibatch_stream_is_the_same_for_any_steps_per_call():
+    from makemore_lab.data import MinibatchStream
+
+    def first_indices(steps_per_call, count):
+        torch.manual_seed(0)
+        stream = iter(MinibatchStream(n=100, batch_size=8, steps_per_call=steps_per_call))
+        out = torch.cat([next(stream) for _ in range(count // (8 * steps_per_call))])
+        return out
+
+    one, five = first_indices(1, 480), first_indices(5, 480)
+    assert torch.equal(one, five)
+    # each pass over the 100 examples yields 12 full minibatches (96 indices), all distinct; the 4 left are dropped
+    assert len(set(one[:96].tolist())) == 96 and len(set(one[96:192].tolist())) == 96

@@ -42,6 +42,16 @@ def test_logged_steps_are_optimizer_steps(compose_train, small_names):
     assert ckpt["global_step"] == 30
 
 
+def test_validation_cadence_is_exact_across_passes_over_the_data(compose_train, small_names):
+    # small_names has ~3,400 training examples: ~106 minibatches a pass, so 300 steps cross passes twice.
+    cfg = compose_train(f"data.path={small_names}", "trainer.max_steps=300", "trainer.val_check_interval=100",
+                        "trainer.log_every_n_steps=50")
+    train(cfg)
+    steps = read_scalar_steps(Path(cfg.paths.output_dir) / "tensorboard")
+    assert steps["val/loss"] == [100, 200, 300]
+    assert steps["train/loss"] == [50, 100, 150, 200, 250, 300]
+
+
 def trainer_cfg(steps_per_call, **trainer):
     trainer = {"val_check_interval": 2000, "log_every_n_steps": 50, **trainer}
     return OmegaConf.create({"steps_per_call": steps_per_call, "trainer": trainer})

@@ -106,20 +106,41 @@ class TensorPairs(torch.utils.data.Dataset):
 
 
 class IndexBatches(torch.utils.data.Sampler):
-    """Index tensors of `batch_size` over `n` examples: each epoch one random permutation (or 0..n-1 in order).
+    """Index tensors of `batch_size` over `n` examples, in order: one pass for evaluation."""
 
-    Tensors, not lists of ints: gathering a batch with a tensor index is one fast op (see TensorPairs).
-    """
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool):
-        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+    def __init__(self, n: int, batch_size: int):
+        self.n, self.batch_size = n, batch_size
 
     def __iter__(self):
-        order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
-        yield from order.split(self.batch_size)
+        yield from torch.arange(self.n).split(self.batch_size)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
+
+
+class MinibatchStream(torch.utils.data.Sampler):
+    """An endless stream of training index tensors, each `steps_per_call` minibatches of `batch_size`.
+
+    Minibatches come from one random permutation of the split after another; each pass drops its short last
+    minibatch (BatchNorm cannot train on a single example). Calls never straddle a pass, so every call holds
+    exactly steps_per_call minibatches, and the minibatch sequence does not depend on steps_per_call.
+    Training is as long as trainer.max_steps says: there are no epochs. The generator is seeded from torch's
+    global generator (set by `seed`) plus the process rank, so DDP processes draw different minibatches.
+    """
+
+    def __init__(self, n: int, batch_size: int, steps_per_call: int, rank: int = 0):
+        self.n, self.batch_size, self.steps_per_call, self.rank = n, batch_size, steps_per_call, rank
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())) + self.rank)
+        call_size = self.batch_size * self.steps_per_call
+        pending = torch.empty(0, dtype=torch.long)
+        while True:
+            order = torch.randperm(self.n, generator=generator)
+            pending = torch.cat([pending, order[: self.n - self.n % self.batch_size]])
+            while len(pending) >= call_size:
+                yield pending[:call_size]
+                pending = pending[call_size:]
 
 
 class CharDataModule(pl.LightningDataModule):
@@ -181,18 +202,18 @@ class CharDataModule(pl.LightningDataModule):
     def vocab_size(self) -> int:
         return len(self.vocab)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        dataset = self.splits[split]
-        # batch_size=None turns off per-item collation: the sampler hands the dataset a whole batch of indices.
-        return DataLoader(dataset, sampler=IndexBatches(len(dataset), batch_size, shuffle), batch_size=None)
-
     def train_dataloader(self) -> DataLoader:
-        # One permutation per epoch, cut into steps_per_call * batch_size pieces: the same minibatches, in the
-        # same order, as batch_size pieces would give.
-        return self._loader("train", self.batch_size * self.steps_per_call, shuffle=True)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        sampler = MinibatchStream(len(self.splits["train"]), self.batch_size, self.steps_per_call, rank)
+        # batch_size=None turns off per-item collation: the sampler hands the dataset a whole batch of indices.
+        return DataLoader(self.splits["train"], sampler=sampler, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.splits[split]
+        return DataLoader(dataset, sampler=IndexBatches(len(dataset), self.eval_batch_size), batch_size=None)

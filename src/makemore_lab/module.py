@@ -52,10 +52,8 @@ class CharLM(pl.LightningModule):
         return self.net(idx)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        # Only full minibatches: an epoch's short last one is dropped (BatchNorm cannot train on a single example).
-        minibatches = [(xb, yb) for xb, yb in zip(x.split(self.batch_size), y.split(self.batch_size))
-                       if len(yb) == self.batch_size]
+        x, y = batch  # steps_per_call full minibatches (see data.MinibatchStream)
+        minibatches = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
         first_step = self.global_step
         losses = self._optimizer_steps(minibatches[: self.trainer.max_steps - first_step], first_step)
         if losses is None:
