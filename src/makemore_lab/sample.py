@@ -6,18 +6,19 @@ import torch
 from omegaconf import DictConfig
 
 from makemore_lab.checkpoint import load_trained_net
-from makemore_lab.data import CharDataModule
+from makemore_lab.data import read_items, split_items
 from makemore_lab.errors import UserError, exit_on_user_error
 from makemore_lab.sampling import generate
 
 
 def training_items(meta: dict) -> set[str] | None:
     """The training split the checkpoint was trained on, rebuilt from its data config; None if the file is gone."""
-    data = {k: v for k, v in meta["data"].items() if k not in ("_target_", "block_size")}
+    data = meta["data"]
     try:
-        return set(CharDataModule(**data, block_size=1).train_items)
+        items = read_items(data["path"])
     except UserError:
         return None
+    return set(split_items(items, data["train_fraction"], data["val_fraction"], data["split_seed"])[0])
 
 
 @exit_on_user_error
