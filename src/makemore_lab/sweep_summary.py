@@ -1,0 +1,131 @@
+"""One table per sweep: when a multirun ends, summary.csv and summary.md in its sweep dir, best val loss first.
+
+Each row is one job: its overrides (from <job dir>/.hydra/overrides.yaml) as columns, then the numbers from its
+summary.json. A job without summary.json (failed, or still running) is listed last with empty numbers.
+Enabled for every multirun by configs/hydra/default.yaml; `python scripts/sweep_summary.py <sweep dir>` re-summarises.
+"""
+
+import csv
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# column -> summary.json key
+METRICS = {
+    "params": "params",
+    "steps": "steps",
+    "train_loss": "train_loss",
+    "val_loss": "val_loss",
+    "test_loss": "test_loss",
+    "time_s": "train_seconds",
+}
+
+
+class SweepSummary(Callback):
+    """Hydra callback (hydra.callbacks in configs/hydra/default.yaml): summarises the sweep dir when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # Lightning's DDP launcher re-runs the whole command in each extra rank (LOCAL_RANK >= 1); one writer is enough.
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir)
+        log.info("sweep summary (%d jobs): %s", len(rows), sweep_dir / "summary.md")
+
+
+def job_sort_key(name: str):
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def parse_override(override: str) -> tuple[str, str]:
+    """'optimizer.lr=0.1' -> ('optimizer.lr', '0.1'); a deletion such as '~callbacks.progress_bar' has no value."""
+    key, _, value = override.partition("=")
+    return key, value
+
+
+def read_jobs(sweep_dir: Path) -> list[dict]:
+    """Every job dir under sweep_dir (one holding .hydra/overrides.yaml): name, overrides, summary.json or None."""
+    jobs = []
+    for overrides_file in sweep_dir.rglob("overrides.yaml"):
+        if overrides_file.parent.name != ".hydra":
+            continue
+        job_dir = overrides_file.parent.parent
+        summary_file = job_dir / "summary.json"
+        jobs.append({
+            "job": job_dir.relative_to(sweep_dir).as_posix(),
+            "overrides": dict(parse_override(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file))),
+            "summary": json.loads(summary_file.read_text()) if summary_file.is_file() else None,
+        })
+    return sorted(jobs, key=lambda j: job_sort_key(j["job"]))
+
+
+def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
+    """(override columns in order of first appearance, rows sorted by val_loss with unfinished jobs last)."""
+    override_keys = list(dict.fromkeys(key for job in jobs for key in job["overrides"]))
+    rows = []
+    for job in jobs:
+        row = {"job": job["job"], **{key: job["overrides"].get(key, "") for key in override_keys}}
+        summary = job["summary"] or {}
+        row.update({column: summary.get(key) for column, key in METRICS.items()})
+        rows.append(row)
+
+    def by_val_loss(row):
+        loss = row["val_loss"]
+        return math.inf if loss is None or math.isnan(loss) else loss
+
+    return override_keys, sorted(rows, key=by_val_loss)  # stable: ties keep job order
+
+
+def write_csv(path: Path, override_keys: list[str], rows: list[dict]) -> None:
+    """Numbers are written in full (repr), so they read back equal to summary.json's."""
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["job", *override_keys, *METRICS])
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    os.replace(tmp, path)
+
+
+def fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str:
+    """The table for humans: only overrides that differ between jobs get a column; the shared ones go above it."""
+    varying = [k for k in override_keys if len({row[k] for row in rows}) > 1] or override_keys
+    shared = [f"`{k}={rows[0][k]}`" if rows[0][k] else f"`{k}`" for k in override_keys if k not in varying]
+    unfinished = sum(row["val_loss"] is None for row in rows)
+    lines = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, best val loss first (losses in nats)."]
+    if shared:
+        lines.append(f"Same in every job: {' '.join(shared)}.")
+    if unfinished:
+        lines.append(f"{unfinished} job(s) have no summary.json (failed or unfinished): listed last.")
+    lines += [
+        "",
+        "| job | " + " | ".join(varying) + " | params | steps | train_loss | val_loss | test_loss | time (s) |",
+        "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cells = [row["job"], *(row[k] for k in varying), fmt(row["params"], ","), fmt(row["steps"], ","),
+                 fmt(row["train_loss"], ".4f"), fmt(row["val_loss"], ".4f"), fmt(row["test_loss"], ".4f"),
+                 fmt(row["time_s"], ".1f")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: Path) -> list[dict]:
+    """Write <sweep_dir>/summary.csv and summary.md; returns the rows, best val loss first."""
+    override_keys, rows = summary_rows(read_jobs(sweep_dir))
+    write_csv(sweep_dir / "summary.csv", override_keys, rows)
+    tmp = sweep_dir / "summary.md.tmp"
+    tmp.write_text(markdown(sweep_dir, override_keys, rows))
+    os.replace(tmp, sweep_dir / "summary.md")
+    return rows
