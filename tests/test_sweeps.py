@@ -1,0 +1,322 @@
+"""Sweeps and scale-out, run as a user runs them: real multiruns of ./train.py (tiny step counts), their summary
+tables read back, the Optuna and joblib plugins where installed, DDP on CPU with two processes, the LR finder."""
+
+import csv
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import CONFIG_DIR, ROOT, TINY, read_scalars, run_script
+
+METRIC_COLUMNS = ["params", "steps", "train_loss", "val_loss", "test_loss", "time_s"]
+
+
+def read_rows(sweep_dir: Path) -> list[dict]:
+    with (sweep_dir / "summary.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def job_summary(sweep_dir: Path, job: str) -> dict:
+    return json.loads((sweep_dir / job / "summary.json").read_text())
+
+
+def job_overrides(sweep_dir: Path, job: str) -> dict:
+    overrides = OmegaConf.to_container(OmegaConf.load(sweep_dir / job / ".hydra" / "overrides.yaml"))
+    return dict(o.split("=", 1) for o in overrides)
+
+
+def session_hparams(event_dir: Path) -> tuple[dict, list[str]]:
+    """What TensorBoard's HParams tab shows for one run: its hparams and the names of its metrics."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(event_dir))
+    mux.Reload()
+    hparams, metrics = {}, []
+    for content in mux.PluginRunToTagToContent("hparams").values():
+        for raw in content.values():
+            data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+            if data.HasField("session_start_info"):
+                for name, value in data.session_start_info.hparams.items():
+                    hparams[name] = getattr(value, value.WhichOneof("kind"))
+            if data.HasField("experiment"):
+                metrics += [m.name.tag for m in data.experiment.metric_infos]
+    return hparams, metrics
+
+
+def with_tests_on_path() -> str:
+    """PYTHONPATH for a subprocess that imports a test-only module from tests/."""
+    return os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+
+
+def check_rows_match_jobs(sweep_dir: Path, rows: list[dict]) -> None:
+    """Every row holds its job's overrides and the numbers of its summary.json, best val loss first."""
+    val_losses = [float(r["val_loss"]) for r in rows]
+    assert val_losses == sorted(val_losses)
+    for row in rows:
+        summary = job_summary(sweep_dir, row["job"])
+        assert float(row["val_loss"]) == summary["val_loss"]
+        assert float(row["test_loss"]) == summary["test_loss"]
+        assert float(row["train_loss"]) == summary["train_loss"]
+        assert float(row["time_s"]) == summary["train_seconds"]
+        assert int(row["params"]) == summary["params"] and int(row["steps"]) == summary["steps"] == 20
+        for key, value in job_overrides(sweep_dir, row["job"]).items():
+            assert row[key] == value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A 2x2 grid with the basic launcher: runs everywhere (no extra needed).
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory, small_names) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("grid") / "sweep"
+    result = run_script(
+        "train.py", "-m", "model=bigram,mlp", "optimizer.lr=0.01,0.1",
+        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_grid_sweep_runs_each_combination_in_its_own_dir(grid_sweep):
+    jobs = sorted(p.name for p in grid_sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1", "2", "3"]
+    combos = {(job_overrides(grid_sweep, j)["model"], job_overrides(grid_sweep, j)["optimizer.lr"]) for j in jobs}
+    assert combos == {("bigram", "0.01"), ("bigram", "0.1"), ("mlp", "0.01"), ("mlp", "0.1")}
+    for job in jobs:
+        summary = job_summary(grid_sweep, job)
+        assert summary["output_dir"] == str(grid_sweep / job)
+        assert summary["model"] == job_overrides(grid_sweep, job)["model"]
+
+
+@pytest.mark.slow
+def test_summary_csv_is_one_row_per_job_best_val_loss_first(grid_sweep):
+    rows = read_rows(grid_sweep)
+    assert len(rows) == 4
+    columns = list(rows[0])
+    assert columns[0] == "job" and columns[-len(METRIC_COLUMNS):] == METRIC_COLUMNS
+    assert {"model", "optimizer.lr", "trainer.max_steps", "data.path"} <= set(columns)
+    assert {(r["model"], r["optimizer.lr"]) for r in rows} == {
+        ("bigram", "0.01"), ("bigram", "0.1"), ("mlp", "0.01"), ("mlp", "0.1")
+    }
+    check_rows_match_jobs(grid_sweep, rows)
+
+
+@pytest.mark.slow
+def test_summary_md_shows_the_varying_overrides_in_the_same_order(grid_sweep):
+    md = (grid_sweep / "summary.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert table[0] == "| job | model | optimizer.lr | params | steps | train_loss | val_loss | test_loss | time (s) |"
+    body = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+    rows = read_rows(grid_sweep)
+    assert [cells[:3] for cells in body] == [[r["job"], r["model"], r["optimizer.lr"]] for r in rows]
+    assert [cells[6] for cells in body] == [f"{float(r['val_loss']):.4f}" for r in rows]
+    assert "`trainer.max_steps=20`" in md  # overrides shared by every job are listed once, above the table
+
+
+@pytest.mark.slow
+def test_tensorboard_hparams_tab_compares_the_same_runs(grid_sweep):
+    for row in read_rows(grid_sweep):
+        event_dir = grid_sweep / row["job"] / "tensorboard"
+        hparams, metrics = session_hparams(event_dir)
+        assert hparams["model"] == row["model"]
+        assert hparams["optimizer.lr"] == pytest.approx(float(row["optimizer.lr"]))
+        assert {"hparams/val_loss", "hparams/test_loss"} <= set(metrics)
+        assert read_scalars(event_dir)["hparams/val_loss"] == [pytest.approx(float(row["val_loss"]), rel=1e-6)]
+
+
+@pytest.mark.slow
+def test_summary_script_rebuilds_the_same_tables(grid_sweep):
+    before = {name: (grid_sweep / name).read_text() for name in ("summary.csv", "summary.md")}
+    for name in before:
+        (grid_sweep / name).unlink()
+    result = run_script("scripts/sweep_summary.py", str(grid_sweep))
+    assert result.returncode == 0, result.stderr
+    assert {name: (grid_sweep / name).read_text() for name in before} == before
+    assert result.stdout == before["summary.md"]
+
+
+def test_summary_script_refuses_a_dir_without_jobs(tmp_path):
+    result = run_script("scripts/sweep_summary.py", str(tmp_path))
+    assert result.returncode != 0 and "no job dirs" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="needs the run() change in src/makemore_lab/train.py (a diverged job in a "
+                   "multirun returns nan instead of exiting); remove this marker once it is applied")
+def test_a_diverged_job_is_listed_last_and_the_sweep_goes_on(tmp_path, small_names, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())  # exploding_model.py
+    sweep_dir = tmp_path / "sweep"
+    result = run_script(
+        "train.py", "-m", "model._target_=exploding_model.ExplodingMLP", "+model.explode_at_call=5,1000",
+        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_rows(sweep_dir)
+    assert [(r["job"], r["+model.explode_at_call"]) for r in rows] == [("1", "1000"), ("0", "5")]
+    assert float(rows[0]["val_loss"]) == job_summary(sweep_dir, "1")["val_loss"]
+    assert rows[1]["val_loss"] == "" and not (sweep_dir / "0" / "summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Optional plugins: hydra-optuna-sweeper, hydra-joblib-launcher, hydra-submitit-launcher.
+
+
+def needs(plugin: str, extra: str):
+    return pytest.importorskip(f"hydra_plugins.{plugin}", reason=f"needs the {extra} extra: pip install -e '.[{extra}]'")
+
+
+def compose_with_hydra(*overrides: str):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            return compose("train", overrides=list(overrides), return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow
+def test_optuna_search_of_three_trials(tmp_path, small_names):
+    needs("hydra_optuna_sweeper", "optuna")
+    import optuna
+    sweep_dir, storage = tmp_path / "optuna", f"sqlite:///{tmp_path / 'study.db'}"
+    result = run_script(
+        "train.py", "-m", "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=mlp",
+        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_rows(sweep_dir)
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
+    check_rows_match_jobs(sweep_dir, rows)
+    for row in rows:
+        assert 0.01 <= float(row["optimizer.lr"]) <= 1.0
+        assert int(row["model.n_hidden"]) in (50, 100, 200, 300, 400)
+        assert int(row["data.batch_size"]) in (16, 32, 64, 128)
+        config = OmegaConf.load(sweep_dir / row["job"] / ".hydra" / "config.yaml")
+        assert config.model_name == "mlp" and config.model.n_hidden == int(row["model.n_hidden"])
+    # Optuna minimised what ./train.py returned: the best trial is the summary's first row.
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(float(rows[0]["val_loss"]))
+    assert {k: str(v) for k, v in best.best_params.items()} == {
+        k: rows[0][k] for k in ("optimizer.lr", "model.n_hidden", "data.batch_size")
+    }
+    # The study persists (hydra.sweeper.storage), so a later search can continue it.
+    study = optuna.load_study(study_name="mlp", storage=storage)
+    assert sorted(t.value for t in study.trials) == sorted(float(r["val_loss"]) for r in rows)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "hparams_search").glob("*.yaml")))
+def test_every_search_minimises_over_keys_its_model_has(name):
+    needs("hydra_optuna_sweeper", "optuna")
+    cfg = compose_with_hydra(f"hparams_search={name}")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert set(sweeper.params) >= {"optimizer.lr", "data.batch_size"} and len(sweeper.params) == 3
+    for key in sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, f"{name} searches {key}, which the config does not have"
+
+
+@pytest.mark.slow
+def test_joblib_runs_jobs_in_parallel_each_in_its_own_dir(tmp_path, small_names):
+    needs("hydra_joblib_launcher", "joblib")
+    sweep_dir = tmp_path / "joblib"
+    result = run_script(
+        "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
+        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    rows = read_rows(sweep_dir)
+    assert sorted((r["job"], r["seed"]) for r in rows) == [("0", "1"), ("1", "2")]
+    check_rows_match_jobs(sweep_dir, rows)
+    output_dirs = [job_summary(sweep_dir, r["job"])["output_dir"] for r in rows]
+    assert sorted(output_dirs) == [str(sweep_dir / "0"), str(sweep_dir / "1")]
+    for job in ("0", "1"):
+        event_files = list((sweep_dir / job).rglob("events.out.tfevents.*"))
+        assert event_files and all(f.parent == sweep_dir / job / "tensorboard" for f in event_files)
+
+
+def test_slurm_launcher_asks_for_one_task_per_device():
+    needs("hydra_submitit_launcher", "submitit")
+    cfg = compose_with_hydra("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "hydra.sweep.dir=/sweep")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 4
+    assert launcher.submitit_folder == "/sweep/.submitit/%j"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DDP on CPU: two processes (gloo).
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, small_names):
+    root = tmp_path_factory.mktemp("ddp")
+    run_dir, ranks_dir = root / "run", root / "ranks"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", with_tests_on_path())  # rank_weights.py, for both ranks
+        result = run_script(
+            "train.py", "trainer=ddp", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}",
+            "+callbacks.rank_weights._target_=rank_weights.RankWeights", f"+callbacks.rank_weights.out_dir={ranks_dir}",
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((ranks_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return root, run_dir, ranks, result
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_trains_in_two_processes_and_writes_one_summary_and_one_log(ddp_run):
+    root, run_dir, ranks, result = ddp_run
+    assert "MEMBER: 2/2" in result.stdout + result.stderr  # Lightning's line for the second rank joining
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [20, 20]
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+    assert list(root.rglob("summary.json")) == [run_dir / "summary.json"]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 20
+    assert list(root.rglob(".hydra")) == [run_dir / ".hydra"]
+    event_files = list(root.rglob("events.out.tfevents.*"))
+    assert event_files and all(f.parent == run_dir / "tensorboard" for f in event_files)
+    # events.out.tfevents.<time>.<host>.<pid>.<n>: every event file comes from rank 0's process
+    assert {int(re.search(r"\.(\d+)\.\d+$", f.name).group(1)) for f in event_files} == {ranks[0]["pid"]}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="needs the manual_backward change in src/makemore_lab/module.py (DDP's gradient "
+                   "all-reduce is only armed by Lightning's backward); remove this marker once it is applied")
+def test_ddp_ranks_average_gradients_and_end_with_identical_weights(ddp_run):
+    _, _, ranks, _ = ddp_run
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The learning-rate finder.
+
+
+@pytest.mark.slow
+def test_lr_finder_writes_the_lecture_plot_and_prints_a_suggestion(tmp_path, small_names):
+    steps = 100
+    result = run_script("scripts/lr_find.py", f"data.path={small_names}", "--steps", str(steps), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    png = tmp_path / "lr_find.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    with (tmp_path / "lr_find.csv").open(newline="") as f:
+        points = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    assert len(points) == steps  # SGD on the MLP does not diverge below lr 1
+    assert points[0]["exponent"] == pytest.approx(-3) and points[-1]["exponent"] == pytest.approx(0)
+    assert all(p["lr"] == pytest.approx(10 ** p["exponent"]) for p in points)
+    # The suggestion: a quarter decade below the smoothed curve's minimum, as one override line on stdout.
+    match = re.fullmatch(r"suggested: optimizer\.lr=([0-9.e-]+)\n", result.stdout)
+    assert match, result.stdout
+    lowest = min(points, key=lambda p: p["smoothed"])["exponent"]
+    assert math.log10(float(match.group(1))) == pytest.approx(max(lowest - 0.25, -3), abs=0.01)
