@@ -153,8 +153,6 @@ def test_summary_script_refuses_a_dir_without_jobs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs the run() change in src/makemore_lab/train.py (a diverged job in a "
-                   "multirun returns nan instead of exiting); remove this marker once it is applied")
 def test_a_diverged_job_is_listed_last_and_the_sweep_goes_on(tmp_path, small_names, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())  # exploding_model.py
     sweep_dir = tmp_path / "sweep"
@@ -292,8 +290,6 @@ def test_ddp_on_cpu_trains_in_two_processes_and_writes_one_summary_and_one_log(d
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs the manual_backward change in src/makemore_lab/module.py (DDP's gradient "
-                   "all-reduce is only armed by Lightning's backward); remove this marker once it is applied")
 def test_ddp_ranks_average_gradients_and_end_with_identical_weights(ddp_run):
     _, _, ranks, _ = ddp_run
     assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], rel=1e-6, abs=1e-9)

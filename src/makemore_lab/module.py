@@ -78,6 +78,7 @@ class CharLM(pl.LightningModule):
         optimizer = self.optimizers().optimizer
         # Lightning's own step counter (trainer.global_step), advanced here as its optimizer wrapper would advance it.
         step_counter = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        distributed = self.trainer.world_size > 1
         losses = []
         for xb, yb in minibatches:
             self._apply_schedule(optimizer, step)
@@ -85,7 +86,10 @@ class CharLM(pl.LightningModule):
             if step == 0 and self.initial_loss is None:
                 self.initial_loss = loss.item()  # one sync, on the first step only
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if distributed:  # Lightning's backward arms DDP's gradient all-reduce (manual optimization)
+                self.manual_backward(loss)
+            else:
+                loss.backward()
             optimizer.step()
             step_counter.increment_ready()
             step_counter.increment_completed()

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -239,5 +240,15 @@ def final_evaluation(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, para
 
 @exit_on_user_error
 def run(cfg: DictConfig) -> float:
-    """Entry point body for ./train.py; returns the val loss so Hydra sweepers (Optuna) can minimise it."""
-    return train(cfg).get("val_loss", float("nan"))
+    """Entry point body for ./train.py; returns the val loss so Hydra sweepers (Optuna) can minimise it.
+
+    In a multirun a diverged job returns nan instead of exiting: one bad lr is a result, not the end of the sweep
+    (Optuna records the trial as failed; the sweep summary lists the job last, without numbers).
+    """
+    try:
+        return train(cfg).get("val_loss", float("nan"))
+    except TrainingDiverged as err:
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            raise
+        log.error("job %s: %s", HydraConfig.get().job.num, err)
+        return float("nan")
