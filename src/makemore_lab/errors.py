@@ -10,8 +10,16 @@ class UserError(Exception):
     exit_code = 2
 
 
-class TrainingDiverged(UserError):
+class FailedTrial(UserError):
+    """A run whose settings turned out bad (not mistyped): in a sweep it is a result, not the end of the sweep."""
+
+
+class TrainingDiverged(FailedTrial):
     """The loss stopped being a finite number: nothing after that step is worth keeping."""
+
+
+class OverParamBudget(FailedTrial):
+    """The model is bigger than `max_params` allows (a search that must stay within a parameter count)."""
 
 
 class TrainingInterrupted(UserError):

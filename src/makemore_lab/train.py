@@ -24,7 +24,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from makemore_lab.checkpoint import read_checkpoint
-from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError, exit_on_user_error
+from makemore_lab.errors import (
+    FailedTrial,
+    OverParamBudget,
+    TrainingDiverged,
+    TrainingInterrupted,
+    UserError,
+    exit_on_user_error,
+)
 from makemore_lab.module import CharLM, split_loss
 from makemore_lab.sampling import generate
 
@@ -165,6 +172,8 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build(cfg.data, "data", steps_per_call=steps_per_call)
     net = build(cfg.model, "model", vocab_size=datamodule.vocab_size, block_size=datamodule.block_size)
     params = sum(p.numel() for p in net.parameters())
+    if cfg.get("max_params") is not None and params > cfg.max_params:
+        raise OverParamBudget(f"the model has {params:,} parameters, more than max_params={cfg.max_params:,}")
     log.info(
         "%s: %s params, vocab %d, block_size %d, examples %d/%d/%d",
         cfg.model_name, f"{params:,}", datamodule.vocab_size, datamodule.block_size,
@@ -242,12 +251,12 @@ def final_evaluation(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, para
 def run(cfg: DictConfig) -> float:
     """Entry point body for ./train.py; returns the val loss so Hydra sweepers (Optuna) can minimise it.
 
-    In a multirun a diverged job returns nan instead of exiting: one bad lr is a result, not the end of the sweep
-    (Optuna records the trial as failed; the sweep summary lists the job last, without numbers).
+    In a multirun a diverged or over-budget job returns nan instead of exiting: one bad lr is a result, not the end
+    of the sweep (Optuna records the trial as failed; the sweep summary lists the job last, without numbers).
     """
     try:
         return train(cfg).get("val_loss", float("nan"))
-    except TrainingDiverged as err:
+    except FailedTrial as err:
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
             raise
         log.error("job %s: %s", HydraConfig.get().job.num, err)
