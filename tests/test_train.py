@@ -93,3 +93,11 @@ def test_checkpoint_holds_optimizer_state_for_resume(compose_train, small_names)
     train(cfg)
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20 and ckpt["optimizer_states"][0]["state"]
+
+
+def test_max_params_refuses_a_bigger_model(compose_train, small_names):
+    from makemore_lab.errors import OverParamBudget
+
+    with pytest.raises(OverParamBudget, match="11,897 parameters, more than max_params=11,000"):
+        train(compose_train(f"data.path={small_names}", "max_params=11000"))
+    assert train(compose_train(f"data.path={small_names}", "max_params=11897"))["params"] == 11_897
