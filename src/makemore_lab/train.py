@@ -251,8 +251,9 @@ def final_evaluation(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, para
 def run(cfg: DictConfig) -> float:
     """Entry point body for ./train.py; returns the val loss so Hydra sweepers (Optuna) can minimise it.
 
-    In a multirun a diverged or over-budget job returns nan instead of exiting: one bad lr is a result, not the end
-    of the sweep (Optuna records the trial as failed; the sweep summary lists the job last, without numbers).
+    In a multirun a diverged or over-budget job returns +inf instead of exiting: one bad lr is a result, not the end
+    of the sweep (Optuna ranks the trial worst: the optuna sweeper plugin crashes on nan; the sweep summary lists
+    the job last, without numbers).
     """
     try:
         return train(cfg).get("val_loss", float("nan"))
@@ -260,4 +261,4 @@ def run(cfg: DictConfig) -> float:
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
             raise
         log.error("job %s: %s", HydraConfig.get().job.num, err)
-        return float("nan")
+        return math.inf
