@@ -1,0 +1,102 @@
+"""What the diagnostics callbacks share: a clock on the real optimizer steps, TensorBoard's writers, validation.
+
+Lightning's batch hooks cannot tell optimizer steps apart when one training_step makes several of them (see
+module.py), so the callbacks count steps with torch's own optimizer hooks, which fire in any training loop.
+They write straight to TensorBoard's SummaryWriter (not `pl_module.log`), against that step count.
+"""
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.core.optimizer import LightningOptimizer
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from makemore_lab.errors import UserError
+
+StepHook = Callable[[torch.optim.Optimizer, int], None]
+
+
+class StepClock:
+    """Calls `before(optimizer, step)` just before optimizer step `step` (0-based) changes the weights, and
+    `after(optimizer, step)` just after, through `register_step_pre_hook` / `register_step_post_hook`.
+
+    The count starts at trainer.global_step (so it continues on resume) and advances after each step of the
+    first optimizer (the CharLM has one).
+    """
+
+    def __init__(self, before: StepHook | None = None, after: StepHook | None = None):
+        self.before, self.after = before, after
+        self.step = 0
+        self._handles = []
+
+    def start(self, trainer: pl.Trainer) -> None:
+        self.stop()
+        self.step = trainer.global_step
+        optimizers = torch_optimizers(trainer)
+        for optimizer in optimizers:
+            self._handles.append(optimizer.register_step_pre_hook(self._pre))
+            self._handles.append(optimizer.register_step_post_hook(self._post))
+        self._counting = optimizers[0] if optimizers else None
+
+    def stop(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _pre(self, optimizer, args, kwargs) -> None:
+        if self.before:
+            self.before(optimizer, self.step)
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        if self.after:
+            self.after(optimizer, self.step)
+        if optimizer is self._counting:
+            self.step += 1
+
+
+def torch_optimizers(trainer: pl.Trainer) -> list[torch.optim.Optimizer]:
+    return [opt.optimizer if isinstance(opt, LightningOptimizer) else opt for opt in trainer.optimizers]
+
+
+def network(pl_module: pl.LightningModule) -> torch.nn.Module:
+    """The architecture inside the LightningModule (CharLM keeps it as `net`): layer names are relative to it."""
+    return getattr(pl_module, "net", pl_module)
+
+
+def tensorboard_writers(trainer: pl.Trainer) -> list:
+    """The SummaryWriters of the run's TensorBoard loggers; none on ranks other than 0."""
+    if not trainer.is_global_zero:
+        return []
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def find_callback(trainer: pl.Trainer, cls: type):
+    return next((c for c in trainer.callbacks if isinstance(c, cls)), None)
+
+
+def add_histogram(writer, tag: str, values: torch.Tensor, step: int, bins: int = 30) -> None:
+    """writer.add_histogram, binned by torch on the values' device: numpy's binning costs ~5x more, and
+    bincount (unlike histc) is fast on the CPU and allowed under deterministic CUDA."""
+    values = values.detach().float().flatten()
+    low, high, total, squares = torch.stack([values.min(), values.max(), values.sum(), values.square().sum()]).tolist()
+    if not high > low:  # all equal: one bucket
+        edges, counts = [high], [values.numel()]
+    else:
+        index = ((values - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
+        counts = torch.bincount(index, minlength=bins).tolist()
+        edges = [low + (high - low) * (i + 1) / bins for i in range(bins)]  # right edges, as TensorBoard wants
+    writer.add_histogram_raw(tag, low, high, values.numel(), total, squares, edges, counts, global_step=step)
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise UserError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
+    return float(value)
+
