@@ -1,0 +1,51 @@
+"""What the model writes as it learns: generated items as TensorBoard text, every N optimizer steps."""
+
+import pytorch_lightning as pl
+import torch
+
+from makemore_lab.callbacks.common import StepClock, check_positive_int, network, tensorboard_writers
+from makemore_lab.sampling import generate
+
+
+class SampleText(pl.Callback):
+    """Every `every_n_steps` optimizer steps, and at the end, `num_samples` generated items under the tag `samples`.
+
+    Each time from the same seed, so successive entries differ only by what the model has learned. Sampling has
+    its own random generator and puts the model back in training mode: training itself is unchanged. Rank 0 only.
+    """
+
+    def __init__(self, every_n_steps: int, num_samples: int = 10, seed: int = 0):
+        self.every_n_steps = check_positive_int(every_n_steps, "callbacks.sample_text.every_n_steps")
+        self.num_samples = check_positive_int(num_samples, "callbacks.sample_text.num_samples")
+        self.seed = seed
+        self.clock = StepClock(after=self._after_step)
+        self._writers = []
+        self._trainer = self._module = None
+        self._written_step = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._writers = tensorboard_writers(trainer)
+        if self._writers:
+            self._trainer, self._module = trainer, pl_module
+            self.clock.start(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.clock.stop()
+        if self._writers and trainer.global_step != self._written_step:
+            self._write(trainer.global_step)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.clock.stop()
+
+    def _after_step(self, optimizer, step: int) -> None:
+        if (step + 1) % self.every_n_steps == 0:
+            self._write(step + 1)  # after step s, s + 1 steps are done: the global_step convention
+
+    def _write(self, step: int) -> None:
+        data = self._trainer.datamodule
+        generator = torch.Generator().manual_seed(self.seed)
+        samples = generate(network(self._module), data.vocab, self.num_samples, data.block_size, generator)
+        text = "\n".join(f"    {s}" for s in samples)  # indented: a Markdown code block, one item a line
+        for writer in self._writers:
+            writer.add_text("samples", text, step)
+        self._written_step = step
