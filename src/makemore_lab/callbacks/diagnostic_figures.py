@@ -1,0 +1,108 @@
+"""Lecture 3's four figures, drawn from the run's own measurements at the end of training.
+
+- activation_distribution: a histogram of each nonlinearity layer's outputs (saturated tanh piles up at +-1);
+- gradient_distribution: the same for the gradients flowing back into those outputs;
+- weight_gradient_distribution: each weight's gradient, with its grad:data ratio;
+- update_data_ratio: log10(update std / weight std) of each weight over the measured steps, with the -3 line.
+The first three show the last measured step, as the lecture's plots show one step.
+"""
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from makemore_lab.callbacks.common import find_callback, tensorboard_writers
+from makemore_lab.callbacks.diagnostics import Diagnostics
+
+BINS = 100
+
+
+class DiagnosticFigures(pl.Callback):
+    """At the end of training: `<dirpath>/<figure>.png` and TensorBoard images `figures/<figure>`.
+
+    Needs the Diagnostics callback (it draws that callback's measurements). Rank 0 only.
+
+    Args:
+        dirpath: where the PNG files go; by default `figures/` in the run dir (the trainer's default_root_dir).
+        dpi: resolution of the PNG files and images.
+    """
+
+    def __init__(self, dirpath: str | None = None, dpi: int = 100):
+        self.dirpath = dirpath
+        self.dpi = dpi
+        self.paths: list[Path] = []
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        diagnostics = find_callback(trainer, Diagnostics)
+        if not trainer.is_global_zero or diagnostics is None or not diagnostics.last:
+            return
+        directory = Path(self.dirpath or Path(trainer.default_root_dir) / "figures")
+        directory.mkdir(parents=True, exist_ok=True)
+        writers = tensorboard_writers(trainer)
+        for name, figure in draw(diagnostics).items():
+            path = directory / f"{name}.png"
+            figure.savefig(path, dpi=self.dpi)
+            self.paths.append(path)
+            for writer in writers:
+                writer.add_figure(f"figures/{name}", figure, trainer.global_step, close=False)
+
+
+def draw(diagnostics: Diagnostics) -> dict:
+    """The four figures (matplotlib Figures, no pyplot state), by name."""
+    from matplotlib.figure import Figure  # matplotlib loads only when there is something to draw
+
+    last = diagnostics.last
+    step = last["step"]
+    layers, weights = last["layers"], last["weights"]
+    figures = {}
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, m in layers.items():
+        label = f"{name} ({m['kind']}): mean {m['mean']:+.2f}, std {m['std']:.2f}, saturated {m['saturation']:.1%}"
+        ax.plot(*density(m["activations"]), label=label)
+    ax.set(title=f"activation distribution (step {step})", xlabel="output", ylabel="density")
+    figures["activation_distribution"] = finish(fig, ax, layers)
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, m in layers.items():
+        if m["gradients"] is not None:
+            g = m["gradients"]
+            ax.plot(*density(g), label=f"{name} ({m['kind']}): mean {g.mean():+.2e}, std {m['gradient_std']:.2e}")
+    ax.set(title=f"gradient distribution (step {step})", xlabel="gradient of the output", ylabel="density")
+    figures["gradient_distribution"] = finish(fig, ax, layers)
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, w in weights.items():
+        g = w["gradient"]
+        ax.plot(*density(g), label=f"{name} {tuple(g.shape)}: grad:data {w['grad_data']:.2e}")
+    ax.set(title=f"weight gradient distribution (step {step})", xlabel="gradient", ylabel="density")
+    figures["weight_gradient_distribution"] = finish(fig, ax, weights)
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax = fig.subplots()
+    names = dict.fromkeys(name for record in diagnostics.history for name in record["weights"])
+    for name in names:
+        points = [(r["step"], r["weights"][name]["update_data"]) for r in diagnostics.history if name in r["weights"]]
+        ax.plot(*zip(*points), label=name)
+    ax.axhline(-3, color="k", linestyle="--", linewidth=1, label="-3: lecture 3's rule of thumb")
+    ax.set(title="update:data ratio", xlabel="optimizer step", ylabel="log10(update std / weight std)")
+    figures["update_data_ratio"] = finish(fig, ax, names)
+    return figures
+
+
+def density(values: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Bin centres and densities of a tensor's values, as the lecture's plt.plot(hx[:-1], hy) line."""
+    counts, edges = torch.histogram(values.detach().float().flatten().cpu(), bins=BINS, density=True)
+    return ((edges[:-1] + edges[1:]) / 2).tolist(), counts.tolist()
+
+
+def finish(fig, ax, items) -> object:
+    if items:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
+    return fig
