@@ -1,0 +1,370 @@
+"""The training-health diagnostics (lecture 3): their numbers are real, not just present.
+
+Runs go through train(cfg) and are read back from the TensorBoard event files; the callbacks' mechanics (hooks,
+every architecture, every optimizer) are tested on plain torch loops driving them, Lightning-style, without Hydra.
+"""
+
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from conftest import CONFIG_DIR, TINY
+from makemore_lab.callbacks.activation_stats import NONLINEARITIES
+from makemore_lab.callbacks.diagnostics import Diagnostics
+from makemore_lab.callbacks.health_report import HealthReport
+from makemore_lab.callbacks.initial_loss_check import InitialLossCheck
+from makemore_lab.callbacks.sample_text import SampleText
+from makemore_lab.errors import UserError
+from makemore_lab.models.mlp import MLP
+from makemore_lab.train import train
+
+MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
+MLP_WEIGHTS = ["wte.weight", "hidden.weight", "lm_head.weight"]
+SGD = ["optimizer=sgd", "schedule=constant"]  # no momentum, no weight decay, constant lr: update = lr * grad
+FIGURES = ["activation_distribution", "gradient_distribution", "weight_gradient_distribution", "update_data_ratio"]
+NO_EXTRAS = ["~callbacks.diagnostic_figures", "~callbacks.sample_text", "~callbacks.model_checkpoint"]
+
+
+def read_events(event_dir: Path) -> dict:
+    """Everything a run wrote to TensorBoard: {"scalars"|"histograms"|"images"|"text": {tag: [(step, value)]}}."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer(size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    mux.AddRunsFromDirectory(str(event_dir))
+    mux.Reload()
+    events = {"scalars": {}, "histograms": {}, "images": {}, "text": {}}
+    for run, tags in mux.Runs().items():
+        for tag in tags["scalars"]:
+            events["scalars"].setdefault(tag, []).extend((e.step, e.value) for e in mux.Scalars(run, tag))
+        for tag in tags["histograms"]:
+            events["histograms"].setdefault(tag, []).extend((e.step, e.histogram_value) for e in mux.Histograms(run, tag))
+        for tag in tags["images"]:
+            events["images"].setdefault(tag, []).extend((e.step, e) for e in mux.Images(run, tag))
+        for tag in tags["tensors"]:
+            if tag.endswith("/text_summary"):
+                text = [(e.step, e.tensor_proto.string_val[0].decode()) for e in mux.Tensors(run, tag)]
+                events["text"].setdefault(tag.removesuffix("/text_summary"), []).extend(text)
+    return events
+
+
+def values(events: dict, tag: str) -> list[float]:
+    return [v for _, v in events["scalars"][tag]]
+
+
+def steps(events: dict, tag: str) -> list[int]:
+    return [s for s, _ in events["scalars"][tag]]
+
+
+def run(cfg) -> tuple[dict, dict]:
+    """Train; return (summary, TensorBoard events)."""
+    summary = train(cfg)
+    return summary, read_events(Path(cfg.paths.output_dir) / "tensorboard")
+
+
+# ---------------------------------------------------------------------------------------------- real runs
+
+
+def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
+    cfg = compose_train(f"data.path={small_names}", "callbacks.diagnostics.every_n_steps=5",
+                        "callbacks.sample_text.every_n_steps=10")
+    summary, events = run(cfg)
+    out = Path(cfg.paths.output_dir)
+
+    measured = [0, 5, 10, 15, 19]  # every 5 steps, and the last
+    for family in ("activation_mean", "activation_std", "saturation", "dead", "gradient_std"):
+        assert steps(events, f"{family}/act") == measured, family
+    for family in ("grad_data", "update_data"):
+        for weight in MLP_WEIGHTS:
+            assert steps(events, f"{family}/{weight}") == measured
+    for family in ("activation", "gradient"):
+        histograms = events["histograms"][f"{family}/act"]
+        assert [s for s, _ in histograms] == measured
+        assert all(h.num == 32 * 200 for _, h in histograms)  # a batch of 32 x 200 tanh units
+    saturation_maps = events["images"]["saturation_map/act"]
+    assert [s for s, _ in saturation_maps] == [0, 19]  # the first of every 10 measurements, and the last
+    assert all((image.height, image.width) == (32, 200) for _, image in saturation_maps)  # batch x units
+    pixels = torch.tensor(list(Image.open(io.BytesIO(saturation_maps[0][1].encoded_image_string)).convert("L").getdata()))
+    assert set(pixels.unique().tolist()) <= {0, 255}  # white: |t| > 0.99
+
+    assert values(events, "initial_loss/measured") == [pytest.approx(summary["initial_loss"])]
+    assert values(events, "initial_loss/expected") == [pytest.approx(math.log(27))]
+    assert [s for s, _ in events["text"]["samples"]] == [10, 20]
+    assert len(events["text"]["samples"][0][1].splitlines()) == 10
+
+    for name in FIGURES:
+        assert [s for s, _ in events["images"][f"figures/{name}"]] == [20]
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+
+    health = json.loads((out / "summary.json").read_text())["health"]
+    assert health["rules"].keys() == {"initial_loss", "saturation", "update_data", "dead_units"}
+    assert health["rules"]["initial_loss"]["ok"] is True and health["measured_every_n_steps"] == 5
+    assert health["rules"]["update_data"]["values"].keys() == set(MLP_WEIGHTS)
+    assert [s for s, _ in events["text"]["health"]] == [20]
+    printed = capsys.readouterr().out
+    assert "training health" in printed and "verdict:" in printed
+
+
+@pytest.fixture(scope="module")
+def sgd_runs(small_names, tmp_path_factory) -> dict[float, dict]:
+    """The same seed and minibatches with plain SGD at lr 0.1 and 0.2, measured every 5 steps."""
+    runs = {}
+    for lr in (0.1, 0.2):
+        out = tmp_path_factory.mktemp(f"sgd_{lr}")
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            cfg = compose("train", overrides=[*TINY, f"paths.output_dir={out}", f"data.path={small_names}", *SGD,
+                                              f"optimizer.lr={lr}", "callbacks.diagnostics.every_n_steps=5", *NO_EXTRAS])
+        runs[lr] = run(cfg)[1]
+    GlobalHydra.instance().clear()
+    return runs
+
+
+def test_doubling_sgd_lr_adds_log10_2_to_update_data_and_leaves_grad_data(sgd_runs):
+    slow, fast = sgd_runs[0.1], sgd_runs[0.2]
+    for weight in MLP_WEIGHTS:  # the first measured step: same weights, same minibatch, twice the step
+        assert values(fast, f"update_data/{weight}")[0] == pytest.approx(
+            values(slow, f"update_data/{weight}")[0] + math.log10(2), abs=1e-3)
+        assert values(fast, f"grad_data/{weight}")[0] == pytest.approx(values(slow, f"grad_data/{weight}")[0], rel=1e-6)
+
+
+def test_sgd_update_is_lr_times_grad(sgd_runs):
+    for lr, events in sgd_runs.items():
+        for weight in MLP_WEIGHTS:
+            expected = [math.log10(lr * g) for g in values(events, f"grad_data/{weight}")]
+            assert values(events, f"update_data/{weight}") == pytest.approx(expected, abs=1e-3)
+
+
+def test_adam_update_is_not_lr_times_grad(compose_train, small_names):
+    _, events = run(compose_train(f"data.path={small_names}", "optimizer=adam", "schedule=constant",
+                                  "callbacks.diagnostics.every_n_steps=5", *NO_EXTRAS))
+    for weight in MLP_WEIGHTS:
+        naive = [math.log10(1e-3 * g) for g in values(events, f"grad_data/{weight}")]
+        measured = values(events, f"update_data/{weight}")
+        # Adam's step is about lr per element, whatever the gradient's size: far from lr * grad.
+        assert max(abs(m - n) for m, n in zip(measured, naive)) > 0.3, weight
+
+
+@pytest.mark.parametrize("init", ["naive", "kaiming"])
+def test_naive_init_saturates_tanh_and_starts_confidently_wrong_kaiming_does_not(compose_train, small_names, caplog, init):
+    with caplog.at_level(logging.WARNING, logger="makemore_lab"):
+        summary, events = run(compose_train(f"data.path={small_names}", "model=mlp", f"model.init={init}",
+                                            "callbacks.diagnostics.every_n_steps=10", *NO_EXTRAS))
+    saturation, initial_loss = values(events, "saturation/act")[0], values(events, "initial_loss/measured")[0]
+    warned = "confidently wrong" in caplog.text
+    initial_rule = summary["health"]["rules"]["initial_loss"]
+    if init == "naive":
+        assert saturation > 0.5  # most tanh outputs beyond 0.97 at step 0
+        assert initial_loss > 3 * math.log(27)
+        assert warned and initial_rule["ok"] is False and "confidently wrong" in initial_rule["message"]
+    else:
+        assert saturation < 0.3
+        assert initial_loss == pytest.approx(math.log(27), rel=0.1)
+        assert not warned and initial_rule["ok"] is True
+
+
+def test_measuring_every_step_does_not_change_training(compose_train, small_names, tmp_path):
+    measured = train(compose_train(f"data.path={small_names}", "callbacks.diagnostics.every_n_steps=1",
+                                   "callbacks.sample_text.every_n_steps=10", "~callbacks.diagnostic_figures",
+                                   f"paths.output_dir={tmp_path}/measured"))
+    plain_cfg = compose_train(f"data.path={small_names}", "callbacks=none", f"paths.output_dir={tmp_path}/plain")
+    plain, events = run(plain_cfg)
+    assert measured["val_loss"] == plain["val_loss"] and measured["samples"] == plain["samples"]
+    assert "health" not in plain and not events["histograms"] and not events["images"] and not events["text"]
+    assert not any(tag.startswith(("saturation", "update_data", "initial_loss")) for tag in events["scalars"])
+
+
+def test_without_diagnostics_the_health_report_checks_the_initial_loss_only(compose_train, small_names):
+    cfg = compose_train(f"data.path={small_names}", "~callbacks.diagnostics")
+    summary, events = run(cfg)
+    rules = summary["health"]["rules"]
+    assert rules["initial_loss"]["ok"] is True
+    assert [rules[name]["ok"] for name in ("saturation", "update_data", "dead_units")] == [None, None, None]
+    assert summary["health"]["ok"] is True
+    assert not any(tag.startswith(("saturation", "update_data")) for tag in events["scalars"])
+    assert not (Path(cfg.paths.output_dir) / "figures").exists()
+
+
+def test_a_bad_cadence_in_the_config_is_a_user_error(compose_train, small_names):
+    with pytest.raises(UserError, match="callbacks.diagnostics.every_n_steps must be a positive integer, got 0"):
+        train(compose_train(f"data.path={small_names}", "callbacks.diagnostics.every_n_steps=0"))
+
+
+# ---------------------------------------------------------------------- the callbacks on plain torch loops
+
+
+def fake_trainer(optimizer, max_steps: int = 100, global_zero: bool = True, callbacks=()):
+    """What the diagnostics read from a Trainer, for driving them from a plain loop."""
+    return SimpleNamespace(optimizers=[optimizer], global_step=0, max_steps=max_steps, is_global_zero=global_zero,
+                           loggers=[], callbacks=list(callbacks), datamodule=None, default_root_dir=".")
+
+
+def train_steps(net: nn.Module, optimizer, n: int, batch: int = 32, seed: int = 0, before_step=None) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(n):
+        x = torch.randint(0, 27, (batch, net.block_size), generator=generator)
+        y = torch.randint(0, 27, (batch,), generator=generator)
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if before_step:
+            before_step(step)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_architecture_has_every_nonlinearity_and_weight_measured(compose_train, model):
+    torch.manual_seed(0)
+    net = instantiate(compose_train(f"model={model}").model, vocab_size=27, block_size=8)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    diagnostics = Diagnostics(every_n_steps=1)
+    diagnostics.on_train_start(fake_trainer(optimizer), SimpleNamespace(net=net))
+    train_steps(net, optimizer, 2)
+    diagnostics.on_train_end(None, None)
+
+    layers = {name for name, m in net.named_modules() if isinstance(m, NONLINEARITIES)}
+    weights = {name for name, p in net.named_parameters() if p.dim() >= 2}
+    last = diagnostics.history[-1]
+    assert [r["step"] for r in diagnostics.history] == [0, 1]
+    assert last["layers"].keys() == layers
+    assert all(m["gradient_std"] > 0 for m in last["layers"].values())
+    assert last["weights"].keys() == weights  # the RNN's all-zero start state too, once it has moved
+    assert all(-8 < w["update_data"] < 1 for w in last["weights"].values())
+    calls = {"rnn": {"cell.act": 8}, "gru": {"cell.act": 8, "cell.gate": 16}, "lstm": {"cell.gate": 24}}
+    for layer, n in calls.get(model, {}).items():  # one call per time step (two or three for the gates)
+        assert diagnostics.last["layers"][layer]["activations"].shape == (n * 32, 64)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda params: torch.optim.SGD(params, lr=0.1),
+        lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1),
+        lambda params: torch.optim.Adam(params, lr=1e-3),
+        lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1),
+    ],
+    ids=["sgd", "sgd_momentum_decay", "adam", "adamw"],
+)
+def test_update_data_is_the_real_change_of_each_weight(make_optimizer):
+    torch.manual_seed(0)
+    net = MLP(27, 3)
+    optimizer = make_optimizer(net.parameters())
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    diagnostics = Diagnostics(every_n_steps=2)
+    diagnostics.on_train_start(fake_trainer(optimizer), SimpleNamespace(net=net))
+    expected = {}
+
+    def remember(step):  # the weights and lr * grad just before the step, to compare with after it
+        expected[step] = {n: (p.detach().clone(), optimizer.param_groups[0]["lr"] * p.grad.clone())
+                          for n, p in net.named_parameters() if p.dim() >= 2}
+
+    generator = torch.Generator().manual_seed(0)
+    for step in range(5):
+        x, y = torch.randint(0, 27, (32, 3), generator=generator), torch.randint(0, 27, (32,), generator=generator)
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        remember(step)
+        optimizer.step()
+        schedule.step()
+        for name, p in net.named_parameters():
+            if name in expected[step]:
+                before, lr_grad = expected[step][name]
+                expected[step][name] = ((p.detach() - before).std() / before.std(), lr_grad.std() / before.std())
+    diagnostics.on_train_end(None, None)
+
+    assert [r["step"] for r in diagnostics.history] == [0, 2, 4]
+    plain_sgd = optimizer.defaults.get("momentum", None) == 0 and optimizer.defaults["weight_decay"] == 0
+    for record in diagnostics.history:
+        for name, w in record["weights"].items():
+            real, lr_grad = expected[record["step"]][name]
+            assert w["update_data"] == pytest.approx(math.log10(real), abs=1e-4)
+            if plain_sgd:
+                assert w["update_data"] == pytest.approx(math.log10(lr_grad), abs=1e-4)
+    if not plain_sgd:  # from the second step on, momentum, decay and Adam's scaling all move it off lr * grad
+        later = diagnostics.history[-1]
+        assert any(abs(w["update_data"] - math.log10(expected[later["step"]][n][1])) > 0.05
+                   for n, w in later["weights"].items())
+
+
+def test_hooks_are_attached_only_around_measured_steps():
+    net = MLP(27, 3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    diagnostics = Diagnostics(every_n_steps=3)
+    diagnostics.on_train_start(fake_trainer(optimizer, max_steps=8), SimpleNamespace(net=net))
+    hooked = []
+    train_steps(net, optimizer, 8, before_step=lambda step: hooked.append(bool(net.act._forward_hooks)))
+    assert hooked == [s in (0, 3, 6, 7) for s in range(8)]  # every 3rd step, and the last (max_steps - 1)
+
+    with torch.no_grad():  # a validation forward while attached is not measured
+        diagnostics.activations.attach()
+        net.eval()
+        net(torch.zeros(4, 3, dtype=torch.long))
+    assert all(not outputs for outputs in diagnostics.activations._outputs.values())
+    diagnostics.on_train_end(None, None)
+    assert not net.act._forward_hooks and not optimizer._optimizer_step_pre_hooks
+    assert not optimizer._optimizer_step_post_hooks
+
+
+def test_only_rank_zero_measures():
+    net = MLP(27, 3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    diagnostics = Diagnostics(every_n_steps=1)
+    diagnostics.on_train_start(fake_trainer(optimizer, global_zero=False), SimpleNamespace(net=net))
+    train_steps(net, optimizer, 2)
+    assert not diagnostics.history and not optimizer._optimizer_step_post_hooks and not net.act._forward_hooks
+
+
+def test_health_report_names_the_layers_and_weights_that_break_a_rule(capsys):
+    diagnostics = Diagnostics(every_n_steps=100)
+    layer = {"kind": "Tanh", "saturation": 0.02, "dead_units": 0, "units": 100}
+    diagnostics.history = [
+        {"step": s, "layers": {"layers.2": {**layer, "saturation": 0.2, "dead_units": 3}, "layers.5": layer},
+         "weights": {"lm_head.weight": {"update_data": -5.0}, "layers.0.weight": {"update_data": -3.0}}}
+        for s in (0, 100, 200)
+    ]
+    report = HealthReport()
+    trainer = SimpleNamespace(is_global_zero=True, callbacks=[diagnostics], datamodule=SimpleNamespace(vocab_size=27),
+                              loggers=[], global_step=300)
+    report.on_train_end(trainer, SimpleNamespace(initial_loss=3.3))
+    rules = report.summary_fields()["health"]["rules"]
+    assert rules["initial_loss"]["ok"] is True
+    assert rules["saturation"]["ok"] is False and rules["saturation"]["values"] == {"layers.2": 0.2}
+    assert "layers.2 20.0%" in rules["saturation"]["message"]
+    assert rules["dead_units"]["ok"] is False and "layers.2 3 of 100" in rules["dead_units"]["message"]
+    assert rules["update_data"]["ok"] is False and rules["update_data"]["values"] == {"lm_head.weight": -5.0}
+    assert report.verdict["ok"] is False
+    assert "3 of 4 rules broken (saturation, update_data, dead_units)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda: Diagnostics(every_n_steps=0), "callbacks.diagnostics.every_n_steps"),
+        (lambda: Diagnostics(every_n_steps=2.5), "callbacks.diagnostics.every_n_steps"),
+        (lambda: Diagnostics(100, saturation_threshold=1.0), "callbacks.diagnostics.saturation_threshold"),
+        (lambda: Diagnostics(100, saturation_threshold=0), "callbacks.diagnostics.saturation_threshold"),
+        (lambda: Diagnostics(100, image_threshold=-0.5), "callbacks.diagnostics.image_threshold"),
+        (lambda: Diagnostics(100, image_every=0), "callbacks.diagnostics.image_every"),
+        (lambda: SampleText(every_n_steps=-1), "callbacks.sample_text.every_n_steps"),
+        (lambda: SampleText(every_n_steps=10, num_samples=0), "callbacks.sample_text.num_samples"),
+        (lambda: InitialLossCheck(tolerance=1.5), "callbacks.initial_loss_check.tolerance"),
+        (lambda: HealthReport(max_saturation=5), "callbacks.health_report.max_saturation"),
+        (lambda: HealthReport(update_data_range=(-2, -4)), "callbacks.health_report.update_data_range"),
+        (lambda: HealthReport(update_data_range=-3), "callbacks.health_report.update_data_range"),
+    ],
+)
+def test_bad_arguments_are_user_errors_naming_the_argument(make, argument):
+    with pytest.raises(UserError, match=argument.replace(".", r"\.")):
+        make()
