@@ -89,9 +89,11 @@ def main():
 
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "results.json"
-    rows = {r["preset"]: r for r in json.loads(json_path.read_text())} if json_path.exists() else {}
     for preset in args.presets or all_presets():
-        rows[preset] = run_preset(preset, args.steps, args.runs)
+        row = run_preset(preset, args.steps, args.runs)
+        # Re-read before writing: rows from other presets (or another reproduce.py running beside) are kept.
+        rows = {r["preset"]: r for r in json.loads(json_path.read_text())} if json_path.exists() else {}
+        rows[preset] = row
         ordered = [rows[p] for p in sorted(rows)]
         json_path.write_text(json.dumps(ordered, indent=2) + "\n")  # after every preset: a long run keeps its work
         (args.out / "results.md").write_text(markdown(ordered))
