@@ -3,6 +3,7 @@
     python scripts/reproduce.py                                  # every preset, as configured (long)
     python scripts/reproduce.py lecture3_mlp lecture5_wavenet    # a subset
     python scripts/reproduce.py --steps 200 --out /tmp/quick     # a smoke test of the whole pipeline
+    python scripts/reproduce.py --collect lecture3_mlp           # table runs already in logs/reproduce/
 
 Each preset runs as `python train.py experiment=<preset>` in its own run dir under logs/reproduce/; the table
 takes its numbers from that run's summary.json and the lecture's number from the preset's `reference` key.
@@ -31,8 +32,10 @@ def reference(preset: str) -> dict:
     return dict(cfg.get("reference") or {})
 
 
-def run_preset(preset: str, steps: int | None, run_root: Path) -> dict:
+def run_preset(preset: str, steps: int | None, run_root: Path, collect_only: bool = False) -> dict:
     run_dir = run_root / preset
+    if collect_only:
+        return result_row(preset, run_dir)
     overrides = [f"experiment={preset}", f"hydra.run.dir={run_dir}", "~callbacks.progress_bar"]
     if steps:  # a short run: validate once, at the end
         overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]
@@ -40,6 +43,12 @@ def run_preset(preset: str, steps: int | None, run_root: Path) -> dict:
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: preset {preset} failed:\n{result.stderr[-3000:]}")
+    return result_row(preset, run_dir)
+
+
+def result_row(preset: str, run_dir: Path) -> dict:
+    if not (run_dir / "summary.json").exists():
+        raise SystemExit(f"error: {run_dir} has no summary.json (the run did not finish)")
     summary = json.loads((run_dir / "summary.json").read_text())
     ref = reference(preset)
     return {
@@ -82,6 +91,7 @@ def main():
     parser.add_argument("--steps", type=int, help="override every preset's trainer.max_steps (for a quick check)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where results.md and results.json go")
     parser.add_argument("--runs", type=Path, default=ROOT / "logs" / "reproduce", help="where the run dirs go")
+    parser.add_argument("--collect", action="store_true", help="train nothing: table the finished runs in --runs")
     args = parser.parse_args()
     unknown = sorted(set(args.presets) - set(all_presets()))
     if unknown:
@@ -90,7 +100,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "results.json"
     for preset in args.presets or all_presets():
-        row = run_preset(preset, args.steps, args.runs)
+        row = run_preset(preset, args.steps, args.runs, collect_only=args.collect)
         # Re-read before writing: rows from other presets (or another reproduce.py running beside) are kept.
         rows = {r["preset"]: r for r in json.loads(json_path.read_text())} if json_path.exists() else {}
         rows[preset] = row
