@@ -94,11 +94,15 @@ class ActivationStats:
                 "gradient_std": values[5] if g is not None else None,
                 "activations": t,
                 "gradients": g,
-                "saturation_map": is_flat(module, t, self.image_threshold),
             }
             outputs.clear()
             grads.clear()
         return measured
+
+    def saturation_map(self, name: str, activations: torch.Tensor) -> torch.Tensor:
+        """(rows, units) uint8 image, white where the output is beyond image_threshold (the lecture's picture)."""
+        flat = is_flat(self.layers[name], activations, self.image_threshold)
+        return flat.to("cpu", torch.uint8) * 255
 
 
 def rows(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -1,12 +1,11 @@
 """Lecture 3's training-health measurements, taken on every run: nonlinearities and weights, every N optimizer steps."""
 
 import pytorch_lightning as pl
-import torch
 
 from makemore_lab.callbacks.activation_stats import ActivationStats
 from makemore_lab.callbacks.common import (
     StepClock,
-    add_histogram,
+    SummaryBatch,
     check_fraction,
     check_positive_int,
     network,
@@ -105,24 +104,29 @@ class Diagnostics(pl.Callback):
             "weights": {name: {k: w[k] for k in ("grad_data", "update_data")} for name, w in weights.items()},
         })
         self.last = {"step": step, "layers": layers, "weights": weights}
-        images = (len(self.history) - 1) % self.image_every == 0 or step == self._last_step
+        if not self._writers:
+            return
+        maps = {}
+        if (len(self.history) - 1) % self.image_every == 0 or step == self._last_step:
+            maps = {name: self.activations.saturation_map(name, m["activations"]) for name, m in layers.items()}
         for writer in self._writers:
-            write(writer, step, layers, weights, images)
+            write(writer, step, layers, weights, maps)
 
 
-def write(writer, step: int, layers: dict, weights: dict, images: bool) -> None:
+def write(writer, step: int, layers: dict, weights: dict, saturation_maps: dict) -> None:
+    batch = SummaryBatch()
     for name, m in layers.items():
-        writer.add_scalar(f"activation_mean/{name}", m["mean"], step)
-        writer.add_scalar(f"activation_std/{name}", m["std"], step)
-        writer.add_scalar(f"saturation/{name}", m["saturation"], step)
-        writer.add_scalar(f"dead/{name}", m["dead"], step)
-        add_histogram(writer, f"activation/{name}", m["activations"], step)
-        if images:
-            image = m["saturation_map"].to("cpu", torch.uint8) * 255  # white: saturated
-            writer.add_image(f"saturation_map/{name}", image, step, dataformats="HW")
+        batch.scalar(f"activation_mean/{name}", m["mean"])
+        batch.scalar(f"activation_std/{name}", m["std"])
+        batch.scalar(f"saturation/{name}", m["saturation"])
+        batch.scalar(f"dead/{name}", m["dead"])
+        batch.histogram(f"activation/{name}", m["activations"])
+        if name in saturation_maps:
+            batch.image(f"saturation_map/{name}", saturation_maps[name])
         if m["gradients"] is not None:
-            writer.add_scalar(f"gradient_std/{name}", m["gradient_std"], step)
-            add_histogram(writer, f"gradient/{name}", m["gradients"], step)
+            batch.scalar(f"gradient_std/{name}", m["gradient_std"])
+            batch.histogram(f"gradient/{name}", m["gradients"])
     for name, w in weights.items():
-        writer.add_scalar(f"grad_data/{name}", w["grad_data"], step)
-        writer.add_scalar(f"update_data/{name}", w["update_data"], step)
+        batch.scalar(f"grad_data/{name}", w["grad_data"])
+        batch.scalar(f"update_data/{name}", w["update_data"])
+    batch.write(writer, step)
