@@ -9,8 +9,10 @@ The first three show the last measured step, as the lecture's plots show one ste
 
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 
 from makemore_lab.callbacks.common import find_callback, tensorboard_writers
 from makemore_lab.callbacks.diagnostics import Diagnostics
@@ -37,27 +39,32 @@ class DiagnosticFigures(pl.Callback):
         diagnostics = find_callback(trainer, Diagnostics)
         if not trainer.is_global_zero or diagnostics is None or not diagnostics.last:
             return
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # loaded only when there is something to draw
+
         directory = Path(self.dirpath or Path(trainer.default_root_dir) / "figures")
         directory.mkdir(parents=True, exist_ok=True)
         writers = tensorboard_writers(trainer)
-        for name, figure in draw(diagnostics).items():
+        for name, figure in draw(diagnostics, self.dpi).items():
+            canvas = FigureCanvasAgg(figure)
+            canvas.draw()  # rendered once, for the file and for TensorBoard
+            rgb = np.asarray(canvas.buffer_rgba())[..., :3]
             path = directory / f"{name}.png"
-            figure.savefig(path, dpi=self.dpi)
+            Image.fromarray(rgb).save(path)
             self.paths.append(path)
             for writer in writers:
-                writer.add_figure(f"figures/{name}", figure, trainer.global_step, close=False)
+                writer.add_image(f"figures/{name}", rgb, trainer.global_step, dataformats="HWC")
 
 
-def draw(diagnostics: Diagnostics) -> dict:
+def draw(diagnostics: Diagnostics, dpi: int = 100) -> dict:
     """The four figures (matplotlib Figures, no pyplot state), by name."""
-    from matplotlib.figure import Figure  # matplotlib loads only when there is something to draw
+    from matplotlib.figure import Figure
 
     last = diagnostics.last
     step = last["step"]
     layers, weights = last["layers"], last["weights"]
     figures = {}
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
     ax = fig.subplots()
     for name, m in layers.items():
         label = f"{name} ({m['kind']}): mean {m['mean']:+.2f}, std {m['std']:.2f}, saturated {m['saturation']:.1%}"
@@ -65,7 +72,7 @@ def draw(diagnostics: Diagnostics) -> dict:
     ax.set(title=f"activation distribution (step {step})", xlabel="output", ylabel="density")
     figures["activation_distribution"] = finish(fig, ax, layers)
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
     ax = fig.subplots()
     for name, m in layers.items():
         if m["gradients"] is not None:
@@ -74,7 +81,7 @@ def draw(diagnostics: Diagnostics) -> dict:
     ax.set(title=f"gradient distribution (step {step})", xlabel="gradient of the output", ylabel="density")
     figures["gradient_distribution"] = finish(fig, ax, layers)
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
     ax = fig.subplots()
     for name, w in weights.items():
         g = w["gradient"]
@@ -82,7 +89,7 @@ def draw(diagnostics: Diagnostics) -> dict:
     ax.set(title=f"weight gradient distribution (step {step})", xlabel="gradient", ylabel="density")
     figures["weight_gradient_distribution"] = finish(fig, ax, weights)
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
     ax = fig.subplots()
     names = dict.fromkeys(name for record in diagnostics.history for name in record["weights"])
     for name in names:
