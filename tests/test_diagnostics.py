@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -95,8 +96,10 @@ def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
     saturation_maps = events["images"]["saturation_map/act"]
     assert [s for s, _ in saturation_maps] == [0, 19]  # the first of every 10 measurements, and the last
     assert all((image.height, image.width) == (32, 200) for _, image in saturation_maps)  # batch x units
-    pixels = torch.tensor(list(Image.open(io.BytesIO(saturation_maps[0][1].encoded_image_string)).convert("L").getdata()))
-    assert set(pixels.unique().tolist()) <= {0, 255}  # white: |t| > 0.99
+    pixels = np.asarray(Image.open(io.BytesIO(saturation_maps[0][1].encoded_image_string)).convert("L"))
+    assert set(np.unique(pixels)) <= {0, 255}
+    white = (pixels == 255).mean()  # |t| > 0.99: some of the outputs beyond 0.97
+    assert 0 < white <= values(events, "saturation/act")[0]
 
     assert values(events, "initial_loss/measured") == [pytest.approx(summary["initial_loss"])]
     assert values(events, "initial_loss/expected") == [pytest.approx(math.log(27))]
@@ -117,8 +120,9 @@ def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
 
 
 @pytest.fixture(scope="module")
-def sgd_runs(small_names, tmp_path_factory) -> dict[float, dict]:
-    """The same seed and minibatches with plain SGD at lr 0.1 and 0.2, measured every 5 steps."""
+def sgd_runs(small_names, tmp_path_factory) -> dict[float, tuple[dict, dict]]:
+    """The lecture MLP (init=kaiming), same seed and minibatches, plain SGD at lr 0.1 and 0.2, measured every 5
+    steps: lr -> (summary, events)."""
     runs = {}
     for lr in (0.1, 0.2):
         out = tmp_path_factory.mktemp(f"sgd_{lr}")
@@ -126,13 +130,13 @@ def sgd_runs(small_names, tmp_path_factory) -> dict[float, dict]:
         with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
             cfg = compose("train", overrides=[*TINY, f"paths.output_dir={out}", f"data.path={small_names}", *SGD,
                                               f"optimizer.lr={lr}", "callbacks.diagnostics.every_n_steps=5", *NO_EXTRAS])
-        runs[lr] = run(cfg)[1]
+        runs[lr] = run(cfg)
     GlobalHydra.instance().clear()
     return runs
 
 
 def test_doubling_sgd_lr_adds_log10_2_to_update_data_and_leaves_grad_data(sgd_runs):
-    slow, fast = sgd_runs[0.1], sgd_runs[0.2]
+    slow, fast = sgd_runs[0.1][1], sgd_runs[0.2][1]
     for weight in MLP_WEIGHTS:  # the first measured step: same weights, same minibatch, twice the step
         assert values(fast, f"update_data/{weight}")[0] == pytest.approx(
             values(slow, f"update_data/{weight}")[0] + math.log10(2), abs=1e-3)
@@ -140,7 +144,7 @@ def test_doubling_sgd_lr_adds_log10_2_to_update_data_and_leaves_grad_data(sgd_ru
 
 
 def test_sgd_update_is_lr_times_grad(sgd_runs):
-    for lr, events in sgd_runs.items():
+    for lr, (_, events) in sgd_runs.items():
         for weight in MLP_WEIGHTS:
             expected = [math.log10(lr * g) for g in values(events, f"grad_data/{weight}")]
             assert values(events, f"update_data/{weight}") == pytest.approx(expected, abs=1e-3)
@@ -156,22 +160,22 @@ def test_adam_update_is_not_lr_times_grad(compose_train, small_names):
         assert max(abs(m - n) for m, n in zip(measured, naive)) > 0.3, weight
 
 
-@pytest.mark.parametrize("init", ["naive", "kaiming"])
-def test_naive_init_saturates_tanh_and_starts_confidently_wrong_kaiming_does_not(compose_train, small_names, caplog, init):
+def test_naive_init_saturates_tanh_and_starts_confidently_wrong_kaiming_does_not(compose_train, small_names, caplog,
+                                                                                  sgd_runs):
     with caplog.at_level(logging.WARNING, logger="makemore_lab"):
-        summary, events = run(compose_train(f"data.path={small_names}", "model=mlp", f"model.init={init}",
-                                            "callbacks.diagnostics.every_n_steps=10", *NO_EXTRAS))
-    saturation, initial_loss = values(events, "saturation/act")[0], values(events, "initial_loss/measured")[0]
-    warned = "confidently wrong" in caplog.text
-    initial_rule = summary["health"]["rules"]["initial_loss"]
-    if init == "naive":
-        assert saturation > 0.5  # most tanh outputs beyond 0.97 at step 0
-        assert initial_loss > 3 * math.log(27)
-        assert warned and initial_rule["ok"] is False and "confidently wrong" in initial_rule["message"]
-    else:
-        assert saturation < 0.3
-        assert initial_loss == pytest.approx(math.log(27), rel=0.1)
-        assert not warned and initial_rule["ok"] is True
+        naive, naive_events = run(compose_train(f"data.path={small_names}", "model=mlp", "model.init=naive", *SGD,
+                                                "callbacks.diagnostics.every_n_steps=5", *NO_EXTRAS))
+    kaiming, kaiming_events = sgd_runs[0.1]  # the same run with the default init
+    # Step 0: most tanh outputs beyond 0.97, and a loss far above ln 27.
+    assert values(naive_events, "saturation/act")[0] > 0.5
+    assert values(naive_events, "initial_loss/measured")[0] > 3 * math.log(27)
+    assert "confidently wrong" in caplog.text
+    rule = naive["health"]["rules"]["initial_loss"]
+    assert rule["ok"] is False and "confidently wrong" in rule["message"]
+
+    assert values(kaiming_events, "saturation/act")[0] < 0.3
+    assert values(kaiming_events, "initial_loss/measured")[0] == pytest.approx(math.log(27), rel=0.1)
+    assert kaiming["health"]["rules"]["initial_loss"]["ok"] is True
 
 
 def test_measuring_every_step_does_not_change_training(compose_train, small_names, tmp_path):
@@ -186,7 +190,7 @@ def test_measuring_every_step_does_not_change_training(compose_train, small_name
 
 
 def test_without_diagnostics_the_health_report_checks_the_initial_loss_only(compose_train, small_names):
-    cfg = compose_train(f"data.path={small_names}", "~callbacks.diagnostics")
+    cfg = compose_train(f"data.path={small_names}", "~callbacks.diagnostics", *NO_EXTRAS)
     summary, events = run(cfg)
     rules = summary["health"]["rules"]
     assert rules["initial_loss"]["ok"] is True
@@ -230,7 +234,7 @@ def test_every_architecture_has_every_nonlinearity_and_weight_measured(compose_t
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     diagnostics = Diagnostics(every_n_steps=1)
     diagnostics.on_train_start(fake_trainer(optimizer), SimpleNamespace(net=net))
-    train_steps(net, optimizer, 2)
+    train_steps(net, optimizer, 2, batch=16)
     diagnostics.on_train_end(None, None)
 
     layers = {name for name, m in net.named_modules() if isinstance(m, NONLINEARITIES)}
@@ -243,7 +247,7 @@ def test_every_architecture_has_every_nonlinearity_and_weight_measured(compose_t
     assert all(-8 < w["update_data"] < 1 for w in last["weights"].values())
     calls = {"rnn": {"cell.act": 8}, "gru": {"cell.act": 8, "cell.gate": 16}, "lstm": {"cell.gate": 24}}
     for layer, n in calls.get(model, {}).items():  # one call per time step (two or three for the gates)
-        assert diagnostics.last["layers"][layer]["activations"].shape == (n * 32, 64)
+        assert diagnostics.last["layers"][layer]["activations"].shape == (n * 16, 64)
 
 
 @pytest.mark.parametrize(
