@@ -1,8 +1,8 @@
 """What the training-health diagnostics cost: the same runs with the diagnostics callbacks on and off.
 
-    python scripts/benchmark_diagnostics.py --threads 1               # mlp and wavenet, 4 pairs of runs
+    python scripts/benchmark_diagnostics.py --threads 1               # mlp and wavenet, 3 rounds of off-on-off
     python scripts/benchmark_diagnostics.py --models mlp --steps 20000
-    python scripts/benchmark_diagnostics.py callbacks.diagnostics.every_n_steps=10   # another cadence
+    python scripts/benchmark_diagnostics.py --models mlp -- callbacks.diagnostics.every_n_steps=100  # another cadence
 
 "on" is `python train.py model=<m>` as configured (diagnostics, initial-loss check, sampled text, health report,
 figures); "off" removes those five callbacks. Same model, seed, data and steps. Both are timed over the steady
@@ -11,11 +11,13 @@ part of training, after a warm-up and up to the last training call, so start-up 
 
 Two measures of the overhead, because a few percent is below the noise of one run on a shared machine:
 - on / off: CPU time of the process per step (all its threads, TensorBoard's writer included), which other work
-  on the machine disturbs less than wall time. Off and on run in `--repeats` pairs, one right after the other;
-  the median over the pairs of on / off - 1.
+  on the machine disturbs less than wall time. Each of `--repeats` rounds runs off, on, off (or the reverse
+  order, alternately); the overhead is the median over the rounds of on / (mean of the two offs) - 1, and the
+  noise column is the same for the two offs (off / off - 1): an overhead within the noise is not measurable.
 - hooks: the time spent inside the diagnostics' own hooks during the "on" runs (measuring, writing events,
-  sampling, and the per-step check for whether to measure), per step, over the "off" step time. What it leaves
-  out: torch's slower module call while a forward hook is attached (measured steps only) and the writer thread.
+  sampling, and the per-step check for whether to measure), per step of the same steady part, over the "off"
+  step time (median over the runs). What it leaves out: torch's slower module call while a forward hook is
+  attached (measured steps only) and the writer thread.
 steps/s (from wall time) and CPU ms/step are the best run of each kind.
 """
 
@@ -61,7 +63,8 @@ def timed(method):
 
 
 class CpuTime(pl.Callback):
-    """Process CPU time per optimizer step, between the first training call that ends past `warmup_steps` and the last."""
+    """Process CPU time and time inside the diagnostics' hooks per optimizer step, between the first training call
+    that ends past `warmup_steps` and the last."""
 
     def __init__(self, warmup_steps: int):
         self.warmup_steps = warmup_steps
@@ -69,11 +72,12 @@ class CpuTime(pl.Callback):
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step >= self.warmup_steps:
-            self.last = (time.process_time(), trainer.global_step)
+            self.last = (time.process_time(), in_hooks["seconds"], trainer.global_step)
             self.first = self.first or self.last
 
     def summary_fields(self) -> dict:
-        return {"cpu_ms_per_step": 1e3 * (self.last[0] - self.first[0]) / (self.last[1] - self.first[1])}
+        (cpu, hooks, steps) = (b - a for a, b in zip(self.first, self.last))
+        return {"cpu_ms_per_step": 1e3 * cpu / steps, "hooks_ms_per_step": 1e3 * hooks / steps}
 
 
 def run(model: str, steps: int, warmup: int, diagnostics: bool, extra: list[str]) -> dict:
@@ -104,7 +108,7 @@ def run(model: str, steps: int, warmup: int, diagnostics: bool, extra: list[str]
         "cpu_ms": summary["cpu_ms_per_step"],
         "rate": summary["steady_steps_per_second"],
         "wall": summary["train_seconds"],
-        "hooks_ms": 1e3 * in_hooks["seconds"] / (warmup + steps),
+        "hooks_ms": summary["hooks_ms_per_step"],
     }
 
 
@@ -112,8 +116,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp", "wavenet"])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run, after a warm-up of 500 "
-                        "(default: 3000 for mlp, 1000 otherwise)")
-    parser.add_argument("--repeats", type=int, default=4, help="pairs of runs (off, then on)")
+                        "(default: 5000 for mlp, 1000 otherwise)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of three runs (off, on, off)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
     args = parser.parse_args()
@@ -125,21 +129,23 @@ def main():
         setattr(cls, name, timed(getattr(cls, name)))
 
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"cpu, {args.repeats} pairs of runs, overrides: {' '.join(args.overrides) or 'none'}")
+          f"cpu, {args.repeats} rounds of off-on-off, overrides: {' '.join(args.overrides) or 'none'}")
     print("| model | steps | off: steps/s | on: steps/s | off: CPU ms/step | on: CPU ms/step | overhead: on / off | "
-          "overhead: hooks | off: wall s | on: wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "noise: off / off | overhead: hooks | off: wall s | on: wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model in args.models:
-        steps = args.steps or (3000 if model == "mlp" else 1000)
-        results = {True: [], False: []}
-        for _ in range(args.repeats):  # alternate, so that load from elsewhere hits both alike
-            for diagnostics in (False, True):
-                results[diagnostics].append(run(model, steps, 500, diagnostics, args.overrides))
-        pairs = statistics.median(on["cpu_ms"] / off["cpu_ms"] - 1 for off, on in zip(results[False], results[True]))
-        off, on = ({k: best(results[mode], k) for k in ("cpu_ms", "rate", "wall")} for mode in (False, True))
-        hooks = statistics.median(r["hooks_ms"] for r in results[True]) / off["cpu_ms"]
+        steps = args.steps or (5000 if model == "mlp" else 1000)
+        rounds = []
+        for i in range(args.repeats):  # off, on, off: load from elsewhere that drifts hits both alike
+            order = ("a", "on", "b") if i % 2 == 0 else ("b", "on", "a")
+            rounds.append({mode: run(model, steps, 500, mode == "on", args.overrides) for mode in order})
+        overhead = statistics.median(r["on"]["cpu_ms"] / ((r["a"]["cpu_ms"] + r["b"]["cpu_ms"]) / 2) - 1 for r in rounds)
+        noise = statistics.median(r["b"]["cpu_ms"] / r["a"]["cpu_ms"] - 1 for r in rounds)
+        offs, ons = [r[m] for r in rounds for m in ("a", "b")], [r["on"] for r in rounds]
+        off, on = ({k: best(results, k) for k in ("cpu_ms", "rate", "wall")} for results in (offs, ons))
+        hooks = statistics.median(r["hooks_ms"] for r in ons) / off["cpu_ms"]
         print(f"| {model} | {steps} | {off['rate']:,.0f} | {on['rate']:,.0f} | {off['cpu_ms']:.3f} | {on['cpu_ms']:.3f} | "
-              f"{pairs:+.1%} | {hooks:+.1%} | {off['wall']:.1f} | {on['wall']:.1f} |", flush=True)
+              f"{overhead:+.1%} | {noise:+.1%} | {hooks:+.1%} | {off['wall']:.1f} | {on['wall']:.1f} |", flush=True)
 
 
 def best(results: list[dict], key: str) -> float:

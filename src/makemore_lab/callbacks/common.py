@@ -32,13 +32,15 @@ class StepClock:
         self.before, self.after = before, after
         self.step = 0
         self._handles = []
+        self._counting = None
 
     def start(self, trainer: pl.Trainer) -> None:
         self.stop()
         self.step = trainer.global_step
         optimizers = torch_optimizers(trainer)
         for optimizer in optimizers:
-            self._handles.append(optimizer.register_step_pre_hook(self._pre))
+            if self.before:  # every hook costs a Python call on every step
+                self._handles.append(optimizer.register_step_pre_hook(self._pre))
             self._handles.append(optimizer.register_step_post_hook(self._post))
         self._counting = optimizers[0] if optimizers else None
 
@@ -48,8 +50,7 @@ class StepClock:
         self._handles = []
 
     def _pre(self, optimizer, args, kwargs) -> None:
-        if self.before:
-            self.before(optimizer, self.step)
+        self.before(optimizer, self.step)
 
     def _post(self, optimizer, args, kwargs) -> None:
         if self.after:
