@@ -64,16 +64,18 @@ def draw(diagnostics: Diagnostics, dpi: int = 100) -> dict:
     layers, weights = last["layers"], last["weights"]
     figures = {}
 
-    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
-    ax = fig.subplots()
+    def new_axes():
+        fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
+        return fig, fig.subplots()
+
+    fig, ax = new_axes()
     for name, m in layers.items():
         label = f"{name} ({m['kind']}): mean {m['mean']:+.2f}, std {m['std']:.2f}, saturated {m['saturation']:.1%}"
         ax.plot(*density(m["activations"]), label=label)
     ax.set(title=f"activation distribution (step {step})", xlabel="output", ylabel="density")
     figures["activation_distribution"] = finish(fig, ax, layers)
 
-    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
-    ax = fig.subplots()
+    fig, ax = new_axes()
     for name, m in layers.items():
         if m["gradients"] is not None:
             g = m["gradients"]
@@ -81,16 +83,14 @@ def draw(diagnostics: Diagnostics, dpi: int = 100) -> dict:
     ax.set(title=f"gradient distribution (step {step})", xlabel="gradient of the output", ylabel="density")
     figures["gradient_distribution"] = finish(fig, ax, layers)
 
-    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
-    ax = fig.subplots()
+    fig, ax = new_axes()
     for name, w in weights.items():
         g = w["gradient"]
         ax.plot(*density(g), label=f"{name} {tuple(g.shape)}: grad:data {w['grad_data']:.2e}")
     ax.set(title=f"weight gradient distribution (step {step})", xlabel="gradient", ylabel="density")
     figures["weight_gradient_distribution"] = finish(fig, ax, weights)
 
-    fig = Figure(figsize=(10, 4), dpi=dpi, layout="constrained")
-    ax = fig.subplots()
+    fig, ax = new_axes()
     names = dict.fromkeys(name for record in diagnostics.history for name in record["weights"])
     for name in names:
         points = [(r["step"], r["weights"][name]["update_data"]) for r in diagnostics.history if name in r["weights"]]
