@@ -27,6 +27,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torch.nn import functional as F
 
+from makemore_lab.module import IGNORE, item_targets
 from makemore_lab.train import train
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
@@ -63,7 +64,7 @@ def hand_written_rate(model: str, steps: int, warmup: int, device: str, extra: l
     cfg = compose_cfg([f"model={model}", "paths.output_dir=.", *extra])
     torch.manual_seed(cfg.seed)
     data = instantiate(cfg.data)
-    x, y = data.splits["train"].x.to(device), data.splits["train"].y.to(device)
+    x, y = data.train_set.x.to(device), data.train_set.y.to(device)
     net = instantiate(cfg.model, vocab_size=data.vocab_size, block_size=data.block_size).to(device)
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
     batch_size = cfg.data.batch_size
@@ -73,7 +74,11 @@ def hand_written_rate(model: str, steps: int, warmup: int, device: str, extra: l
                 torch.cuda.synchronize()
             start = time.perf_counter()
         ix = torch.randint(0, x.shape[0], (batch_size,), device=device)
-        loss = F.cross_entropy(net(x[ix]), y[ix])
+        if data.train_on == "items":  # makemore.py's loop: whole items, every position scored, padding ignored
+            logits = net(x[ix], all_positions=True).flatten(0, 1)
+            loss = F.cross_entropy(logits, item_targets(x[ix], y[ix]).flatten(), ignore_index=IGNORE)
+        else:
+            loss = F.cross_entropy(net(x[ix]), y[ix])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -78,6 +78,8 @@ def bad_file(tmp_path: Path, content: bytes) -> str:
         (lambda t: ["block_size=0"], "block_size must be a positive integer"),
         (lambda t: ["model=wavenet", "block_size=6"], "power of two"),
         (lambda t: ["model.n_hidden=wide"], "bad model config"),
+        (lambda t: ["model=mlp", "block_size=null", "data.train_on=items"], "needs a sequence model"),
+        (lambda t: ["model=transformer", "block_size=4"], "needs block_size > the longest item"),
     ],
 )
 def test_bad_train_input_is_one_line_without_traceback(tmp_path, make_args, message):

@@ -91,3 +91,27 @@ def test_minibatch_stream_is_the_same_for_any_steps_per_call():
     assert torch.equal(one, five)
     # each pass over the 100 examples yields 12 full minibatches (96 indices), all distinct; the 4 left are dropped
     assert len(set(one[:96].tolist())) == 96 and len(set(one[96:192].tolist())) == 96
+
+
+def test_train_on_items_trains_on_whole_items_and_scores_windows(tmp_path):
+    path = tmp_path / "items.txt"
+    path.write_text("\n".join(["ab", "abcdefg", "c", "de", "fgh", "ee", "ba", "cab", "dd", "xy"]))
+    windows = CharDataModule(path=str(path), block_size=None, batch_size=2)
+    items = CharDataModule(path=str(path), block_size=None, batch_size=2, train_on="items")
+    assert len(items.train_set) == len(items.train_items) == 8
+    first = items.train_items[0]
+    assert items.train_set.x[0].tolist() == [0] * (8 - len(first)) + items.vocab.encode(first)
+    assert items.train_set.y.tolist() == [0] * 8  # the target after a whole item is its end mark
+    for split in ("train", "val", "test"):  # evaluation is the same in both ways
+        assert torch.equal(items.splits[split].x, windows.splits[split].x)
+    batch_x, _ = next(iter(items.train_dataloader()))
+    assert batch_x.shape == (2, 8)
+
+
+def test_train_on_items_needs_the_whole_item_in_view(tmp_path):
+    path = tmp_path / "items.txt"
+    path.write_text("\n".join(["abcdef"] * 10))
+    with pytest.raises(UserError, match="needs block_size > the longest item"):
+        CharDataModule(path=str(path), block_size=6, batch_size=2, train_on="items")
+    with pytest.raises(UserError, match="train_on must be"):
+        CharDataModule(path=str(path), block_size=7, batch_size=2, train_on="names")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from makemore_lab.data import Vocabulary
+from makemore_lab.data import Vocabulary, make_examples, make_item_examples
 from makemore_lab.errors import UserError
 from makemore_lab.models.bigram import Bigram
 from makemore_lab.models.bow import BagOfWords
@@ -15,6 +15,7 @@ from makemore_lab.models.mlp_bn import DeepMLP
 from makemore_lab.models.rnn import RecurrentLM
 from makemore_lab.models.transformer import Transformer
 from makemore_lab.models.wavenet import WaveNet
+from makemore_lab.module import CharLM
 from makemore_lab.sampling import generate
 
 V = 27
@@ -96,3 +97,38 @@ def test_generate_top_k_1_is_greedy():
     vocab = Vocabulary(tuple(".abcdefghijklmnopqrstuvwxyz"))
     items = generate(net, vocab, 5, 3, torch.Generator().manual_seed(3), top_k=1, max_length=20)
     assert len(set(items)) == 1  # argmax sampling: every item identical
+
+
+SEQUENCE_MODELS = ["rnn", "gru", "lstm", "transformer"]
+ITEMS = ["emma", "olivia", "x", "zachariah", "ava"]
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_models_ignore_left_padding(name):
+    """Every position of an item's whole-item window predicts exactly what that prefix's own window predicts."""
+    torch.manual_seed(0)
+    net = BUILDERS[name]("kaiming").eval()
+    vocab = Vocabulary.from_items(ITEMS)
+    windows_x, windows_y = make_examples(ITEMS, vocab, net.block_size)
+    items_x, _ = make_item_examples(ITEMS, vocab, net.block_size)
+    every_position = net(items_x, all_positions=True)  # (items, T, V)
+    assert every_position.shape == (len(ITEMS), net.block_size, V)
+    # An item of L characters has L + 1 windows; the j-th ends at position T - 1 - L + j of its whole-item window.
+    as_windows = torch.cat([every_position[k, net.block_size - 1 - len(item) :] for k, item in enumerate(ITEMS)])
+    assert len(as_windows) == len(windows_y)
+    torch.testing.assert_close(as_windows, net(windows_x), rtol=0, atol=1e-5)
+    # ...and the outputs do depend on the context (the check above could not pass with a constant output).
+    assert (net(windows_x).std(dim=0) > 1e-3).any()
+
+
+@pytest.mark.parametrize("name", ["transformer", "gru"])
+def test_whole_item_loss_is_the_mean_over_the_items_windows(name):
+    """CharLM's all-positions loss on whole items == the per-window loss over the same items' characters."""
+    torch.manual_seed(0)
+    net = BUILDERS[name]("kaiming")
+    vocab = Vocabulary.from_items(ITEMS)
+    windows_x, windows_y = make_examples(ITEMS, vocab, net.block_size)
+    items_x, items_y = make_item_examples(ITEMS, vocab, net.block_size)
+    module = CharLM(net, optimizer=None, all_positions=True)
+    whole_items = module._training_loss(items_x, items_y)
+    torch.testing.assert_close(whole_items, F.cross_entropy(net(windows_x), windows_y), rtol=0, atol=1e-5)

@@ -92,6 +92,22 @@ def make_examples(items: list[str], vocab: Vocabulary, block_size: int) -> tuple
     return torch.tensor(contexts, dtype=torch.long).view(-1, block_size), torch.tensor(targets, dtype=torch.long)
 
 
+def make_item_examples(items: list[str], vocab: Vocabulary, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One example per item: the whole item, left-padded to block_size, -> its end mark.
+
+    Its window holds every other window of the item (the item's prefixes), so a sequence model scoring every
+    position (CharLM's all_positions) learns all of the item's characters from this one example.
+    """
+    longest = max(map(len, items))
+    if longest >= block_size:
+        raise UserError(
+            f"data.train_on=items needs block_size > the longest item ({longest} characters); got {block_size}: "
+            "use block_size=null (longest item + 1) or data.train_on=windows"
+        )
+    contexts = [[0] * (block_size - len(item)) + vocab.encode(item) for item in items]
+    return torch.tensor(contexts, dtype=torch.long), torch.zeros(len(items), dtype=torch.long)
+
+
 class TensorPairs(torch.utils.data.Dataset):
     """Indexed with a whole list of indices at once, so a batch is two tensor gathers, not a Python collate."""
 
@@ -149,6 +165,9 @@ class CharDataModule(pl.LightningDataModule):
     `block_size=None` means "the longest item + 1", so a sequence model sees a whole item (makemore.py's choice).
     `vocab` fixes the vocabulary (a trained model's) instead of deriving it from the data.
     `steps_per_call`: a training batch holds this many minibatches, cut apart by the module (see CharLM).
+    `train_on`: "windows" (every position of every item is one training example, the lectures' way) or "items"
+    (one example per whole item, every position scored: makemore.py's way for sequence models). Validation and
+    test always score every window, so the losses of both ways are the same per-character measure.
     """
 
     def __init__(
@@ -162,6 +181,7 @@ class CharDataModule(pl.LightningDataModule):
         split_seed: int = 42,
         vocab: Vocabulary | None = None,
         steps_per_call: int = 1,
+        train_on: str = "windows",
     ):
         super().__init__()
         if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
@@ -170,7 +190,10 @@ class CharDataModule(pl.LightningDataModule):
             raise UserError(f"data.batch_size must be a positive integer, got {batch_size!r}")
         if not (0 < train_fraction < 1 and 0 < val_fraction < 1 and train_fraction + val_fraction < 1):
             raise UserError("data.train_fraction and data.val_fraction must be in (0, 1) and leave room for a test split")
+        if train_on not in ("windows", "items"):
+            raise UserError(f"data.train_on must be 'windows' or 'items', got {train_on!r}")
         self.path, self.batch_size, self.eval_batch_size = path, batch_size, eval_batch_size
+        self.train_on = train_on
         self.steps_per_call = steps_per_call
         self.train_fraction, self.val_fraction, self.split_seed = train_fraction, val_fraction, split_seed
         self.items = read_items(path)
@@ -192,10 +215,14 @@ class CharDataModule(pl.LightningDataModule):
             name: TensorPairs(*make_examples(items, self.vocab, self.block_size))
             for name, items in (("train", self.train_items), ("val", self.val_items), ("test", self.test_items))
         }
-        if len(self.splits["train"]) < batch_size:
+        # What training draws minibatches from; `splits` stays the windows, so every split is scored the same way.
+        self.train_set = self.splits["train"]
+        if train_on == "items":
+            self.train_set = TensorPairs(*make_item_examples(self.train_items, self.vocab, self.block_size))
+        if len(self.train_set) < batch_size:
             raise UserError(
-                f"data.batch_size ({batch_size}) is larger than the training split ({len(self.splits['train'])} "
-                "examples): lower data.batch_size or use more data"
+                f"data.batch_size ({batch_size}) is larger than the training split ({len(self.train_set)} "
+                f"{train_on}): lower data.batch_size or use more data"
             )
 
     @property
@@ -204,9 +231,9 @@ class CharDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        sampler = MinibatchStream(len(self.splits["train"]), self.batch_size, self.steps_per_call, rank)
+        sampler = MinibatchStream(len(self.train_set), self.batch_size, self.steps_per_call, rank)
         # batch_size=None turns off per-item collation: the sampler hands the dataset a whole batch of indices.
-        return DataLoader(self.splits["train"], sampler=sampler, batch_size=None)
+        return DataLoader(self.train_set, sampler=sampler, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -27,6 +27,8 @@ class CharLM(pl.LightningModule):
             None for a constant lr.
         batch_size: examples per optimizer step.
         checkpoint_meta: what a checkpoint needs to rebuild `net` alone (config, vocabulary), stored in every save.
+        all_positions: train on every position of each example (sequence models, data.train_on=items): the
+            training batch holds whole items and the loss is the mean over all their characters.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class CharLM(pl.LightningModule):
         schedule=None,
         batch_size: int = 32,
         checkpoint_meta: dict | None = None,
+        all_positions: bool = False,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -44,6 +47,7 @@ class CharLM(pl.LightningModule):
         self.schedule_factory = schedule
         self.batch_size = batch_size
         self.checkpoint_meta = dict(checkpoint_meta or {})
+        self.all_positions = all_positions
         self.initial_loss: float | None = None  # loss of the very first step, for the lecture's ln(V) check
         self.lr_multiplier = constant(0)  # replaced in configure_optimizers, once max_steps is known
         self._lr_factor: float | None = None  # the multiplier currently applied to the optimizer
@@ -82,7 +86,7 @@ class CharLM(pl.LightningModule):
         losses = []
         for xb, yb in minibatches:
             self._apply_schedule(optimizer, step)
-            loss = F.cross_entropy(self.net(xb), yb)
+            loss = self._training_loss(xb, yb)
             if step == 0 and self.initial_loss is None:
                 self.initial_loss = loss.item()  # one sync, on the first step only
             optimizer.zero_grad(set_to_none=True)
@@ -96,6 +100,12 @@ class CharLM(pl.LightningModule):
             losses.append(loss.detach())
             step += 1
         return torch.stack(losses) if losses else None
+
+    def _training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.all_positions:
+            return F.cross_entropy(self.net(x), y)
+        logits = self.net(x, all_positions=True)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), item_targets(x, y).flatten(), ignore_index=IGNORE)
 
     def _apply_schedule(self, optimizer, step: int) -> None:
         """Set the lr for `step`: a pure function of the step, so a resumed run needs no scheduler state."""
@@ -125,6 +135,21 @@ class CharLM(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.initial_loss = checkpoint.get("makemore_lab", {}).get("initial_loss")
+
+
+IGNORE = -100  # cross_entropy's ignore_index
+
+
+def item_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The target of every position of whole-item windows (B, T): position t predicts token t + 1, the last one y.
+
+    A '.' inside the window is left padding (items never contain it): predicting it is no part of the item, so it
+    becomes IGNORE; the target after the window is the item's end mark and is kept.
+    """
+    targets = torch.cat([x[:, 1:], y[:, None]], dim=1)
+    targets = targets.masked_fill(targets == 0, IGNORE)
+    targets[:, -1] = y
+    return targets
 
 
 @torch.inference_mode()

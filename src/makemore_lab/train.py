@@ -5,6 +5,7 @@ Called by the thin ./train.py (a Hydra app); tests call `train(cfg)` with a comp
 
 import contextlib
 import json
+import inspect
 import logging
 import math
 import os
@@ -189,7 +190,13 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta)
     schedule = build(cfg.schedule, "schedule") if cfg.get("schedule") else None
-    module = CharLM(net, build(cfg.optimizer, "optimizer"), schedule, cfg.data.batch_size, checkpoint_meta)
+    all_positions = datamodule.train_on == "items"
+    if all_positions and "all_positions" not in inspect.signature(net.forward).parameters:
+        raise UserError(
+            f"data.train_on=items needs a sequence model (rnn, gru, lstm, transformer); {cfg.model_name} predicts "
+            "one character per window: use data.train_on=windows"
+        )
+    module = CharLM(net, build(cfg.optimizer, "optimizer"), schedule, cfg.data.batch_size, checkpoint_meta, all_positions)
 
     callbacks = [build(c, "callbacks") for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]

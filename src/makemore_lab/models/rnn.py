@@ -4,6 +4,9 @@
 - gru: Cho et al. 2014 (https://arxiv.org/abs/1409.1259)
 - lstm: Hochreiter & Schmidhuber 1997
 A cell's state is the hidden vector (rnn, gru) or a (hidden, memory) pair (lstm); `hidden(state)` reads it out.
+A window is left-padded with '.': each leading '.' restarts reading from the learned start state, so the state
+after the start token (the last leading '.') is the same however much padding precedes it, as in makemore.py,
+where every item starts at step 0. `all_positions=True` returns every step's logits (data.train_on=items).
 The nonlinearities are nn.Module instances (not torch.tanh) so the diagnostics callbacks can hook them.
 """
 
@@ -92,10 +95,23 @@ class RecurrentLM(nn.Module):
         self.lm_head = nn.Linear(n_hidden, vocab_size)
         initialize(self, init)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
         B, T = idx.shape
         emb = self.wte(idx)  # (B, T, n_embd)
-        state = self.cell.initial_state(self.start.expand(B, -1))
+        padding = (idx == 0).cumprod(dim=1).bool().unsqueeze(-1)  # (B, T, 1): the leading '.'s
+        initial = self.cell.initial_state(self.start.expand(B, -1))
+        state, hiddens = initial, []
         for t in range(T):
+            if t > 0:  # a leading '.' starts the item afresh: padding before it leaves no trace
+                state = _where(padding[:, t], initial, state)
             state = self.cell(emb[:, t], state)
-        return self.lm_head(self.cell.hidden(state))  # (B, V)
+            hiddens.append(self.cell.hidden(state))
+        h = torch.stack(hiddens, dim=1) if all_positions else hiddens[-1]
+        return self.lm_head(h)  # (B, V), or (B, T, V) with all_positions
+
+
+def _where(condition: torch.Tensor, a, b):
+    """torch.where over a cell state: a tensor or a tuple of tensors."""
+    if isinstance(a, tuple):
+        return tuple(torch.where(condition, x, y) for x, y in zip(a, b))
+    return torch.where(condition, a, b)

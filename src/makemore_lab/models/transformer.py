@@ -1,7 +1,12 @@
 """A GPT decoder (Radford et al. 2018; Vaswani et al. 2017, https://arxiv.org/abs/1706.03762), makemore.py's sizes.
 
-Pre-norm blocks of causal self-attention and a GELU MLP. Only the last position's logits are returned: the
-example's target is the character after the window.
+Pre-norm blocks of causal self-attention and a GELU MLP. By default only the last position's logits are
+returned (the example's target is the character after the window); `all_positions=True` returns every position's,
+for training on whole items (data.train_on=items), one prediction per character as makemore.py does.
+
+A window is left-padded with '.': the item starts at its last leading '.', the start token. Positions count from
+that token and attention never looks left of it, so a prefix gives the same prediction whether it ends the window
+or sits inside a longer one: the padding is invisible (makemore.py always puts the start token at position 0).
 """
 
 import torch
@@ -21,11 +26,11 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(n_embd, 3 * n_embd)  # queries, keys and values in one matmul
         self.proj = nn.Linear(n_embd, n_embd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # fused kernel; same maths as masked softmax
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # allowed: (B, 1, T, T), True = may attend
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -37,8 +42,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd)
         self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # residual paths keep gradients flowing through depth
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), allowed)  # residual paths keep gradients flowing through depth
         return x + self.mlp(self.ln_2(x))
 
 
@@ -56,13 +61,21 @@ class Transformer(nn.Module):
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
-        self.blocks = nn.Sequential(*(Block(n_embd, n_head) for _ in range(n_layer)))
+        self.blocks = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         initialize(self, init)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
         B, T = idx.shape
-        pos = torch.arange(T, device=idx.device)
-        x = self.blocks(self.wte(idx) + self.wpe(pos))  # (B, T, n_embd)
-        return self.lm_head(self.ln_f(x[:, -1]))  # (B, V)
+        t = torch.arange(T, device=idx.device)
+        start = (idx == 0).cumprod(dim=1).sum(dim=1, keepdim=True).sub(1).clamp(min=0)  # (B, 1): the start token
+        pos = (t - start).clamp(min=0)  # (B, T); padding left of the start token is masked out below anyway
+        # Causal, and nothing left of the start token; a padding position attends to itself only (no empty rows).
+        allowed = (t <= t[:, None]) & ((t >= start[:, :, None]) | (t == t[:, None]))  # (B, T, T)
+        allowed = allowed.unsqueeze(1)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x, allowed)
+        x = self.ln_f(x if all_positions else x[:, -1])
+        return self.lm_head(x)  # (B, V), or (B, T, V) with all_positions
