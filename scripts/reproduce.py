@@ -56,6 +56,7 @@ def result_row(preset: str, run_dir: Path) -> dict:
         "model": summary["model"],
         "params": summary["params"],
         "steps": summary["steps"],
+        "final_weights_step": summary.get("final_weights_step", summary["steps"]),  # final_weights=best: earlier
         "train_loss": summary["train_loss"],
         "val_loss": summary["val_loss"],
         "test_loss": summary["test_loss"],
@@ -76,9 +77,12 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        steps = f"{r['steps']:,}"
+        if r.get("final_weights_step", r["steps"]) != r["steps"]:
+            steps += f" (best: {r['final_weights_step']:,})"
         gap = None if r["reference_val"] is None else r["val_loss"] - r["reference_val"]
         lines.append(
-            f"| {r['preset']} | {r['model']} | {r['params']:,} | {r['steps']:,} | {fmt(r['train_loss'])} | "
+            f"| {r['preset']} | {r['model']} | {r['params']:,} | {steps} | {fmt(r['train_loss'])} | "
             f"{fmt(r['val_loss'])} | {fmt(r['test_loss'])} | {fmt(r['reference_train'])} / {fmt(r['reference_val'])} | "
             f"{fmt(gap, '+.4f')} | {r['seconds']:.0f} |"
         )

@@ -79,6 +79,8 @@ def bad_file(tmp_path: Path, content: bytes) -> str:
         (lambda t: ["model=wavenet", "block_size=6"], "power of two"),
         (lambda t: ["model.n_hidden=wide"], "bad model config"),
         (lambda t: ["model=mlp", "block_size=null", "data.train_on=items"], "needs a sequence model"),
+        (lambda t: ["experiment=lecture5_wavenet", "schedule=cosine"], "bad schedule config: cosine() got an unexpected keyword argument 'at'"),
+        (lambda t: ["optimizer=adam", "+optimizer.nesterov=true"], "bad optimizer config"),
         (lambda t: ["model=transformer", "block_size=4"], "needs block_size > the longest item"),
     ],
 )

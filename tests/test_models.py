@@ -132,3 +132,14 @@ def test_whole_item_loss_is_the_mean_over_the_items_windows(name):
     module = CharLM(net, optimizer=None, all_positions=True)
     whole_items = module._training_loss(items_x, items_y)
     torch.testing.assert_close(whole_items, F.cross_entropy(net(windows_x), windows_y), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("build", [lambda: Transformer(V, 16, dropout=0.5), lambda: WaveNet(V, 8, dropout=0.5)])
+def test_dropout_acts_in_training_only(build):
+    torch.manual_seed(0)
+    net = build()
+    x = torch.randint(1, V, (64, net.block_size))
+    assert not torch.equal(net(x), net(x))  # training: a fresh mask each call
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    assert n_params(net) == n_params(type(net)(V, net.block_size))  # dropout adds no parameters

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIG_DIR, read_scalars
+from conftest import CONFIG_DIR, read_scalar_events, read_scalars
 from makemore_lab.checkpoint import load_trained_net
 from makemore_lab.train import train
 
@@ -101,3 +101,18 @@ def test_max_params_refuses_a_bigger_model(compose_train, small_names):
     with pytest.raises(OverParamBudget, match="11,897 parameters, more than max_params=11,000"):
         train(compose_train(f"data.path={small_names}", "max_params=11000"))
     assert train(compose_train(f"data.path={small_names}", "max_params=11897"))["params"] == 11_897
+
+
+def test_final_weights_best_reports_the_best_validation(compose_train, small_names):
+    cfg = compose_train(f"data.path={small_names}", "final_weights=best", "trainer.max_steps=60", "optimizer.lr=0.5")
+    summary = train(cfg)
+    validations = read_scalar_events(Path(cfg.paths.output_dir) / "tensorboard")["val/loss"]
+    best = min(validations, key=lambda event: event.value)
+    assert summary["val_loss"] == pytest.approx(best.value, abs=1e-5)
+    assert summary["final_weights_step"] in {best.step, best.step + 1}  # Lightning logs validation at step - 1
+    assert summary["steps"] == 60
+
+
+def test_final_weights_last_is_the_default(compose_train, small_names):
+    summary = train(compose_train(f"data.path={small_names}"))
+    assert summary["final_weights_step"] == summary["steps"] == 20

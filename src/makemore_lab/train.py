@@ -50,6 +50,18 @@ def build(node: DictConfig, what: str, **kwargs):
         raise UserError(f"bad {what} config: {type(cause).__name__}: {cause}") from None
 
 
+def check_partial(factory, what: str, **kwargs) -> None:
+    """Call a partial (optimizer, schedule) once now, so a wrong key fails here in one line, not mid-fit.
+
+    A typical case: an experiment preset sets `schedule.at` for the step schedule and the command line switches to
+    `schedule=cosine`, which takes no `at` (remove it with `~schedule.at`).
+    """
+    try:
+        factory(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"bad {what} config: {err}") from None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Catch the values that would otherwise fail deep inside torch with a traceback."""
     lr = cfg.optimizer.get("lr")
@@ -58,6 +70,8 @@ def check_config(cfg: DictConfig) -> None:
     max_steps = cfg.trainer.get("max_steps")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise UserError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+    if cfg.final_weights not in ("last", "best"):
+        raise UserError(f"final_weights must be 'last' or 'best', got {cfg.final_weights!r}")
 
 
 def effective_steps_per_call(cfg: DictConfig) -> int:
@@ -190,13 +204,17 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta)
     schedule = build(cfg.schedule, "schedule") if cfg.get("schedule") else None
+    optimizer = build(cfg.optimizer, "optimizer")
+    check_partial(optimizer, "optimizer", params=[torch.zeros(1, requires_grad=True)])
+    if schedule is not None:
+        check_partial(schedule, "schedule", total_steps=cfg.trainer.max_steps)
     all_positions = datamodule.train_on == "items"
     if all_positions and "all_positions" not in inspect.signature(net.forward).parameters:
         raise UserError(
             f"data.train_on=items needs a sequence model (rnn, gru, lstm, transformer); {cfg.model_name} predicts "
             "one character per window: use data.train_on=windows"
         )
-    module = CharLM(net, build(cfg.optimizer, "optimizer"), schedule, cfg.data.batch_size, checkpoint_meta, all_positions)
+    module = CharLM(net, optimizer, schedule, cfg.data.batch_size, checkpoint_meta, all_positions)
 
     callbacks = [build(c, "callbacks") for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
@@ -212,6 +230,9 @@ def train(cfg: DictConfig) -> dict:
     train_seconds = fit(trainer, module, datamodule, cfg.get("ckpt_path"), out_dir)
     if not trainer.is_global_zero:
         return {}
+    final_step = trainer.global_step
+    if cfg.final_weights == "best":
+        final_step = load_best_weights(trainer, net)
     summary = {
         "model": cfg.model_name,
         "params": params,
@@ -221,6 +242,7 @@ def train(cfg: DictConfig) -> dict:
         "val_examples": len(datamodule.splits["val"]),
         "test_examples": len(datamodule.splits["test"]),
         "steps": trainer.global_step,
+        "final_weights_step": final_step,
         "initial_loss": module.initial_loss,
         "expected_initial_loss": math.log(datamodule.vocab_size),
         **final_evaluation(cfg, trainer, net, datamodule, params),
@@ -235,6 +257,17 @@ def train(cfg: DictConfig) -> dict:
     write_json_atomically(out_dir / "summary.json", summary)  # last: its presence means the run finished
     log.info("summary: %s", out_dir / "summary.json")
     return summary
+
+
+def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
+    """Put the best validation checkpoint's weights into `net`; returns the step they were saved at."""
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if not best:
+        raise UserError("final_weights=best needs the model_checkpoint callback and at least one validation")
+    checkpoint = read_checkpoint(best)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+    log.info("final losses use the best validation's weights: %s (step %d)", best, checkpoint["global_step"])
+    return checkpoint["global_step"]
 
 
 def final_evaluation(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: int) -> dict:

@@ -18,29 +18,34 @@ from makemore_lab.models.init import initialize
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int):
+    def __init__(self, n_embd: int, n_head: int, dropout: float):
         super().__init__()
         if n_embd % n_head:
             raise UserError(f"transformer n_embd ({n_embd}) must be divisible by n_head ({n_head})")
         self.n_head = n_head
         self.qkv = nn.Linear(n_embd, 3 * n_embd)  # queries, keys and values in one matmul
         self.proj = nn.Linear(n_embd, n_embd)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # allowed: (B, 1, T, T), True = may attend
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        # allowed: (B, 1, T, T), True = may attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int):
+    def __init__(self, n_embd: int, n_head: int, dropout: float):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
         self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd))
+        self.mlp = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), allowed)  # residual paths keep gradients flowing through depth
@@ -55,13 +60,15 @@ class Transformer(nn.Module):
         n_layer: int = 4,
         n_head: int = 4,
         n_embd: int = 64,
+        dropout: float = 0.0,
         init: str = "torch",
     ):
         super().__init__()
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
+        self.drop = nn.Dropout(dropout)  # nanoGPT's regularizer; makemore.py has none (dropout 0)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         initialize(self, init)
@@ -74,7 +81,7 @@ class Transformer(nn.Module):
         # Causal, and nothing left of the start token; a padding position attends to itself only (no empty rows).
         allowed = (t <= t[:, None]) & ((t >= start[:, :, None]) | (t == t[:, None]))  # (B, T, T)
         allowed = allowed.unsqueeze(1)
-        x = self.wte(idx) + self.wpe(pos)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x, allowed)
         x = self.ln_f(x if all_positions else x[:, -1])
