@@ -8,6 +8,7 @@
 Each preset runs as `python train.py experiment=<preset>` in its own run dir under logs/reproduce/; the table
 takes its numbers from that run's summary.json and the lecture's number from the preset's `reference` key.
 Rows already in <out>/results.json for presets not run this time are kept, so the table can be filled in parts.
+Each row also keeps the run's validation curve, from which scripts/plot_results.py draws docs/results_curves.png.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -64,7 +66,21 @@ def result_row(preset: str, run_dir: Path) -> dict:
         "reference_train": ref.get("train"),
         "reference_val": ref.get("val"),
         "reference_source": ref.get("source"),
+        "val_curve": val_curve(run_dir),  # for scripts/plot_results.py: the picture comes from this file alone
     }
+
+
+def val_curve(run_dir: Path) -> list[list[float]]:
+    """[[step, val loss], ...] from the run's TensorBoard events, in step order."""
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(run_dir / "tensorboard"))
+    mux.Reload()
+    return sorted(
+        [e.step, round(e.value, 5)]
+        for run, tags in mux.Runs().items()
+        if "val/loss" in tags.get("scalars", [])
+        for e in mux.Scalars(run, "val/loss")
+    )
 
 
 def fmt(value, spec=".4f") -> str:
