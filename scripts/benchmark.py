@@ -56,7 +56,10 @@ def framework_rate(model: str, steps: int, warmup: int, diagnostics: bool, devic
         if not diagnostics:
             overrides.append("~callbacks.diagnostics")
         with contextlib.redirect_stdout(io.StringIO()):
-            return train(compose_cfg(overrides))["steady_steps_per_second"]
+            rate = train(compose_cfg(overrides))["steady_steps_per_second"]
+        if rate is None:  # the timed window held fewer than two training calls
+            raise SystemExit(f"error: {steps} steps are too few to time {model}: use a larger --steps")
+        return rate
 
 
 def hand_written_rate(model: str, steps: int, warmup: int, device: str, extra: list[str]) -> float:

@@ -25,21 +25,31 @@ class StepClock:
     `after(optimizer, step)` just after, through `register_step_pre_hook` / `register_step_post_hook`.
 
     The count starts at trainer.global_step (so it continues on resume) and advances after each step of the
-    first optimizer (the CharLM has one).
+    first optimizer (the CharLM has one). `next_due(step)` names the first step >= `step` at which the callback
+    needs `before`/`after` (default: every step). On the other steps the hooks only count: a small model makes
+    thousands of steps a second, and a Python call into the callback on each of them costs several percent.
     """
 
-    def __init__(self, before: StepHook | None = None, after: StepHook | None = None):
+    def __init__(
+        self,
+        before: StepHook | None = None,
+        after: StepHook | None = None,
+        next_due: Callable[[int], float] | None = None,
+    ):
         self.before, self.after = before, after
+        self.next_due = next_due or (lambda step: step)
         self.step = 0
+        self._due = 0.0
         self._handles = []
         self._counting = None
 
     def start(self, trainer: pl.Trainer) -> None:
         self.stop()
         self.step = trainer.global_step
+        self._due = self.next_due(self.step)
         optimizers = torch_optimizers(trainer)
         for optimizer in optimizers:
-            if self.before:  # every hook costs a Python call on every step
+            if self.before:
                 self._handles.append(optimizer.register_step_pre_hook(self._pre))
             self._handles.append(optimizer.register_step_post_hook(self._post))
         self._counting = optimizers[0] if optimizers else None
@@ -50,13 +60,17 @@ class StepClock:
         self._handles = []
 
     def _pre(self, optimizer, args, kwargs) -> None:
-        self.before(optimizer, self.step)
+        if self.step >= self._due:
+            self.before(optimizer, self.step)
 
     def _post(self, optimizer, args, kwargs) -> None:
-        if self.after:
-            self.after(optimizer, self.step)
+        step = self.step
         if optimizer is self._counting:
-            self.step += 1
+            self.step = step + 1
+        if step >= self._due:
+            if self.after:
+                self.after(optimizer, step)
+            self._due = self.next_due(step + 1)
 
 
 def torch_optimizers(trainer: pl.Trainer) -> list[torch.optim.Optimizer]:

@@ -51,7 +51,7 @@ class Diagnostics(pl.Callback):
         self.saturation_threshold = check_fraction(saturation_threshold, "callbacks.diagnostics.saturation_threshold")
         self.image_threshold = check_fraction(image_threshold, "callbacks.diagnostics.image_threshold")
         self.image_every = check_positive_int(image_every, "callbacks.diagnostics.image_every")
-        self.clock = StepClock(before=self._before_step, after=self._after_step)
+        self.clock = StepClock(before=self._before_step, after=self._after_step, next_due=self._next_due)
         self.history: list[dict] = []
         self.last: dict = {}
         self.activations: ActivationStats | None = None
@@ -61,6 +61,14 @@ class Diagnostics(pl.Callback):
 
     def measures(self, step: int) -> bool:
         return step % self.every_n_steps == 0 or step == self._last_step
+
+    def _next_due(self, step: int) -> int:
+        """The first step >= `step` whose hooks matter: a measured step, or the one before it (which attaches
+        the activation hooks for the measured step's forward pass)."""
+        measured = -(-step // self.every_n_steps) * self.every_n_steps  # the next multiple of every_n_steps
+        if self._last_step >= step:
+            measured = min(measured, self._last_step)
+        return measured - 1 if measured - 1 >= step else measured
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:

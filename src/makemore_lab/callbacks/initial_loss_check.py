@@ -42,7 +42,7 @@ class InitialLossCheck(pl.Callback):
 
     def __init__(self, tolerance: float = 0.1):
         self.tolerance = check_fraction(tolerance, "callbacks.initial_loss_check.tolerance")
-        self.clock = StepClock(after=self._after_step)
+        self.clock = StepClock(after=self._after_step, next_due=lambda step: 0 if step == 0 else math.inf)
         self.result: dict | None = None
         self._trainer = self._module = None
 

@@ -18,7 +18,10 @@ class SampleText(pl.Callback):
         self.every_n_steps = check_positive_int(every_n_steps, "callbacks.sample_text.every_n_steps")
         self.num_samples = check_positive_int(num_samples, "callbacks.sample_text.num_samples")
         self.seed = seed
-        self.clock = StepClock(after=self._after_step)
+        # after step s, s + 1 steps are done: due at the steps s with s + 1 a multiple of every_n_steps
+        self.clock = StepClock(
+            after=self._after_step, next_due=lambda step: -(-(step + 1) // self.every_n_steps) * self.every_n_steps - 1
+        )
         self._writers = []
         self._trainer = self._module = None
         self._written_step = -1
