@@ -13,6 +13,7 @@ Each row also keeps the run's validation curve, from which scripts/plot_results.
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ def run_preset(preset: str, steps: int | None, run_root: Path, collect_only: boo
     run_dir = run_root / preset
     if collect_only:
         return result_row(preset, run_dir)
+    if run_dir.exists():  # a rerun replaces the old run: its event files would mix two curves
+        shutil.rmtree(run_dir)
     overrides = [f"experiment={preset}", f"hydra.run.dir={run_dir}", "~callbacks.progress_bar"]
     if steps:  # a short run: validate once, at the end
         overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]

@@ -221,7 +221,7 @@ def test_every_search_minimises_over_keys_its_model_has(name):
     cfg = compose_with_hydra(f"hparams_search={name}")
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
-    assert set(sweeper.params) >= {"optimizer.lr", "data.batch_size"} and len(sweeper.params) >= 3
+    assert "optimizer.lr" in sweeper.params and len(sweeper.params) >= 3  # a refining stage may fix the batch
     for key in sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, f"{name} searches {key}, which the config does not have"
 
