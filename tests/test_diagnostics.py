@@ -372,3 +372,24 @@ def test_health_report_names_the_layers_and_weights_that_break_a_rule(capsys):
 def test_bad_arguments_are_user_errors_naming_the_argument(make, argument):
     with pytest.raises(UserError, match=argument.replace(".", r"\.")):
         make()
+
+
+def test_step_clock_calls_the_callback_only_at_due_steps():
+    """The hooks count every step but call into the callback only where next_due says (the fast path's cost)."""
+    from makemore_lab.callbacks.common import StepClock
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    before, after = [], []
+    clock = StepClock(
+        before=lambda opt, step: before.append(step),
+        after=lambda opt, step: after.append(step),
+        next_due=lambda step: -(-step // 10) * 10,  # multiples of 10
+    )
+    clock.start(SimpleNamespace(global_step=3, optimizers=[optimizer]))  # a resumed run: counting starts at 3
+    for _ in range(30):
+        weight.grad = torch.ones(1)
+        optimizer.step()
+    clock.stop()
+    assert before == after == [10, 20, 30]
+    assert clock.step == 33
