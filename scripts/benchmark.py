@@ -77,11 +77,12 @@ def hand_written_rate(model: str, steps: int, warmup: int, device: str, extra: l
                 torch.cuda.synchronize()
             start = time.perf_counter()
         ix = torch.randint(0, x.shape[0], (batch_size,), device=device)
+        xb, yb = x[ix], y[ix]
         if data.train_on == "items":  # makemore.py's loop: whole items, every position scored, padding ignored
-            logits = net(x[ix], all_positions=True).flatten(0, 1)
-            loss = F.cross_entropy(logits, item_targets(x[ix], y[ix]).flatten(), ignore_index=IGNORE)
+            logits = net(xb, all_positions=True).flatten(0, 1)
+            loss = F.cross_entropy(logits, item_targets(xb, yb).flatten(), ignore_index=IGNORE)
         else:
-            loss = F.cross_entropy(net(x[ix]), y[ix])
+            loss = F.cross_entropy(net(xb), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

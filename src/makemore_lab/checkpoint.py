@@ -26,12 +26,16 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     return checkpoint
 
 
+def net_state_dict(checkpoint: dict) -> dict:
+    """The architecture's weights in a checkpoint: CharLM keeps the model as `net`, so its keys carry "net."."""
+    return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+
+
 def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary, dict]:
     """Returns (net in eval mode on the CPU, its vocabulary, the checkpoint's makemore_lab metadata)."""
     checkpoint = read_checkpoint(ckpt_path)
     meta = checkpoint["makemore_lab"]
     vocab = Vocabulary(tuple(meta["vocab"]))
     net = instantiate(meta["model"], vocab_size=len(vocab), block_size=meta["block_size"])
-    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
+    net.load_state_dict(net_state_dict(checkpoint))
     return net.eval(), vocab, meta

@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from makemore_lab.checkpoint import read_checkpoint
+from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.errors import (
     FailedTrial,
     OverParamBudget,
@@ -265,7 +265,7 @@ def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
     if not best:
         raise UserError("final_weights=best needs the model_checkpoint callback and at least one validation")
     checkpoint = read_checkpoint(best)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+    net.load_state_dict(net_state_dict(checkpoint))
     log.info("final losses use the best validation's weights: %s (step %d)", best, checkpoint["global_step"])
     return checkpoint["global_step"]
 

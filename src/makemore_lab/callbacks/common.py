@@ -73,6 +73,11 @@ class StepClock:
             self._due = self.next_due(step + 1)
 
 
+def next_multiple(step: int, n: int) -> int:
+    """The first multiple of n that is >= step."""
+    return -(-step // n) * n
+
+
 def torch_optimizers(trainer: pl.Trainer) -> list[torch.optim.Optimizer]:
     return [opt.optimizer if isinstance(opt, LightningOptimizer) else opt for opt in trainer.optimizers]
 

@@ -9,6 +9,7 @@ from makemore_lab.callbacks.common import (
     check_fraction,
     check_positive_int,
     network,
+    next_multiple,
     tensorboard_writers,
 )
 from makemore_lab.callbacks.weight_update_ratios import WeightUpdateRatios
@@ -65,7 +66,7 @@ class Diagnostics(pl.Callback):
     def _next_due(self, step: int) -> int:
         """The first step >= `step` whose hooks matter: a measured step, or the one before it (which attaches
         the activation hooks for the measured step's forward pass)."""
-        measured = -(-step // self.every_n_steps) * self.every_n_steps  # the next multiple of every_n_steps
+        measured = next_multiple(step, self.every_n_steps)
         if self._last_step >= step:
             measured = min(measured, self._last_step)
         return measured - 1 if measured - 1 >= step else measured

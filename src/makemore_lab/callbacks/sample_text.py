@@ -3,7 +3,7 @@
 import pytorch_lightning as pl
 import torch
 
-from makemore_lab.callbacks.common import StepClock, check_positive_int, network, tensorboard_writers
+from makemore_lab.callbacks.common import StepClock, check_positive_int, network, next_multiple, tensorboard_writers
 from makemore_lab.sampling import generate
 
 
@@ -20,7 +20,7 @@ class SampleText(pl.Callback):
         self.seed = seed
         # after step s, s + 1 steps are done: due at the steps s with s + 1 a multiple of every_n_steps
         self.clock = StepClock(
-            after=self._after_step, next_due=lambda step: -(-(step + 1) // self.every_n_steps) * self.every_n_steps - 1
+            after=self._after_step, next_due=lambda step: next_multiple(step + 1, self.every_n_steps) - 1
         )
         self._writers = []
         self._trainer = self._module = None
