@@ -101,3 +101,19 @@ def test_missing_and_corrupt_checkpoints(tmp_path, script):
     result = run_script(script, f"ckpt_path={corrupt}")
     assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_test_set_spread_scores_the_checkpoints_own_test_split(trained_run):
+    # scripts/test_set_spread.py backs docs/transformer_search.md's "1,000-name test sets spread by ±0.017".
+    run_dir, _ = trained_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = run_script("scripts/test_set_spread.py", str(run_dir / "checkpoints" / "last.ckpt"),
+                        "--subset", "20", "--draws", "300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole = re.search(r"test split: (\d+) items, \d+ characters, loss ([\d.]+)", result.stdout)
+    assert whole and int(whole[1]) == 60  # the last 10% of the 600 names
+    assert float(whole[2]) == pytest.approx(summary["test_loss"], abs=1e-4)  # same weights, same split
+    spread = re.search(r"20-item test sets \(300 draws\): loss std ([\d.]+), 5-95% range ([\d.]+) \.\. ([\d.]+)",
+                       result.stdout)
+    assert spread and 0 < float(spread[1]) < 1
+    assert float(spread[2]) < float(whole[2]) < float(spread[3])
