@@ -14,12 +14,13 @@ import math
 
 import torch
 
-from makemore_lab.checkpoint import load_trained_net
-from makemore_lab.data import make_examples, read_items, split_items
+from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
+from makemore_lab.errors import exit_on_user_error
 
 
-def per_character_losses(net, examples, batch_size: int = 4096) -> torch.Tensor:
-    x, y = examples
+def per_character_losses(net, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """makemore_lab.module.split_loss, kept per character: that one sums in batches, and every reported loss
+    comes from it, so it stays as it is."""
     with torch.no_grad():
         return torch.cat([
             torch.nn.functional.cross_entropy(net(xb), yb, reduction="none")
@@ -27,6 +28,7 @@ def per_character_losses(net, examples, batch_size: int = 4096) -> torch.Tensor:
         ])
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt_path")
@@ -36,11 +38,10 @@ def main() -> None:
     args = parser.parse_args()
 
     net, vocab, meta = load_trained_net(args.ckpt_path)
-    data = meta["data"]
-    _, _, test_items = split_items(read_items(data.get("path")), data["train_fraction"], data["val_fraction"],
-                                   data["split_seed"])
-    # make_examples lays out each item's characters (and its end mark) one after another, in item order.
-    losses = per_character_losses(net, make_examples(test_items, vocab, meta["block_size"]))
+    datamodule = checkpoint_datamodule(meta, vocab)
+    test_items, test = datamodule.test_items, datamodule.splits["test"]
+    # The test split lays out each item's characters (and its end mark) one after another, in item order.
+    losses = per_character_losses(net, test.x, test.y)
     lengths = torch.tensor([len(item) + 1 for item in test_items])
     item_sums = torch.stack([chunk.sum() for chunk in losses.split(lengths.tolist())])
 

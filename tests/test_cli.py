@@ -117,3 +117,5 @@ def test_test_set_spread_scores_the_checkpoints_own_test_split(trained_run):
                        result.stdout)
     assert spread and 0 < float(spread[1]) < 1
     assert float(spread[2]) < float(whole[2]) < float(spread[3])
+    missing = run_script("scripts/test_set_spread.py", str(run_dir / "no_such.ckpt"))
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr and "Traceback" not in missing.stderr

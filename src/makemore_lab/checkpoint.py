@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from makemore_lab.data import Vocabulary
+from makemore_lab.data import CharDataModule, Vocabulary
 from makemore_lab.errors import UserError
 
 
@@ -39,3 +39,12 @@ def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary
     net = instantiate(meta["model"], vocab_size=len(vocab), block_size=meta["block_size"])
     net.load_state_dict(net_state_dict(checkpoint))
     return net.eval(), vocab, meta
+
+
+def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None) -> CharDataModule:
+    """The checkpoint's own data and split, rebuilt from the data settings it saved (or another file's, by `path`)."""
+    data = {k: v for k, v in meta["data"].items() if k != "_target_"}
+    if path is not None:
+        data["path"] = path
+    data["block_size"] = meta["block_size"]  # the model's context length is fixed by its weights
+    return CharDataModule(**data, vocab=vocab)
