@@ -27,7 +27,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torch.nn import functional as F
 
-from makemore_lab.module import IGNORE, item_targets
+from makemore_lab.losses import IGNORE, item_targets
 from makemore_lab.train import train
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")

@@ -19,7 +19,7 @@ from makemore_lab.errors import exit_on_user_error
 
 
 def per_character_losses(net, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """makemore_lab.module.split_loss, kept per character: that one sums in batches, and every reported loss
+    """makemore_lab.losses.split_loss, kept per character: that one sums in batches, and every reported loss
     comes from it, so it stays as it is."""
     with torch.no_grad():
         return torch.cat([

@@ -4,14 +4,14 @@ from omegaconf import DictConfig
 
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab.errors import exit_on_user_error
-from makemore_lab.module import split_loss
+from makemore_lab.losses import split_loss
 
 
 @exit_on_user_error
 def run(cfg: DictConfig) -> dict[str, float]:
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
     datamodule = checkpoint_datamodule(meta, vocab, path=cfg.data.path)
-    losses = {split: split_loss(net, datamodule.splits[split].x, datamodule.splits[split].y) for split in ("val", "test")}
+    losses = {split: split_loss(net, datamodule, split) for split in ("val", "test")}
     print(f"checkpoint: {cfg.ckpt_path}")
     for split, loss in losses.items():
         print(f"{split}_loss: {loss:.4f}")

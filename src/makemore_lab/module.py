@@ -2,9 +2,9 @@
 
 import pytorch_lightning as pl
 import torch
-from torch.nn import functional as F
 
 from makemore_lab.errors import TrainingDiverged
+from makemore_lab.losses import batch_loss, training_loss
 from makemore_lab.schedules import constant
 
 
@@ -102,10 +102,7 @@ class CharLM(pl.LightningModule):
         return torch.stack(losses) if losses else None
 
     def _training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if not self.all_positions:
-            return F.cross_entropy(self.net(x), y)
-        logits = self.net(x, all_positions=True)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), item_targets(x, y).flatten(), ignore_index=IGNORE)
+        return training_loss(self.net, x, y, self.all_positions)
 
     def _apply_schedule(self, optimizer, step: int) -> None:
         """Set the lr for `step`: a pure function of the step, so a resumed run needs no scheduler state."""
@@ -116,10 +113,10 @@ class CharLM(pl.LightningModule):
             self._lr_factor = factor
 
     def validation_step(self, batch, batch_idx):
-        x, y = batch
+        loss, scored = batch_loss(self.net, batch)
         # batch_size makes Lightning weight each batch by its size: the epoch value is the exact mean over the split.
-        self.log("val/loss", F.cross_entropy(self.net(x), y), batch_size=len(y), prog_bar=True)
-        self.log("step", float(self.global_step), batch_size=len(y))
+        self.log("val/loss", loss, batch_size=scored, prog_bar=True)
+        self.log("step", float(self.global_step), batch_size=scored)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -135,32 +132,3 @@ class CharLM(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.initial_loss = checkpoint.get("makemore_lab", {}).get("initial_loss")
-
-
-IGNORE = -100  # cross_entropy's ignore_index
-
-
-def item_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The target of every position of whole-item windows (B, T): position t predicts token t + 1, the last one y.
-
-    A '.' inside the window is left padding (items never contain it): predicting it is no part of the item, so it
-    becomes IGNORE; the target after the window is the item's end mark and is kept.
-    """
-    targets = torch.cat([x[:, 1:], y[:, None]], dim=1)
-    targets = targets.masked_fill(targets == 0, IGNORE)
-    targets[:, -1] = y
-    return targets
-
-
-@torch.inference_mode()
-def split_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
-    """Mean cross-entropy of a whole split, in eval mode (BatchNorm uses its running statistics)."""
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    total = 0.0
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        total += F.cross_entropy(net(xb), yb, reduction="sum").item()
-    net.train(was_training)
-    return total / len(y)

@@ -33,7 +33,8 @@ from makemore_lab.errors import (
     UserError,
     exit_on_user_error,
 )
-from makemore_lab.module import CharLM, split_loss
+from makemore_lab.losses import split_loss
+from makemore_lab.module import CharLM
 from makemore_lab.sampling import generate
 
 log = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
 
 def final_evaluation(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: int) -> dict:
     """Exact losses on all three splits, logged to TensorBoard with the run's hparams, and a few samples printed."""
-    losses = {split: split_loss(net, ds.x, ds.y) for split, ds in datamodule.splits.items()}
+    losses = {split: split_loss(net, datamodule, split) for split in ("train", "val", "test")}
     log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"])
     for logger in trainer.loggers:
         logger.log_metrics({"test/loss": losses["test"], "final/val_loss": losses["val"]}, step=trainer.global_step)
