@@ -76,6 +76,8 @@ CELLS = {"rnn": RNNCell, "gru": GRUCell, "lstm": LSTMCell}
 
 
 class RecurrentLM(nn.Module):
+    scores_every_position = True  # forward(idx, all_positions=True) -> (B, T, V): see models/__init__.py
+
     def __init__(
         self,
         vocab_size: int,

@@ -53,6 +53,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    scores_every_position = True  # forward(idx, all_positions=True) -> (B, T, V): see models/__init__.py
+
     def __init__(
         self,
         vocab_size: int,
