@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 from conftest import read_scalar_steps
 from makemore_lab.errors import UserError
-from makemore_lab.train import effective_steps_per_call, train
+from makemore_lab.engine import StepPlan
+from makemore_lab.train import train
 
 # 30 steps is not a multiple of 7: the last call must stop after 2 of its 7 steps.
 RUN = ["trainer.max_steps=30", "trainer.val_check_interval=14", "trainer.log_every_n_steps=7", "schedule=cosine"]
@@ -52,17 +53,16 @@ def test_validation_cadence_is_exact_across_passes_over_the_data(compose_train, 
     assert steps["train/loss"] == [50, 100, 150, 200, 250, 300]
 
 
-def trainer_cfg(steps_per_call, **trainer):
+def plan(steps_per_call, callbacks=(), **trainer):
     trainer = {"val_check_interval": 2000, "log_every_n_steps": 50, **trainer}
-    return OmegaConf.create({"steps_per_call": steps_per_call, "trainer": trainer})
+    cfg = OmegaConf.create({"steps_per_call": steps_per_call, "trainer": trainer, "callbacks": {}})
+    return StepPlan.from_config(cfg, list(callbacks)).steps_per_batch
 
 
-def test_steps_per_call_divides_validation_and_logging_intervals():
-    assert effective_steps_per_call(trainer_cfg(50)) == 50
-    assert effective_steps_per_call(trainer_cfg(50, val_check_interval=30)) == 10
-    assert effective_steps_per_call(trainer_cfg(50, log_every_n_steps=1)) == 1
-    assert effective_steps_per_call(trainer_cfg(50, strategy="ddp")) == 1
-    with pytest.raises(UserError, match="steps_per_call"):
-        effective_steps_per_call(trainer_cfg(0))
-    with pytest.raises(UserError, match="val_check_interval"):
-        effective_steps_per_call(trainer_cfg(50, val_check_interval=0.5))
+def test_steps_per_batch_divides_validation_and_logging_intervals():
+    assert plan(50) == 50
+    assert plan(50, val_check_interval=30) == 10
+    assert plan(50, log_every_n_steps=1) == 1
+    assert plan(50, strategy="ddp") == 1
+    with pytest.raises(UserError, match="accumulate_grad_batches"):
+        plan(50, accumulate_grad_batches=2)

@@ -229,6 +229,10 @@ class CharDataModule(pl.LightningDataModule):
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    def num_examples(self, split: str) -> int:
+        """Characters scored in `split` (each item's characters and its end mark): one window each."""
+        return len(self.splits[split])
+
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         sampler = MinibatchStream(len(self.train_set), self.batch_size, self.steps_per_call, rank)

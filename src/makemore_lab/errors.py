@@ -9,6 +9,11 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
 
 class FailedTrial(UserError):
     """A run whose settings turned out bad (not mistyped): in a sweep it is a result, not the end of the sweep."""
@@ -23,7 +28,7 @@ class OverParamBudget(FailedTrial):
 
 
 class TrainingInterrupted(UserError):
-    """Ctrl-C: the run stopped early on purpose, with its last checkpoint saved."""
+    """Ctrl-C or SIGTERM: the run stopped early on purpose, with its last checkpoint saved."""
 
     exit_code = 130  # the shell's convention for "ended by SIGINT"
 
@@ -38,5 +43,8 @@ def exit_on_user_error(func):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C before training started (reading data, building the model)
+            print("error: interrupted before training started; nothing was saved", file=sys.stderr)
+            sys.exit(130)
 
     return wrapper

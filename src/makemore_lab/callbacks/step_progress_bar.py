@@ -6,21 +6,24 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 class StepProgressBar(TQDMProgressBar):
     """One bar for the whole run: `Training 12000/200000 [...] train/loss=2.1, val/loss=2.2`.
 
-    A Lightning batch holds `steps_per_call` optimizer steps and an epoch is a pass over the training split, so the
-    stock bar's "batch 45/115 of epoch 3" says little; the step count is what `trainer.max_steps` is given in.
+    A Lightning batch holds several optimizer steps (engine.py) and the data stream has no epochs, so the stock
+    bar's "batch 45/115 of epoch 3" says little; the step count is what `trainer.max_steps` is given in.
+    Only public API: the stock bar (made at on_train_start) is reset to count steps, and refreshed every
+    `refresh_rate` batches. The training stream is endless, so there is one epoch.
     """
 
     def on_train_epoch_start(self, trainer, *_) -> None:
-        if self._leave:
-            self.train_progress_bar = self.init_train_tqdm()
-        self.train_progress_bar.reset(total=trainer.max_steps)
-        self.train_progress_bar.initial = trainer.global_step if trainer.current_epoch == 0 else 0
-        self.train_progress_bar.n = trainer.global_step
-        self.train_progress_bar.set_description("Training")
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps)
+        bar.initial = 0
+        bar.n = trainer.global_step
+        bar.set_description("Training")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         bar = self.train_progress_bar
-        if bar is not None and self._should_update(batch_idx + 1, -1) or trainer.global_step >= trainer.max_steps:
+        if self.is_disabled:
+            return
+        if (batch_idx + 1) % self.refresh_rate == 0 or trainer.global_step >= trainer.max_steps:
             bar.n = trainer.global_step
             bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()

@@ -1,0 +1,105 @@
+"""What a finished run reports: exact losses on the three splits, samples, TensorBoard hparams and summary.json."""
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from makemore_lab.checkpoint import net_state_dict, read_checkpoint
+from makemore_lab.errors import UserError
+from makemore_lab.losses import split_loss
+from makemore_lab.sampling import generate
+
+log = logging.getLogger(__name__)
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Write to a temporary file, then rename: a reader never sees a half-written file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def hparams_for_tensorboard(cfg: DictConfig, params: int, block_size: int) -> dict:
+    """The knobs a sweep varies, flat, for TensorBoard's HParams tab."""
+    flat = {"model": cfg.model_name, "params": params, "block_size": block_size, "seed": cfg.seed}
+    flat["batch_size"] = cfg.data.batch_size
+    flat["max_steps"] = cfg.trainer.max_steps
+    flat["optimizer"] = cfg.optimizer._target_.rsplit(".", 1)[-1]
+    flat["schedule"] = cfg.schedule._target_.rsplit(".", 1)[-1] if cfg.get("schedule") else "none"
+    for group in ("optimizer", "model"):
+        for key, value in cfg[group].items():
+            if not key.startswith("_") and isinstance(value, (int, float, str, bool)):
+                flat[f"{group}.{key}"] = value
+    return flat
+
+
+def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
+    """Put the best validation checkpoint's weights into `net`; returns the step they were saved at."""
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if not best:
+        raise UserError("final_weights=best needs the model_checkpoint callback and at least one validation")
+    checkpoint = read_checkpoint(best)
+    net.load_state_dict(net_state_dict(checkpoint))
+    log.info("final losses use the best validation's weights: %s (step %d)", best, checkpoint["global_step"])
+    return checkpoint["global_step"]
+
+
+def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: int) -> dict:
+    """Exact losses on all three splits, logged to TensorBoard with the run's hparams."""
+    losses = {split: split_loss(net, datamodule, split) for split in ("train", "val", "test")}
+    log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"])
+    for logger in trainer.loggers:
+        logger.log_metrics({"test/loss": losses["test"], "final/val_loss": losses["val"]}, step=trainer.global_step)
+        logger.log_hyperparams(
+            hparams_for_tensorboard(cfg, params, datamodule.block_size),
+            metrics={"hparams/val_loss": losses["val"], "hparams/test_loss": losses["test"]},
+        )
+        logger.save()
+    return {f"{split}_loss": loss for split, loss in losses.items()}
+
+
+def print_samples(net, datamodule, num_samples: int, seed: int) -> list[str]:
+    generator = torch.Generator().manual_seed(seed)
+    samples = generate(net, datamodule.vocab, num_samples, datamodule.block_size, generator)
+    print("samples:\n  " + "\n  ".join(samples), flush=True)
+    return samples
+
+
+def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment) -> dict:
+    """The run's summary.json (written last: its presence means the run finished), returned as a dict.
+
+    `segment` is the fit just done (a resumed run reports its own steps and time, not the whole run's).
+    """
+    net, params = module.net, sum(p.numel() for p in module.net.parameters())
+    final_step = load_best_weights(trainer, net) if cfg.final_weights == "best" else trainer.global_step
+    summary = {
+        "model": cfg.model_name,
+        "params": params,
+        "vocab_size": datamodule.vocab_size,
+        "block_size": datamodule.block_size,
+        **{f"{split}_examples": datamodule.num_examples(split) for split in ("train", "val", "test")},
+        "steps": trainer.global_step,
+        "final_weights_step": final_step,
+        "initial_loss": module.initial_loss,
+        "expected_initial_loss": math.log(datamodule.vocab_size),
+        **final_losses(cfg, trainer, net, datamodule, params),
+        "samples": print_samples(net, datamodule, cfg.num_samples, cfg.seed),
+        "train_seconds": segment.seconds,
+        "steps_per_second": segment.steps / segment.seconds if segment.seconds > 0 else None,
+        "seed": cfg.seed,
+        "output_dir": str(cfg.paths.output_dir),
+    }
+    if segment.resumed_from_step:
+        summary["resumed_from_step"] = segment.resumed_from_step
+    for callback in trainer.callbacks:  # callbacks that measure something add it here (e.g. the diagnostics' `health`)
+        if hasattr(callback, "summary_fields"):
+            summary.update(callback.summary_fields())
+    write_json_atomically(Path(cfg.paths.output_dir) / "summary.json", summary)
+    log.info("summary: %s", Path(cfg.paths.output_dir) / "summary.json")
+    return summary

@@ -1,0 +1,115 @@
+"""Stopping and continuing a run: Ctrl-C and SIGTERM save last.ckpt and print the command that resumes it.
+
+First Ctrl-C (SIGINT) or a SIGTERM (what `kill`, SLURM and Kubernetes send): training stops after the current
+Lightning batch, `checkpoints/last.ckpt` is written at that step, the resume command is printed, and the process
+exits 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C aborts at once (exit 130, the last saved checkpoint kept).
+"""
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from makemore_lab.checkpoint import read_checkpoint
+from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One fit: the steps it made and its wall time (a resumed run is a second segment of the same run)."""
+
+    steps: int
+    seconds: float
+    resumed_from_step: int
+
+
+def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict) -> None:
+    """A checkpoint to resume from must load and hold the model this config builds, or Lightning fails deep inside."""
+    meta = read_checkpoint(ckpt_path)["makemore_lab"]
+    for key in ("model", "vocab", "block_size"):
+        if meta.get(key) != checkpoint_meta[key]:
+            raise UserError(
+                f"checkpoint {ckpt_path} was trained with a different {key} ({meta.get(key)}) than this config "
+                f"builds ({checkpoint_meta[key]}): resume with the run's original overrides"
+            )
+
+
+def hydra_quote(value: str) -> str:
+    """A value for Hydra's override grammar: single-quoted, with backslashes and quotes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resume_command(out_dir: Path) -> str:
+    """The command that continues this run: its own overrides, its run dir, its last checkpoint.
+
+    Paths are quoted twice over: for Hydra's override grammar (spaces, parentheses, '=' ...) inside, and for
+    the shell outside, so the line runs as printed.
+    """
+    import shlex
+
+    overrides = []
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    last = out_dir / "checkpoints" / "last.ckpt"
+    return shlex.join([
+        "python", "train.py", *overrides, f"hydra.run.dir={hydra_quote(str(out_dir))}", f"ckpt_path={hydra_quote(str(last))}"
+    ])
+
+
+@contextlib.contextmanager
+def stop_cleanly_on_sigint(trainer: pl.Trainer):
+    """First Ctrl-C: finish the current batch, then stop; a second Ctrl-C aborts at once (exit 130)."""
+    stop = {"requested": False}
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield stop
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def abort(signum, frame):
+        raise TrainingInterrupted("aborted by a second Ctrl-C; the last saved checkpoint is kept")
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+        trainer.should_stop = True  # Lightning ends the fit after the current batch
+        signal.signal(signal.SIGINT, abort)
+        print("\nCtrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir: Path) -> Segment:
+    """trainer.fit, then save the final weights to last.ckpt. Stops cleanly on Ctrl-C, SIGTERM and divergence."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    first_step = read_checkpoint(ckpt_path)["global_step"] if ckpt_path else 0
+    start = time.perf_counter()
+    terminated = False
+    try:
+        with stop_cleanly_on_sigint(trainer) as stop:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except TrainingDiverged as err:
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved before it"
+        raise TrainingDiverged(f"{err}; {kept}") from None
+    except SIGTERMException:  # Lightning stops at the end of the batch in which SIGTERM arrived
+        terminated = True
+    seconds = time.perf_counter() - start
+    trainer.save_checkpoint(last)  # the final (or interrupted) weights, whatever the checkpoint cadence
+    if stop["requested"] or terminated:
+        signal_name, code = ("SIGTERM", 143) if terminated else ("Ctrl-C", 130)
+        raise TrainingInterrupted(
+            f"{signal_name}: stopped at step {trainer.global_step} of {trainer.max_steps}; checkpoint saved. "
+            f"Resume with: {resume_command(out_dir)}",
+            exit_code=code,
+        )
+    return Segment(trainer.global_step - first_step, seconds, first_step)

@@ -1,0 +1,91 @@
+"""How many CPU threads torch uses, chosen so that runs sharing a machine do not oversubscribe it.
+
+torch starts as many threads as there are cores, and its threads spin while they wait: two runs of a lecture-sized
+model on a 2-core machine, each with 2 threads, ran at 0.02x of one run alone. With `threads: auto` (the default)
+each run registers itself in a directory under the system temp dir, counts the live runs there, and uses
+cores // live runs threads (at least 1); it counts again every few seconds of training (`ThreadBudget`), so a run
+alone gets every core and speeds up again when the others finish. `threads=N` or an `OMP_NUM_THREADS` in the
+environment is the user's choice and is left alone. A joblib sweep of n jobs gives each cores // n threads the
+same way, since each job registers.
+"""
+
+import atexit
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+REGISTRY = Path(tempfile.gettempdir()) / "makemore-lab-runs"
+RECOUNT_SECONDS = 3.0
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def live_runs() -> int:
+    """The runs registered here whose process still lives (this one included); stale entries are removed."""
+    count = 0
+    for entry in REGISTRY.glob("*"):
+        if entry.name.isdigit() and alive(int(entry.name)):
+            count += 1
+        else:
+            entry.unlink(missing_ok=True)
+    return max(count, 1)
+
+
+def register() -> None:
+    REGISTRY.mkdir(parents=True, exist_ok=True)
+    entry = REGISTRY / str(os.getpid())
+    entry.touch()
+    atexit.register(entry.unlink, missing_ok=True)
+
+
+def fair_share() -> int:
+    return max(1, cores() // live_runs())
+
+
+def choose(setting) -> bool:
+    """Set torch's thread count for this run; returns whether the framework chose it (and should keep choosing)."""
+    if setting != "auto":
+        torch.set_num_threads(int(setting))
+        return False
+    if os.environ.get("OMP_NUM_THREADS"):
+        return False  # torch already follows it
+    register()
+    torch.set_num_threads(fair_share())
+    log.info("threads: %d (%d cores, %d run(s) on this machine; set threads=N to choose)",
+             torch.get_num_threads(), cores(), live_runs())
+    return True
+
+
+class ThreadBudget(pl.Callback):
+    """Recounts the live runs every few seconds of training and resizes torch's thread pool to the fair share."""
+
+    def __init__(self, every_seconds: float = RECOUNT_SECONDS):
+        self.every_seconds = every_seconds
+        self._next = 0.0
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.every_seconds
+            share = fair_share()
+            if share != torch.get_num_threads():
+                torch.set_num_threads(share)
