@@ -104,7 +104,7 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     except SIGTERMException:  # Lightning stops at the end of the batch in which SIGTERM arrived
         terminated = True
     seconds = time.perf_counter() - start
-    trainer.save_checkpoint(last)  # the final (or interrupted) weights, whatever the checkpoint cadence
+    trainer.save_checkpoint(last, weights_only=False)  # the final (or interrupted) weights, whatever the checkpoint cadence
     if stop["requested"] or terminated:
         signal_name, code = ("SIGTERM", 143) if terminated else ("Ctrl-C", 130)
         raise TrainingInterrupted(

@@ -38,6 +38,6 @@ class LastCheckpoint(pl.Callback):
 
     def _save(self, trainer) -> None:
         if trainer.global_step != self._last_saved_step:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             self._last_saved_step = trainer.global_step
         self._last_save_time = time.monotonic()
