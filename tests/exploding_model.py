@@ -18,3 +18,10 @@ class ExplodingMLP(MLP):
             if self.calls > self.explode_at_call:
                 return logits * float("nan")
         return logits
+
+
+class CrashingMLP(MLP):
+    """A test-only model whose forward raises an unexpected error: a crash, not a bad value."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("simulated crash inside the model")

@@ -15,7 +15,7 @@ from makemore_lab.models.mlp_bn import DeepMLP
 from makemore_lab.models.rnn import RecurrentLM
 from makemore_lab.models.transformer import Transformer
 from makemore_lab.models.wavenet import WaveNet
-from makemore_lab.module import CharLM
+from makemore_lab.losses import training_loss
 from makemore_lab.sampling import generate
 
 V = 27
@@ -123,14 +123,13 @@ def test_sequence_models_ignore_left_padding(name):
 
 @pytest.mark.parametrize("name", ["transformer", "gru"])
 def test_whole_item_loss_is_the_mean_over_the_items_windows(name):
-    """CharLM's all-positions loss on whole items == the per-window loss over the same items' characters."""
+    """The all-positions training loss on whole items == the per-window loss over the same items' characters."""
     torch.manual_seed(0)
     net = BUILDERS[name]("kaiming")
     vocab = Vocabulary.from_items(ITEMS)
     windows_x, windows_y = make_examples(ITEMS, vocab, net.block_size)
     items_x, items_y = make_item_examples(ITEMS, vocab, net.block_size)
-    module = CharLM(net, optimizer=None, all_positions=True)
-    whole_items = module._training_loss(items_x, items_y)
+    whole_items = training_loss(net, items_x, items_y, all_positions=True)
     torch.testing.assert_close(whole_items, F.cross_entropy(net(windows_x), windows_y), rtol=0, atol=1e-5)
 
 

@@ -1,6 +1,7 @@
 """Interruption, kill and resume, divergence: nothing finished is lost, nothing unfinished looks finished."""
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,12 +13,13 @@ import torch
 
 from conftest import ROOT, read_scalar_steps
 from makemore_lab.errors import TrainingDiverged, UserError
+from makemore_lab.resume import hydra_quote
 from makemore_lab.train import train
 
 
 def start_training(run_dir: Path, data: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", f"data.path={data}",
+        [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={hydra_quote(str(run_dir))}", f"data.path={data}",
          "trainer.accelerator=cpu", "callbacks.last_checkpoint.every_seconds=1", *overrides],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
@@ -35,19 +37,31 @@ def saved_step(ckpt: Path) -> int:
     return torch.load(ckpt, weights_only=True)["global_step"]
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, small_names):
-    run_dir = tmp_path / "run"
+@pytest.mark.parametrize("signum, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_saves_a_checkpoint_and_the_printed_resume_command_runs(tmp_path, small_names, signum, code, name):
+    """Ctrl-C and SIGTERM (kill, SLURM, Kubernetes) alike; the run dir has a space, parentheses and non-ASCII."""
+    run_dir = tmp_path / "my runs (v2) é"
     proc = start_training(run_dir, small_names, "trainer.max_steps=1000000", "model=wavenet", "block_size=4")
     wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert "Traceback" not in err
-    line = next(line for line in err.splitlines() if line.startswith("error: interrupted at step"))
-    assert "Resume with: python train.py" in line and "model=wavenet" in line and f"hydra.run.dir={run_dir}" in line
+    line = next(line for line in err.splitlines() if line.startswith(f"error: {name}: stopped at step"))
     step = saved_step(run_dir / "checkpoints" / "last.ckpt")
-    assert 0 < step < 1_000_000 and f"interrupted at step {step} of 1000000" in line
+    assert 0 < step < 1_000_000 and f"stopped at step {step} of 1000000" in line
     assert not (run_dir / "summary.json").exists()  # an unfinished run does not look finished
+
+    command = line.split("Resume with: ", 1)[1]
+    assert command.startswith("python train.py ") and "model=wavenet" in command
+    # Run it as printed, with this interpreter and a nearer end (max_steps is one of the run's own overrides).
+    command = command.replace("python", shlex.quote(sys.executable), 1).replace(
+        "trainer.max_steps=1000000", f"trainer.max_steps={step + 40}")
+    resumed = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == step + 40 and summary["resumed_from_step"] == step
+    assert saved_step(run_dir / "checkpoints" / "last.ckpt") == step + 40
 
 
 def test_resume_after_sigkill_finishes_at_max_steps(tmp_path, small_names):

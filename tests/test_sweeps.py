@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, ROOT, TINY, read_scalars, run_script
 
-METRIC_COLUMNS = ["params", "steps", "train_loss", "val_loss", "test_loss", "time_s"]
+METRIC_COLUMNS = ["params", "steps", "train_loss", "val_loss", "test_loss", "time_s", "error"]
 
 
 def read_rows(sweep_dir: Path) -> list[dict]:
@@ -116,7 +116,8 @@ def test_summary_csv_is_one_row_per_job_best_val_loss_first(grid_sweep):
 def test_summary_md_shows_the_varying_overrides_in_the_same_order(grid_sweep):
     md = (grid_sweep / "summary.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("|")]
-    assert table[0] == "| job | model | optimizer.lr | params | steps | train_loss | val_loss | test_loss | time (s) |"
+    assert table[0] == ("| job | model | optimizer.lr | params | steps | train_loss | val_loss | test_loss | time (s) "
+                        "| failed |")
     body = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
     rows = read_rows(grid_sweep)
     assert [cells[:3] for cells in body] == [[r["job"], r["model"], r["optimizer.lr"]] for r in rows]
@@ -165,6 +166,57 @@ def test_a_diverged_job_is_listed_last_and_the_sweep_goes_on(tmp_path, small_nam
     assert [(r["job"], r["+model.explode_at_call"]) for r in rows] == [("1", "1000"), ("0", "5")]
     assert float(rows[0]["val_loss"]) == job_summary(sweep_dir, "1")["val_loss"]
     assert rows[1]["val_loss"] == "" and not (sweep_dir / "0" / "summary.json").exists()
+
+
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],  # SLURM's code path, locally
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_failing_job_is_a_failed_row_with_its_reason_and_the_sweep_goes_on(tmp_path, small_names, launcher):
+    if launcher != "basic":
+        needs(f"hydra_{launcher.split('_')[0]}_launcher", launcher.split("_")[0])
+    sweep_dir = tmp_path / "sweep"
+    result = run_script(
+        "train.py", "-m", *LAUNCHERS[launcher], "model=mlp_bn", "data.batch_size=1,32",
+        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_rows(sweep_dir)
+    assert [(r["data.batch_size"], bool(r["val_loss"])) for r in rows] == [("32", True), ("1", False)]
+    assert rows[1]["error"].startswith("data.batch_size=1 cannot train mlp_bn: BatchNorm")
+    assert "failed" in (sweep_dir / "summary.md").read_text() and "BatchNorm" in (sweep_dir / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_bad_values_and_crashes_in_a_sweep_are_rows_not_the_end(tmp_path, small_names, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())  # exploding_model.py
+    sweep_dir = tmp_path / "sweep"
+    result = run_script(
+        "train.py", "-m", "model._target_=makemore_lab.models.mlp.MLP,exploding_model.CrashingMLP",
+        "optimizer.lr=0.1,-1", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {(r["model._target_"].rsplit(".", 1)[-1], r["optimizer.lr"]): r for r in read_rows(sweep_dir)}
+    assert rows[("MLP", "0.1")]["val_loss"] and not rows[("MLP", "0.1")]["error"]
+    assert rows[("MLP", "-1")]["error"] == "optimizer.lr must be a positive number below 1e30, got -1"
+    assert rows[("CrashingMLP", "0.1")]["error"] == "crashed: RuntimeError: simulated crash inside the model"
+    assert list(rows)[0] == ("MLP", "0.1")  # the finished job first, the failed ones after it
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_model_that_rejects_the_block_size_fails_its_job_only(tmp_path, small_names):
+    sweep_dir = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "model=wavenet", "block_size=3,4", *TINY, f"data.path={small_names}",
+                        f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["block_size"]: r for r in read_rows(sweep_dir)}
+    assert rows["4"]["val_loss"] and "power of two" in rows["3"]["error"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """One table per sweep: when a multirun ends, summary.csv and summary.md in its sweep dir, best val loss first.
 
 Each row is one job: its overrides (from <job dir>/.hydra/overrides.yaml) as columns, then the numbers from its
-summary.json. A job without summary.json (failed, or still running) is listed last with empty numbers.
+summary.json. A job that failed (its failure.json, see sweep_policy.py) is listed last with its one-line reason;
+one with neither file (still running, or killed) is listed last with empty numbers.
 Enabled for every multirun by configs/hydra/default.yaml; `python scripts/sweep_summary.py <sweep dir>` re-summarises.
 """
 
@@ -58,8 +59,9 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
         if overrides_file.parent.name != ".hydra":
             continue
         job_dir = overrides_file.parent.parent
-        summary_file = job_dir / "summary.json"
+        summary_file, failure_file = job_dir / "summary.json", job_dir / "failure.json"
         jobs.append({
+            "error": json.loads(failure_file.read_text())["error"] if failure_file.is_file() else None,
             "job": job_dir.relative_to(sweep_dir).as_posix(),
             "overrides": dict(parse_override(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file))),
             "summary": json.loads(summary_file.read_text()) if summary_file.is_file() else None,
@@ -75,6 +77,7 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
         row = {"job": job["job"], **{key: job["overrides"].get(key, "") for key in override_keys}}
         summary = job["summary"] or {}
         row.update({column: summary.get(key) for column, key in METRICS.items()})
+        row["error"] = job["error"] or ""
         rows.append(row)
 
     def by_val_loss(row):
@@ -88,7 +91,7 @@ def write_csv(path: Path, override_keys: list[str], rows: list[dict]) -> None:
     """Numbers are written in full (repr), so they read back equal to summary.json's."""
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["job", *override_keys, *METRICS])
+        writer = csv.DictWriter(f, fieldnames=["job", *override_keys, *METRICS, "error"])
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
     os.replace(tmp, path)
@@ -102,21 +105,24 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
     """The table for humans: only overrides that differ between jobs get a column; the shared ones go above it."""
     varying = [k for k in override_keys if len({row[k] for row in rows}) > 1] or override_keys
     shared = [f"`{k}={rows[0][k]}`" if rows[0][k] else f"`{k}`" for k in override_keys if k not in varying]
-    unfinished = sum(row["val_loss"] is None for row in rows)
+    failed = [row for row in rows if row["error"]]
+    unfinished = sum(row["val_loss"] is None and not row["error"] for row in rows)
     lines = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, best val loss first (losses in nats)."]
     if shared:
         lines.append(f"Same in every job: {' '.join(shared)}.")
+    if failed:
+        lines.append(f"{len(failed)} job(s) failed: listed last, with the reason.")
     if unfinished:
-        lines.append(f"{unfinished} job(s) have no summary.json (failed or unfinished): listed last.")
+        lines.append(f"{unfinished} job(s) have no summary.json (unfinished or killed): listed last.")
     lines += [
         "",
-        "| job | " + " | ".join(varying) + " | params | steps | train_loss | val_loss | test_loss | time (s) |",
-        "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|",
+        "| job | " + " | ".join(varying) + " | params | steps | train_loss | val_loss | test_loss | time (s) | failed |",
+        "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         cells = [row["job"], *(row[k] for k in varying), fmt(row["params"], ","), fmt(row["steps"], ","),
                  fmt(row["train_loss"], ".4f"), fmt(row["val_loss"], ".4f"), fmt(row["test_loss"], ".4f"),
-                 fmt(row["time_s"], ".1f")]
+                 fmt(row["time_s"], ".1f"), row["error"].replace("|", "\\|")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
