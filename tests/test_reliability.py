@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, read_scalar_steps
+from conftest import ROOT, read_scalar_steps, read_scalars, run_script
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.resume import hydra_quote
 from makemore_lab.train import train
@@ -113,3 +113,87 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     state = torch.load(last, weights_only=True)["state_dict"]
     assert all(torch.isfinite(t).all() for t in state.values())
     assert not (Path(cfg.paths.output_dir) / "summary.json").exists()
+
+
+def test_a_second_run_in_the_same_run_dir_is_refused_while_the_first_runs(tmp_path, small_names):
+    run_dir = tmp_path / "run"
+    first = start_training(run_dir, small_names, "trainer.max_steps=1000000")
+    try:
+        wait_for(run_dir / "checkpoints" / "last.ckpt", first)
+        second = run_script("train.py", f"hydra.run.dir={run_dir}", f"data.path={small_names}", "trainer.max_steps=5")
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"run dir {run_dir} is in use by a running train.py (pid {first.pid})" in second.stderr
+    finally:
+        first.kill()  # SIGKILL: the lock goes with the process
+        first.wait()
+    resumed = run_script("train.py", f"hydra.run.dir={run_dir}", f"data.path={small_names}", "trainer.max_steps=1000000",
+                         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=1")
+    assert "in use" not in resumed.stderr  # not stuck: (this resume is refused for its own reason, or finishes)
+
+
+def test_a_finished_run_dir_is_not_overwritten_by_a_new_run(compose_train, small_names):
+    cfg = compose_train(f"data.path={small_names}")
+    first = train(cfg)
+    with pytest.raises(UserError, match="holds a finished run"):
+        train(compose_train(f"data.path={small_names}", "seed=3"))
+    assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text()) == first
+    # continuing it is not overwriting it
+    more = train(compose_train(f"data.path={small_names}", "trainer.max_steps=30",
+                               f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"))
+    assert more["steps"] == 30 and more["resumed_from_step"] == 20
+
+
+@pytest.mark.parametrize("script", ["sample.py", "eval.py", "train.py"])
+def test_a_truncated_checkpoint_is_one_line_everywhere(tmp_path, small_names, compose_train, script):
+    cfg = compose_train(f"data.path={small_names}")
+    train(cfg)
+    whole = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole[: len(whole) // 3])
+    extra = [f"data.path={small_names}", f"hydra.run.dir={tmp_path / 'resumed'}"] if script == "train.py" else []
+    result = run_script(script, f"ckpt_path={cut}", *extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {cut} is corrupt, truncated")
+
+
+def test_resuming_with_another_optimizer_is_refused_and_a_new_lr_is_applied(compose_train, small_names, tmp_path):
+    cfg = compose_train(f"data.path={small_names}", "schedule=constant")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match="different optimizer"):
+        train(compose_train(f"data.path={small_names}", "optimizer=adam", f"ckpt_path={last}",
+                            f"paths.output_dir={tmp_path}/adam"))
+    resumed = compose_train(f"data.path={small_names}", "schedule=constant", "optimizer.lr=0.02",
+                            "trainer.max_steps=40", "trainer.log_every_n_steps=10", f"ckpt_path={last}",
+                            f"paths.output_dir={tmp_path}/lr")
+    train(resumed)
+    lrs = read_scalars(Path(resumed.paths.output_dir) / "tensorboard")["lr"]
+    assert lrs[-1] == pytest.approx(0.02)  # the new value, not the checkpoint's 0.1
+    saved = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(0.02)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(compose_train, small_names, monkeypatch, capsys):
+    import errno
+
+    import pytorch_lightning as pl
+
+    from makemore_lab.train import run
+
+    cfg = compose_train(f"data.path={small_names}", "trainer.max_steps=40")
+    real_save = pl.Trainer.save_checkpoint
+
+    def save_until_step_20(trainer, path, *args, **kwargs):
+        if trainer.global_step > 20:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(trainer, path, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", save_until_step_20)
+    with pytest.raises(SystemExit) as exited:
+        run(cfg)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert err[-1].startswith("error: cannot write the run's files (No space left on device: ")
+    assert err[-1].endswith(f"the last good checkpoint is {last}")
+    assert saved_step(last) == 20

@@ -19,8 +19,9 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     try:
         # weights_only: a checkpoint holds tensors and plain values only, so nothing in it can run code.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(err).__name__})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+        # a truncated file (a copy cut short, a full disk) is an OSError from torch's zip reader
+        raise UserError(f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint ({type(err).__name__})") from None
     if not isinstance(checkpoint, dict) or "makemore_lab" not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"checkpoint {path} was not written by makemore-lab (no model config inside)")
     return checkpoint

@@ -1,7 +1,11 @@
 """User-facing errors: a mistake in the user's input, reported as one line, never a traceback."""
 
+import errno
 import functools
 import sys
+
+# OSErrors that are the machine's state, not a bug: reported in one line like a UserError.
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG}
 
 
 class UserError(Exception):
@@ -43,6 +47,11 @@ def exit_on_user_error(func):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(err.exit_code)
+        except OSError as err:
+            if err.errno not in DISK_ERRORS:
+                raise
+            print(f"error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+            sys.exit(1)
         except KeyboardInterrupt:  # Ctrl-C before training started (reading data, building the model)
             print("error: interrupted before training started; nothing was saved", file=sys.stderr)
             sys.exit(130)

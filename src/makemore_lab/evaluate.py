@@ -2,6 +2,7 @@
 
 from omegaconf import DictConfig
 
+from makemore_lab import config_schema
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab.errors import exit_on_user_error
 from makemore_lab.losses import split_loss
@@ -9,6 +10,7 @@ from makemore_lab.losses import split_loss
 
 @exit_on_user_error
 def run(cfg: DictConfig) -> dict[str, float]:
+    config_schema.validate(cfg, config_schema.EVAL_RULES)
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
     datamodule = checkpoint_datamodule(meta, vocab, path=cfg.data.path)
     losses = {split: split_loss(net, datamodule, split) for split in ("val", "test")}

@@ -1,11 +1,15 @@
 """The one LightningModule: wraps any model from models/, scores every architecture the same way."""
 
+import logging
+
 import pytorch_lightning as pl
 import torch
 
 from makemore_lab.engine import StepEngine, StepPlan
 from makemore_lab.losses import batch_loss, training_loss
 from makemore_lab.schedules import constant
+
+log = logging.getLogger(__name__)
 
 
 class CharLM(pl.LightningModule):
@@ -69,7 +73,14 @@ class CharLM(pl.LightningModule):
         self.engine.clip(self, optimizer)  # one step per batch: Lightning calls this after unscaling
 
     def on_train_start(self) -> None:
-        self.engine.set_lr(self.optimizers().optimizer, self.global_step)  # the first (or resumed) step's lr
+        optimizer = self.optimizers().optimizer
+        configured = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        for group in optimizer.param_groups:  # a resumed run restored the checkpoint's base lr: the config's wins
+            if configured is not None and group["initial_lr"] != configured:
+                log.info("optimizer.lr %g (the checkpoint's) -> %g (this run's config), from step %d",
+                         group["initial_lr"], configured, self.global_step)
+                group["initial_lr"] = configured
+        self.engine.set_lr(optimizer, self.global_step)  # the first (or resumed) step's lr
 
     def validation_step(self, batch, batch_idx):
         loss, scored = batch_loss(self.net, batch)

@@ -33,8 +33,8 @@ class Segment:
 def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict) -> None:
     """A checkpoint to resume from must load and hold the model this config builds, or Lightning fails deep inside."""
     meta = read_checkpoint(ckpt_path)["makemore_lab"]
-    for key in ("model", "vocab", "block_size"):
-        if meta.get(key) != checkpoint_meta[key]:
+    for key in ("model", "vocab", "block_size", "optimizer"):
+        if key in meta and meta[key] != checkpoint_meta[key]:
             raise UserError(
                 f"checkpoint {ckpt_path} was trained with a different {key} ({meta.get(key)}) than this config "
                 f"builds ({checkpoint_meta[key]}): resume with the run's original overrides"
@@ -103,6 +103,10 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
         raise TrainingDiverged(f"{err}; {kept}") from None
     except SIGTERMException:  # Lightning stops at the end of the batch in which SIGTERM arrived
         terminated = True
+    except OSError as err:  # disk full, read-only or gone: saves are atomic, so the last good checkpoint is whole
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved"
+        raise UserError(f"cannot write the run's files ({err.strerror}: {err.filename}) at step "
+                        f"{trainer.global_step}; {kept}") from None
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(last, weights_only=False)  # the final (or interrupted) weights, whatever the checkpoint cadence
     if stop["requested"] or terminated:

@@ -5,6 +5,7 @@ import sys
 import torch
 from omegaconf import DictConfig
 
+from makemore_lab import config_schema
 from makemore_lab.checkpoint import load_trained_net
 from makemore_lab.data import read_items, split_items
 from makemore_lab.errors import UserError, exit_on_user_error
@@ -23,12 +24,7 @@ def training_items(meta: dict) -> set[str] | None:
 
 @exit_on_user_error
 def run(cfg: DictConfig) -> list[str]:
-    if not isinstance(cfg.num_samples, int) or cfg.num_samples < 1:
-        raise UserError(f"num_samples must be a positive integer, got {cfg.num_samples!r}")
-    if not isinstance(cfg.temperature, (int, float)) or cfg.temperature <= 0:
-        raise UserError(f"temperature must be a positive number, got {cfg.temperature!r}")
-    if cfg.top_k is not None and (not isinstance(cfg.top_k, int) or cfg.top_k < 1):
-        raise UserError(f"top_k must be a positive integer or null, got {cfg.top_k!r}")
+    config_schema.validate(cfg, config_schema.SAMPLE_RULES)
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
     generator = torch.Generator().manual_seed(cfg.seed)
     items = generate(net, vocab, cfg.num_samples, meta["block_size"], generator, cfg.temperature, cfg.top_k, cfg.max_length)

@@ -13,12 +13,14 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from makemore_lab import config_schema, final_report, resume, sweep_policy, threads
 from makemore_lab.engine import StepPlan
 from makemore_lab.errors import OverParamBudget, UserError, exit_on_user_error
 from makemore_lab.models import scores_every_position
 from makemore_lab.module import CharLM
+from makemore_lab.run_dir import RunDirLock
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,24 @@ def check_model(cfg: DictConfig, net: torch.nn.Module, datamodule) -> int:
     return params
 
 
+def check_final_weights(cfg: DictConfig, callbacks: list) -> None:
+    """final_weights=best needs a checkpoint that keeps the best validation's weights, and a validation to keep."""
+    if cfg.final_weights != "best":
+        return
+    if not any(isinstance(c, ModelCheckpoint) and c.monitor for c in callbacks):
+        raise UserError("final_weights=best needs the model_checkpoint callback (it keeps the best validation's weights)")
+    if cfg.trainer.val_check_interval > cfg.trainer.max_steps:
+        raise UserError(f"final_weights=best needs a validation before the end: trainer.val_check_interval "
+                        f"({cfg.trainer.val_check_interval}) is more than trainer.max_steps ({cfg.trainer.max_steps})")
+
+
 def train(cfg: DictConfig) -> dict:
     config_schema.validate(cfg, config_schema.TRAIN_RULES)
+    with RunDirLock(cfg.paths.output_dir, resuming=bool(cfg.get("ckpt_path"))):
+        return train_in_run_dir(cfg)
+
+
+def train_in_run_dir(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
 
@@ -73,6 +91,7 @@ def train(cfg: DictConfig) -> dict:
     if threads.choose(cfg.threads):
         callbacks.append(threads.ThreadBudget())
     plan = StepPlan.from_config(cfg, callbacks)
+    check_final_weights(cfg, callbacks)
     datamodule = build(cfg.data, "data", steps_per_call=plan.steps_per_batch)
     net = build(cfg.model, "model", vocab_size=datamodule.vocab_size, block_size=datamodule.block_size)
     params = check_model(cfg, net, datamodule)
@@ -84,6 +103,7 @@ def train(cfg: DictConfig) -> dict:
         "data": {**OmegaConf.to_container(cfg.data, resolve=True), "path": datamodule.source},
         "vocab": list(datamodule.vocab.chars),
         "block_size": datamodule.block_size,
+        "optimizer": cfg.optimizer._target_,  # resuming with another optimizer is refused (its state would not fit)
     }
     if cfg.get("ckpt_path"):
         resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta)
