@@ -197,3 +197,26 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(compose_trai
     assert err[-1].startswith("error: cannot write the run's files (No space left on device: ")
     assert err[-1].endswith(f"the last good checkpoint is {last}")
     assert saved_step(last) == 20
+
+
+def test_ctrl_c_while_starting_up_is_one_line(tmp_path, small_names):
+    proc = start_training(tmp_path / "run", small_names)
+    time.sleep(1.0)  # importing torch and Lightning, composing the config
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "error: interrupted before training started; nothing was saved"
+
+
+def test_a_second_ctrl_c_aborts_at_once_with_130(tmp_path, small_names):
+    run_dir = tmp_path / "run"
+    # batches of 1,000 WaveNet steps (a second or so): the second Ctrl-C lands inside the batch the first one ends
+    proc = start_training(run_dir, small_names, "trainer.max_steps=1000000", "model=wavenet", "block_size=4",
+                          "steps_per_call=1000", "trainer.log_every_n_steps=1000")
+    wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)  # two signals at once are one to Python
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: aborted by a second Ctrl-C")

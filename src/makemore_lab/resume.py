@@ -6,6 +6,8 @@ exits 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C aborts at once (exit 130, t
 """
 
 import contextlib
+import re
+import shlex
 import signal
 import sys
 import threading
@@ -42,8 +44,10 @@ def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict) -> None:
 
 
 def hydra_quote(value: str) -> str:
-    """A value for Hydra's override grammar: single-quoted, with backslashes and quotes escaped."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A value for Hydra's override grammar: as is when plain, else double-quoted with backslashes and quotes escaped."""
+    if re.fullmatch(r"[\w./:+-]+", value, flags=re.ASCII):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def resume_command(out_dir: Path) -> str:
@@ -52,8 +56,6 @@ def resume_command(out_dir: Path) -> str:
     Paths are quoted twice over: for Hydra's override grammar (spaces, parentheses, '=' ...) inside, and for
     the shell outside, so the line runs as printed.
     """
-    import shlex
-
     overrides = []
     if HydraConfig.initialized():
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
@@ -86,7 +88,8 @@ def stop_cleanly_on_sigint(trainer: pl.Trainer):
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, abort if stop["requested"] else previous)  # the final save is not cut short
+                                                                                # by the default handler
 
 
 def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir: Path) -> Segment:
