@@ -4,7 +4,12 @@ import math
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from torch.nn import functional as F
+
+from conftest import ROOT
 
 from makemore_lab.data import Vocabulary, make_examples, make_item_examples
 from makemore_lab.errors import UserError
@@ -142,3 +147,27 @@ def test_dropout_acts_in_training_only(build):
     net.eval()
     assert torch.equal(net(x), net(x))
     assert n_params(net) == n_params(type(net)(V, net.block_size))  # dropout adds no parameters
+
+
+def readme_model_options() -> dict[str, tuple[str, str, str]]:
+    """The README's "What choosing a model also sets" table: model -> (block_size, data.train_on, optimizer)."""
+    text = (ROOT / "README.md").read_text().split("### What choosing a model also sets", 1)[1]
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    cells = [[c.strip().strip("`") for c in row.strip("|").split("|")] for row in rows]
+    return {c[0]: (c[1].split(" ")[0], c[2], c[3]) for c in cells}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "model").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_model_option_sets_outside_model_only_what_the_readme_table_says(path):
+    raw = OmegaConf.load(path)
+    assert set(raw) <= {"defaults", "model_name", "block_size", "data", "model"}, set(raw)
+    assert set(raw.get("data", {})) <= {"train_on"}
+    assert all(d in ("override /optimizer: adamw",) or OmegaConf.to_container(d) == {"override /optimizer": "adamw"}
+               for d in raw.get("defaults", []))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("train", overrides=[f"model={path.stem}", "paths.output_dir=."])
+    GlobalHydra.instance().clear()
+    optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1].lower()
+    block_size = "null" if cfg.block_size is None else str(cfg.block_size)
+    assert readme_model_options()[path.stem] == (block_size, cfg.data.train_on, optimizer)
