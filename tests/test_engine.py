@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import ROOT, read_scalar_steps, read_scalars
-from makemore_lab.engine import advance_step_counter
+from makemore_lab.engine import step_counter
 from makemore_lab.train import train
 
 
@@ -116,7 +116,7 @@ class CountingModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         for _ in range(3):
             before = self.trainer.global_step
-            advance_step_counter(self.trainer)
+            step_counter(self.trainer)()
             self.seen.append(self.trainer.global_step - before)
 
     def train_dataloader(self):
@@ -141,4 +141,4 @@ def test_no_lightning_internals_outside_the_engines_one_line():
          str(ROOT / "src")], capture_output=True, text=True,
     ).stdout.splitlines()
     code = [line for line in found if not re.search(r":\d+:\s*(#|\"|')", line) and "The one line" not in line]
-    assert len(code) == 1 and "engine.py" in code[0] and "increment_by(1)" in code[0], code
+    assert len(code) == 1 and "engine.py" in code[0] and "optim_step_progress.increment_by, 1)" in code[0], code

@@ -21,6 +21,7 @@ Contract (what a callback author can rely on; docs/callbacks.md has the long for
   Lightning documents; a non-finite loss stops training (checked once per batch: no per-step host sync).
 """
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -91,13 +92,13 @@ def wants_every_step(callback: pl.Callback) -> bool:
     return any(overridden(name) for name in PER_STEP_HOOKS)
 
 
-def advance_step_counter(trainer: pl.Trainer) -> None:
-    """Count one optimizer step in `trainer.global_step`, as Lightning's optimizer wrapper does after its step.
+def step_counter(trainer: pl.Trainer):
+    """A function that counts one optimizer step in `trainer.global_step`, as Lightning's optimizer wrapper does.
 
     The one line in the package that touches Lightning's loop state: its public way (LightningOptimizer.step)
     costs ~20% of a lecture model's step. tests/test_engine.py fails at once if a Lightning release changes it.
     """
-    trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(1)
+    return functools.partial(trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by, 1)
 
 
 class StepEngine:
@@ -125,11 +126,13 @@ class StepEngine:
         trainer = module.trainer
         first = trainer.global_step
         steps = min(len(y) // batch_size, trainer.max_steps - first)
-        minibatches = zip(x.split(batch_size)[:steps], y.split(batch_size)[:steps])
-        one_step = self._lightning_step if self.plan.steps_per_batch == 1 else self._fast_step
-        losses = [one_step(module, xb, yb) for xb, yb in minibatches]
-        if not losses:
+        minibatches = list(zip(x.split(batch_size)[:steps], y.split(batch_size)[:steps]))
+        if not minibatches:
             return None
+        if self.plan.steps_per_batch == 1:
+            losses = [self._lightning_step(module, xb, yb) for xb, yb in minibatches]
+        else:
+            losses = self._fast_steps(module, minibatches, first)
         losses = torch.stack(losses)
         finite = torch.isfinite(losses)
         if not finite.all():  # one check per batch: no per-step sync with an accelerator
@@ -151,25 +154,31 @@ class StepEngine:
         self.set_lr(optimizer.optimizer, module.trainer.global_step)
         return loss.detach()
 
-    def _fast_step(self, module, xb, yb) -> torch.Tensor:
-        trainer = module.trainer
+    def _fast_steps(self, module, minibatches, step: int) -> list[torch.Tensor]:
+        """torch's backward and step per minibatch; everything looked up once per batch, not once per step."""
         optimizer = module.optimizers().optimizer  # torch's: its own step hooks fire, Lightning's do not
-        scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed on a GPU
-        loss = self.loss_fn(xb, yb)
-        optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()
-        if self.plan.gradient_clip_val:
+        scaler = getattr(module.trainer.precision_plugin, "scaler", None)  # 16-mixed on a GPU
+        count_step = step_counter(module.trainer)
+        clip = self.plan.gradient_clip_val
+        losses = []
+        for xb, yb in minibatches:
+            loss = self.loss_fn(xb, yb)
+            optimizer.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler else loss).backward()
+            if clip:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                self.clip(module, optimizer)
             if scaler:
-                scaler.unscale_(optimizer)
-            self.clip(module, optimizer)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        advance_step_counter(trainer)
-        self.set_lr(optimizer, trainer.global_step)
-        return loss.detach()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            count_step()
+            step += 1
+            self.set_lr(optimizer, step)
+            losses.append(loss.detach())
+        return losses
 
     def clip(self, module: pl.LightningModule, optimizer) -> None:
         """trainer.gradient_clip_val/algorithm, through Lightning's public clip_gradients (precision-aware)."""

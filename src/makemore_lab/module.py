@@ -55,7 +55,7 @@ class CharLM(pl.LightningModule):
 
     def _minibatch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = training_loss(self.net, x, y, self.all_positions)
-        if self.initial_loss is None and self.global_step == 0:
+        if self.initial_loss is None and self.global_step == 0:  # cheap test first: this runs every step
             self.initial_loss = loss.item()  # one sync, on the first step only
         return loss
 
