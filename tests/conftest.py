@@ -13,7 +13,9 @@ CONFIG_DIR = str(ROOT / "configs")
 NAMES = ROOT / "src" / "makemore_lab" / "datasets" / "names.txt"
 
 # A run of a few steps that still validates twice, checkpoints, and writes TensorBoard events.
-TINY = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.accelerator=cpu", "num_samples=3"]
+# threads=1: in-process runs compare results bit for bit, which a thread count changed mid-run (threads=auto) would
+# not allow; test_threads.py tests auto.
+TINY = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.accelerator=cpu", "num_samples=3", "threads=1"]
 
 
 @pytest.fixture(scope="session")

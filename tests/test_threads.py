@@ -1,0 +1,54 @@
+"""threads=auto: each run takes a fair share of the cores, counting the other runs on the machine."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from makemore_lab import threads
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "REGISTRY", tmp_path / "runs")
+    monkeypatch.setattr(threads, "cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    yield tmp_path / "runs"
+    torch.set_num_threads(before)
+
+
+def test_a_run_alone_gets_every_core_and_shares_them_with_live_runs(registry):
+    assert threads.choose("auto") and torch.get_num_threads() == 4
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (registry / str(other.pid)).touch()
+        (registry / "999999999").touch()  # a run that died without cleaning up: not counted, removed
+        assert threads.fair_share() == 2
+        assert not (registry / "999999999").exists()
+        budget = threads.ThreadBudget(every_seconds=0)
+        budget.on_train_batch_end(None)
+        assert torch.get_num_threads() == 2
+    finally:
+        other.kill()
+        other.wait()
+    budget.on_train_batch_end(None)  # the other run ended: this one speeds up again
+    assert torch.get_num_threads() == 4
+
+
+def test_the_users_choice_is_left_alone(registry, monkeypatch):
+    assert not threads.choose(3) and torch.get_num_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(2)
+    assert not threads.choose("auto") and torch.get_num_threads() == 2
+    assert not registry.exists()  # neither choice registers the run
+
+
+def test_four_runs_on_two_cores_get_one_thread_each(registry, monkeypatch):
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    for pid in (os.getpid(), os.getppid(), 1):  # live processes
+        registry.mkdir(exist_ok=True)
+        (registry / str(pid)).touch()
+    assert threads.fair_share() == 1
