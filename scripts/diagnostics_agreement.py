@@ -21,7 +21,7 @@ NAMES = Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "datasets
 LECTURE = ["optimizer=sgd", "optimizer.lr=0.1", "schedule=constant", "data.batch_size=32", "block_size=3",
            "model.n_embd=10", "model.n_hidden=100"]
 DEEP = ["model=mlp_bn", "model.batchnorm=false"]
-# (setup as the table writes it, overrides, the lecture's judgement, the verdict it expects: rules that must fail)
+# (setup as the table writes it, overrides, the lecture's judgement, the rules that judgement means must fail)
 SETUPS = [
     ("`model=mlp` (default, fixed init)", ["model=mlp", *LECTURE], "fixed", set()),
     ("`model=mlp model.init=naive`", ["model=mlp", "model.init=naive", *LECTURE],
@@ -37,7 +37,8 @@ SETUPS = [
     ("`model=transformer` (its defaults, AdamW)", ["model=transformer", "data.batch_size=32"], "–", set()),
 ]
 COMMON = ["trainer.accelerator=cpu", "callbacks.diagnostics.figures=false", "~callbacks.sample_text",
-          "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "num_samples=1"]
+          "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "~callbacks.progress_bar", "num_samples=1",
+          "++trainer.enable_model_summary=false"]
 
 
 def run(overrides: list[str], steps: int, names: Path | None, out: Path) -> dict:
@@ -64,12 +65,12 @@ def main() -> None:
         if args.names:
             names = Path(tmp) / "names.txt"
             names.write_text("\n".join(NAMES.read_text().split()[: args.names]) + "\n")
-        print("| setup | lecture's judgement | verdict | as expected |\n|---|---|---|---|")
+        print("| setup | lecture's judgement | verdict | agrees |\n|---|---|---|---|")
         details = []
         for i, (setup, overrides, judgement, expected) in enumerate(SETUPS):
             health = run(overrides, args.steps, names, Path(tmp) / f"run{i}")["health"]
             broken = {name for name, rule in health["rules"].items() if rule["ok"] is False}
-            agrees = broken == expected
+            agrees = expected <= broken and bool(broken) == bool(expected)  # the lecture's fault is among the flags
             print(f"| {setup} | {judgement} | {verdict(health)} | {'yes' if agrees else 'NO'} |", flush=True)
             details.append((setup, health))
         for setup, health in details:
