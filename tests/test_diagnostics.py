@@ -407,6 +407,16 @@ def test_dead_units_depend_on_the_kind_of_nonlinearity():
     assert dead("GELU")["ok"] is True and "GELU not judged" in dead("GELU")["message"]
 
 
+def test_depth_rules_judge_a_feed_forward_tanh_stack_only():
+    """An LSTM's two tanh layers (called once per time step) are not layers in depth: not compared."""
+    shrinking = {"a": {"std": 0.6}, "b": {"std": 0.3, "gradient_std": 1e-2}}
+    stack = HealthRules().judge([record(0, shrinking, {})], 3.3, 27)["rules"]
+    assert stack["activation_std"]["ok"] is False and stack["gradient_scale"]["ok"] is False
+    cell = {n: {**m, "calls": 16} for n, m in shrinking.items()}
+    recurrent = HealthRules().judge([record(0, cell, {})], 3.3, 27)["rules"]
+    assert recurrent["activation_std"]["ok"] is None and recurrent["gradient_scale"]["ok"] is None
+
+
 def test_update_data_is_judged_over_the_early_constant_lr_part_only():
     rules = HealthRules()
     early = [record(s, {}, {"w": -3.0}) for s in (0, 200, 400, 600, 800)]

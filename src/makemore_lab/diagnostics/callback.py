@@ -18,7 +18,7 @@ from makemore_lab.tensorboard_events import SummaryBatch, tensorboard_writers
 
 log = logging.getLogger(__name__)
 
-LAYER_STATS = ("kind", "mean", "std", "saturation", "dead", "dead_units", "units", "gradient_std")
+LAYER_STATS = ("kind", "mean", "std", "saturation", "dead", "dead_units", "units", "calls", "gradient_std")
 
 
 class Diagnostics(pl.Callback):

@@ -20,7 +20,8 @@ from makemore_lab.diagnostics import settings
 from makemore_lab.diagnostics.initial_loss import check_initial_loss
 
 SATURATING = ("Tanh", "Sigmoid")  # flat near their bounds
-DEPTH_KIND = "Tanh"  # the lecture's stack: the std and gradient scale are compared across layers of this kind
+DEPTH_KIND = "Tanh"  # the lecture's stack: the std and gradient scale are compared across layers of this kind,
+# each called once per forward (a recurrent cell's tanh layers are not a stack in depth)
 DEAD_WHEN_FLAT = ("Tanh", "Sigmoid", "ReLU")  # flat on an example = no gradient through it (not so for GELU & co.)
 
 WHY = {
@@ -148,7 +149,7 @@ class HealthRules:
     def _activation_std(self, start: dict | None) -> dict:
         layers = stack(start)
         if len(layers) < 2:
-            return rule(None, f"not checked (fewer than two {DEPTH_KIND} layers measured at step 0: no depth)")
+            return rule(None, "not checked (fewer than two tanh layers in a stack at step 0: no depth)")
         stds = {n: m["std"] for n, m in layers.items()}
         first, deepest = stds[next(iter(stds))], stds[list(stds)[-1]]
         ratio = deepest / first if first > 0 else 0.0
@@ -163,7 +164,7 @@ class HealthRules:
     def _gradient_scale(self, start: dict | None) -> dict:
         layers = {n: m for n, m in stack(start).items() if m.get("gradient_std")}
         if len(layers) < 2:
-            return rule(None, f"not checked (fewer than two {DEPTH_KIND} layers measured at step 0: no depth)")
+            return rule(None, "not checked (fewer than two tanh layers in a stack at step 0: no depth)")
         stds = {n: m["gradient_std"] for n, m in layers.items()}
         ratio = max(stds.values()) / min(stds.values())
         listed = " -> ".join(f"{v:.1e}" for v in stds.values())
@@ -238,7 +239,9 @@ def saturating(record: dict | None) -> dict:
 
 
 def stack(record: dict | None) -> dict:
-    return {n: m for n, m in (record or {}).get("layers", {}).items() if m["kind"] == DEPTH_KIND}
+    """The tanh layers of a feed-forward stack, in order: each called once per forward."""
+    return {n: m for n, m in (record or {}).get("layers", {}).items()
+            if m["kind"] == DEPTH_KIND and m.get("calls", 1) == 1}
 
 
 def mark(checked: dict) -> str:
