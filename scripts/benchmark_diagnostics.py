@@ -4,8 +4,8 @@
     python scripts/benchmark_diagnostics.py --models mlp --steps 20000
     python scripts/benchmark_diagnostics.py --models mlp -- callbacks.diagnostics.every_n_steps=100  # another cadence
 
-"on" is `python train.py model=<m>` as configured (diagnostics, initial-loss check, sampled text, health report,
-figures); "off" removes those five callbacks. Same model, seed, data and steps. Both are timed over the steady
+"on" is `python train.py model=<m>` as configured (the diagnostics callback with its initial-loss check, health
+report and figures, and sampled text); "off" removes those two callbacks. Same model, seed, data and steps. Both are timed over the steady
 part of training, after a warm-up and up to the last training call, so start-up and the one-off work at the end
 (figures, health report) are not in it; the wall columns are the whole fit, which has them.
 
@@ -37,16 +37,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from makemore_lab.callbacks.activation_stats import ActivationStats
-from makemore_lab.callbacks.diagnostics import Diagnostics
-from makemore_lab.callbacks.initial_loss_check import InitialLossCheck
 from makemore_lab.callbacks.sample_text import SampleText
+from makemore_lab.diagnostics import Diagnostics
+from makemore_lab.diagnostics.activations import ActivationStats
 from makemore_lab.train import train
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
-DIAGNOSTICS = ["diagnostics", "initial_loss_check", "sample_text", "health_report", "diagnostic_figures"]
+DIAGNOSTICS = ["diagnostics", "sample_text"]  # the diagnostics callback (its report and figures with it), samples
 HOOKS = [(Diagnostics, "_before_step"), (Diagnostics, "_after_step"), (ActivationStats, "_record"),
-         (SampleText, "_after_step"), (InitialLossCheck, "_after_step")]
+         (SampleText, "_after_step")]
 in_hooks = {"seconds": 0.0}
 
 

@@ -22,20 +22,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import CONFIG_DIR, TINY
-from makemore_lab.callbacks.activation_stats import NONLINEARITIES
-from makemore_lab.callbacks.diagnostics import Diagnostics
-from makemore_lab.callbacks.health_report import HealthReport
-from makemore_lab.callbacks.initial_loss_check import InitialLossCheck
 from makemore_lab.callbacks.sample_text import SampleText
+from makemore_lab.diagnostics import Diagnostics
+from makemore_lab.diagnostics.activations import NONLINEARITIES
+from makemore_lab.diagnostics.health import HealthRules
 from makemore_lab.errors import UserError
 from makemore_lab.models.mlp import MLP
+from makemore_lab.models.mlp_bn import DeepMLP
+from makemore_lab.step_hooks import StepClock
 from makemore_lab.train import train
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 MLP_WEIGHTS = ["wte.weight", "hidden.weight", "lm_head.weight"]
 SGD = ["optimizer=sgd", "schedule=constant"]  # no momentum, no weight decay, constant lr: update = lr * grad
 FIGURES = ["activation_distribution", "gradient_distribution", "weight_gradient_distribution", "update_data_ratio"]
-NO_EXTRAS = ["~callbacks.diagnostic_figures", "~callbacks.sample_text", "~callbacks.model_checkpoint"]
+NO_EXTRAS = ["callbacks.diagnostics.figures=false", "~callbacks.sample_text", "~callbacks.model_checkpoint"]
+RULES = {"initial_loss", "saturation", "activation_std", "gradient_scale", "update_data", "dead_units",
+         "final_saturation"}
 
 
 def read_events(event_dir: Path) -> dict:
@@ -111,12 +114,14 @@ def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
 
     health = json.loads((out / "summary.json").read_text())["health"]
-    assert health["rules"].keys() == {"initial_loss", "saturation", "update_data", "dead_units"}
+    assert health["rules"].keys() == RULES
     assert health["rules"]["initial_loss"]["ok"] is True and health["measured_every_n_steps"] == 5
     assert health["rules"]["update_data"]["values"].keys() == set(MLP_WEIGHTS)
     assert [s for s, _ in events["text"]["health"]] == [20]
     printed = capsys.readouterr().out
     assert "training health" in printed and "verdict:" in printed
+    assert "why: an untrained network should be equally unsure" in printed  # the lecture's reasoning, one line
+    assert "[TensorBoard: initial_loss/measured]" in printed  # and where to look
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +185,7 @@ def test_naive_init_saturates_tanh_and_starts_confidently_wrong_kaiming_does_not
 
 def test_measuring_every_step_does_not_change_training(compose_train, small_names, tmp_path):
     measured = train(compose_train(f"data.path={small_names}", "callbacks.diagnostics.every_n_steps=1",
-                                   "callbacks.sample_text.every_n_steps=10", "~callbacks.diagnostic_figures",
+                                   "callbacks.sample_text.every_n_steps=10", "callbacks.diagnostics.figures=false",
                                    f"paths.output_dir={tmp_path}/measured"))
     plain_cfg = compose_train(f"data.path={small_names}", "callbacks=none", f"paths.output_dir={tmp_path}/plain")
     plain, events = run(plain_cfg)
@@ -189,15 +194,34 @@ def test_measuring_every_step_does_not_change_training(compose_train, small_name
     assert not any(tag.startswith(("saturation", "update_data", "initial_loss")) for tag in events["scalars"])
 
 
-def test_without_diagnostics_the_health_report_checks_the_initial_loss_only(compose_train, small_names):
-    cfg = compose_train(f"data.path={small_names}", "~callbacks.diagnostics", *NO_EXTRAS)
+def test_without_diagnostics_nothing_is_measured_reported_or_drawn(compose_train, small_names):
+    cfg = compose_train(f"data.path={small_names}", "~callbacks.diagnostics", "~callbacks.sample_text")
     summary, events = run(cfg)
-    rules = summary["health"]["rules"]
-    assert rules["initial_loss"]["ok"] is True
-    assert [rules[name]["ok"] for name in ("saturation", "update_data", "dead_units")] == [None, None, None]
-    assert summary["health"]["ok"] is True
-    assert not any(tag.startswith(("saturation", "update_data")) for tag in events["scalars"])
+    assert "health" not in summary
+    assert not any(tag.startswith(("saturation", "update_data", "initial_loss")) for tag in events["scalars"])
+    assert not events["text"] and not events["images"]
     assert not (Path(cfg.paths.output_dir) / "figures").exists()
+
+
+def test_the_health_report_and_figures_are_options_of_the_one_callback(compose_train, small_names, capsys):
+    cfg = compose_train(f"data.path={small_names}", "callbacks.diagnostics.health_report=false",
+                        "callbacks.diagnostics.figures=false", "callbacks.diagnostics.initial_loss_check=false",
+                        "callbacks.diagnostics.every_n_steps=10", "~callbacks.sample_text")
+    summary, events = run(cfg)
+    assert "health" not in summary and "training health" not in capsys.readouterr().out
+    assert not (Path(cfg.paths.output_dir) / "figures").exists()
+    assert not any(tag.startswith("initial_loss") for tag in events["scalars"])
+    assert steps(events, "saturation/act") == [0, 10, 19]  # still measured
+    from makemore_lab import diagnostics
+    assert diagnostics.__all__ == ["Diagnostics"]
+
+
+def test_thresholds_are_settings(compose_train, small_names):
+    cfg = compose_train(f"data.path={small_names}", "callbacks.diagnostics.thresholds.max_first_layer_saturation=0.01",
+                        "callbacks.diagnostics.figures=false", "~callbacks.sample_text")
+    summary = train(cfg)
+    assert summary["health"]["rules"]["saturation"]["ok"] is False and summary["health"]["ok"] is False
+    assert "limit 1%" in summary["health"]["rules"]["saturation"]["message"]
 
 
 def test_a_bad_cadence_in_the_config_is_a_user_error(compose_train, small_names):
@@ -212,6 +236,10 @@ def fake_trainer(optimizer, max_steps: int = 100, global_zero: bool = True, call
     """What the diagnostics read from a Trainer, for driving them from a plain loop."""
     return SimpleNamespace(optimizers=[optimizer], global_step=0, max_steps=max_steps, is_global_zero=global_zero,
                            loggers=[], callbacks=list(callbacks), datamodule=None, default_root_dir=".")
+
+
+def measuring_only(every_n_steps: int) -> Diagnostics:
+    return Diagnostics(every_n_steps=every_n_steps, health_report=False, figures=False)
 
 
 def train_steps(net: nn.Module, optimizer, n: int, batch: int = 32, seed: int = 0, before_step=None) -> None:
@@ -232,10 +260,11 @@ def test_every_architecture_has_every_nonlinearity_and_weight_measured(compose_t
     torch.manual_seed(0)
     net = instantiate(compose_train(f"model={model}").model, vocab_size=27, block_size=8)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    diagnostics = Diagnostics(every_n_steps=1)
-    diagnostics.on_train_start(fake_trainer(optimizer), SimpleNamespace(net=net))
+    diagnostics = measuring_only(1)
+    trainer = fake_trainer(optimizer)
+    diagnostics.on_train_start(trainer, SimpleNamespace(net=net))
     train_steps(net, optimizer, 2, batch=16)
-    diagnostics.on_train_end(None, None)
+    diagnostics.on_train_end(trainer, None)
 
     layers = {name for name, m in net.named_modules() if isinstance(m, NONLINEARITIES)}
     weights = {name for name, p in net.named_parameters() if p.dim() >= 2}
@@ -265,8 +294,9 @@ def test_update_data_is_the_real_change_of_each_weight(make_optimizer):
     net = MLP(27, 3)
     optimizer = make_optimizer(net.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
-    diagnostics = Diagnostics(every_n_steps=2)
-    diagnostics.on_train_start(fake_trainer(optimizer), SimpleNamespace(net=net))
+    diagnostics = measuring_only(2)
+    trainer = fake_trainer(optimizer)
+    diagnostics.on_train_start(trainer, SimpleNamespace(net=net))
     expected = {}
 
     def remember(step):  # the weights and lr * grad just before the step, to compare with after it
@@ -286,7 +316,7 @@ def test_update_data_is_the_real_change_of_each_weight(make_optimizer):
             if name in expected[step]:
                 before, lr_grad = expected[step][name]
                 expected[step][name] = ((p.detach() - before).std() / before.std(), lr_grad.std() / before.std())
-    diagnostics.on_train_end(None, None)
+    diagnostics.on_train_end(trainer, None)
 
     assert [r["step"] for r in diagnostics.history] == [0, 2, 4]
     plain_sgd = optimizer.defaults.get("momentum", None) == 0 and optimizer.defaults["weight_decay"] == 0
@@ -305,8 +335,9 @@ def test_update_data_is_the_real_change_of_each_weight(make_optimizer):
 def test_hooks_are_attached_only_around_measured_steps():
     net = MLP(27, 3)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    diagnostics = Diagnostics(every_n_steps=3)
-    diagnostics.on_train_start(fake_trainer(optimizer, max_steps=8), SimpleNamespace(net=net))
+    diagnostics = measuring_only(3)
+    trainer = fake_trainer(optimizer, max_steps=8)
+    diagnostics.on_train_start(trainer, SimpleNamespace(net=net))
     hooked = []
     train_steps(net, optimizer, 8, before_step=lambda step: hooked.append(bool(net.act._forward_hooks)))
     assert hooked == [s in (0, 3, 6, 7) for s in range(8)]  # every 3rd step, and the last (max_steps - 1)
@@ -316,7 +347,7 @@ def test_hooks_are_attached_only_around_measured_steps():
         net.eval()
         net(torch.zeros(4, 3, dtype=torch.long))
     assert all(not outputs for outputs in diagnostics.activations._outputs.values())
-    diagnostics.on_train_end(None, None)
+    diagnostics.on_train_end(trainer, None)
     assert not net.act._forward_hooks and not optimizer._optimizer_step_pre_hooks
     assert not optimizer._optimizer_step_post_hooks
 
@@ -330,26 +361,73 @@ def test_only_rank_zero_measures():
     assert not diagnostics.history and not optimizer._optimizer_step_post_hooks and not net.act._forward_hooks
 
 
+def record(step: int, layers: dict, weights: dict, lr: float = 0.1) -> dict:
+    tanh = {"kind": "Tanh", "mean": 0.0, "std": 0.65, "saturation": 0.05, "dead": 0.0, "dead_units": 0, "units": 100,
+            "gradient_std": 1e-3}
+    return {"step": step, "lr": lr, "layers": {n: {**tanh, **m} for n, m in layers.items()},
+            "weights": {n: {"grad_data": 1e-2, "update_data": u} for n, u in weights.items()}}
+
+
 def test_health_report_names_the_layers_and_weights_that_break_a_rule(capsys):
-    diagnostics = Diagnostics(every_n_steps=100)
-    layer = {"kind": "Tanh", "saturation": 0.02, "dead_units": 0, "units": 100}
-    diagnostics.history = [
-        {"step": s, "layers": {"layers.2": {**layer, "saturation": 0.2, "dead_units": 3}, "layers.5": layer},
-         "weights": {"lm_head.weight": {"update_data": -5.0}, "layers.0.weight": {"update_data": -3.0}}}
-        for s in (0, 100, 200)
+    weights = {"layers.0.weight": -3.0, "layers.2.weight": -5.0, "lm_head.weight": -1.0}
+    history = [
+        record(0, {"layers.1": {"saturation": 0.2}, "layers.3": {"saturation": 0.3, "std": 0.3, "gradient_std": 5e-3},
+                   "layers.5": {"std": 0.2, "dead_units": 3}}, weights),
+        *(record(s, {"layers.1": {}, "layers.3": {}, "layers.5": {"saturation": 0.4}}, weights) for s in (100, 200)),
     ]
-    report = HealthReport()
-    trainer = SimpleNamespace(is_global_zero=True, callbacks=[diagnostics], datamodule=SimpleNamespace(vocab_size=27),
-                              loggers=[], global_step=300)
-    report.on_train_end(trainer, SimpleNamespace(initial_loss=3.3))
-    rules = report.summary_fields()["health"]["rules"]
-    assert rules["initial_loss"]["ok"] is True
-    assert rules["saturation"]["ok"] is False and rules["saturation"]["values"] == {"layers.2": 0.2}
-    assert "layers.2 20.0%" in rules["saturation"]["message"]
-    assert rules["dead_units"]["ok"] is False and "layers.2 3 of 100" in rules["dead_units"]["message"]
-    assert rules["update_data"]["ok"] is False and rules["update_data"]["values"] == {"lm_head.weight": -5.0}
-    assert report.verdict["ok"] is False
-    assert "3 of 4 rules broken (saturation, update_data, dead_units)" in capsys.readouterr().out
+    rules = HealthRules()
+    verdict = rules.judge(history, 3.3, 27, output_weights={"lm_head.weight"})
+    checked = verdict["rules"]
+    assert checked.keys() == RULES and verdict["ok"] is False
+    assert checked["initial_loss"]["ok"] is True
+    # the first layer may start at 20% (it sees the embeddings), a deeper one not at 30%
+    assert checked["saturation"]["ok"] is False and checked["saturation"]["values"] == {"layers.3": 0.3}
+    assert checked["activation_std"]["ok"] is False and "0.65 -> 0.30 -> 0.20" in checked["activation_std"]["message"]
+    assert checked["gradient_scale"]["ok"] is False and checked["gradient_scale"]["values"]["ratio"] == pytest.approx(5)
+    # the output layer is the lecture's expected outlier: shown, not judged
+    assert checked["update_data"]["ok"] is False and "layers.2.weight -5.00" in checked["update_data"]["message"]
+    assert "lm_head.weight" not in checked["update_data"]["message"].split("outside")[0]
+    assert "too slow" in checked["update_data"]["message"]
+    assert checked["dead_units"]["ok"] is False and "layers.5 at step 0: 3 of 100" in checked["dead_units"]["message"]
+    # what the trained network looks like is information
+    assert checked["final_saturation"]["ok"] is None and checked["final_saturation"]["values"]["layers.5"] == 0.4
+    text = rules.text(verdict)
+    assert "[info] final_saturation" in text and "[FAIL] saturation" in text
+    assert "5 of 6 rules broken (saturation, activation_std, gradient_scale, update_data, dead_units)" in text
+    assert text.count("why: ") == len(RULES) and "[TensorBoard: update_data/<weight>]" in text
+
+
+def test_dead_units_depend_on_the_kind_of_nonlinearity():
+    """tanh always saturated and ReLU never active are dead; GELU at <= 0 still passes gradient."""
+    def dead(kind):
+        layer = {"kind": kind, "dead_units": 5}
+        return HealthRules().judge([record(0, {"a": layer}, {})], 3.3, 27)["rules"]["dead_units"]
+
+    assert dead("Tanh")["ok"] is False and dead("ReLU")["ok"] is False
+    assert dead("GELU")["ok"] is True and "GELU not judged" in dead("GELU")["message"]
+
+
+def test_depth_rules_judge_a_feed_forward_tanh_stack_only():
+    """An LSTM's two tanh layers (called once per time step) are not layers in depth: not compared."""
+    shrinking = {"a": {"std": 0.6}, "b": {"std": 0.3, "gradient_std": 1e-2}}
+    stack = HealthRules().judge([record(0, shrinking, {})], 3.3, 27)["rules"]
+    assert stack["activation_std"]["ok"] is False and stack["gradient_scale"]["ok"] is False
+    cell = {n: {**m, "calls": 16} for n, m in shrinking.items()}
+    recurrent = HealthRules().judge([record(0, cell, {})], 3.3, 27)["rules"]
+    assert recurrent["activation_std"]["ok"] is None and recurrent["gradient_scale"]["ok"] is None
+
+
+def test_update_data_is_judged_over_the_early_constant_lr_part_only():
+    rules = HealthRules()
+    early = [record(s, {}, {"w": -3.0}) for s in (0, 200, 400, 600, 800)]
+    later = [record(s, {}, {"w": -6.0}, lr=0.01) for s in (1000, 1200, 1400)]  # after a step decay: not judged
+    assert rules.judge(early + later, None, None)["rules"]["update_data"]["ok"] is True
+    decayed = [record(0, {}, {"w": -3.0}), record(200, {}, {"w": -3.0}),
+               *(record(s, {}, {"w": -6.0}, lr=0.01) for s in (400, 600, 800))]
+    judged = rules.judge(decayed, None, None)["rules"]["update_data"]
+    assert judged["ok"] is True and "the 2 measured steps 0-200" in judged["message"]
+    warmup = [record(s, {}, {"w": -6.0}, lr=1e-4 * (s + 1)) for s in (0, 200, 400)]
+    assert rules.judge(warmup, None, None)["rules"]["update_data"]["ok"] is None  # no constant-lr start
 
 
 @pytest.mark.parametrize(
@@ -361,12 +439,18 @@ def test_health_report_names_the_layers_and_weights_that_break_a_rule(capsys):
         (lambda: Diagnostics(100, saturation_threshold=0), "callbacks.diagnostics.saturation_threshold"),
         (lambda: Diagnostics(100, image_threshold=-0.5), "callbacks.diagnostics.image_threshold"),
         (lambda: Diagnostics(100, image_every=0), "callbacks.diagnostics.image_every"),
+        (lambda: Diagnostics(100, figures="yes"), "callbacks.diagnostics.figures"),
+        (lambda: Diagnostics(100, thresholds={"max_saturation": 5}), "callbacks.diagnostics.thresholds.max_saturation"),
+        (lambda: Diagnostics(100, thresholds={"update_data_range": (-2, -4)}),
+         "callbacks.diagnostics.thresholds.update_data_range"),
+        (lambda: Diagnostics(100, thresholds={"update_data_range": -3}),
+         "callbacks.diagnostics.thresholds.update_data_range"),
+        (lambda: Diagnostics(100, thresholds={"initial_loss_tolerance": 1.5}),
+         "callbacks.diagnostics.thresholds.initial_loss_tolerance"),
+        (lambda: Diagnostics(100, thresholds={"max_satruation": 0.1}), "callbacks.diagnostics.thresholds: unknown"),
         (lambda: SampleText(every_n_steps=-1), "callbacks.sample_text.every_n_steps"),
         (lambda: SampleText(every_n_steps=10, num_samples=0), "callbacks.sample_text.num_samples"),
-        (lambda: InitialLossCheck(tolerance=1.5), "callbacks.initial_loss_check.tolerance"),
-        (lambda: HealthReport(max_saturation=5), "callbacks.health_report.max_saturation"),
-        (lambda: HealthReport(update_data_range=(-2, -4)), "callbacks.health_report.update_data_range"),
-        (lambda: HealthReport(update_data_range=-3), "callbacks.health_report.update_data_range"),
+        (lambda: DeepMLP(27, 3, gain=0), "model.gain"),
     ],
 )
 def test_bad_arguments_are_user_errors_naming_the_argument(make, argument):
@@ -376,8 +460,6 @@ def test_bad_arguments_are_user_errors_naming_the_argument(make, argument):
 
 def test_step_clock_calls_the_callback_only_at_due_steps():
     """The hooks count every step but call into the callback only where next_due says (the fast path's cost)."""
-    from makemore_lab.callbacks.common import StepClock
-
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=0.1)
     before, after = [], []
@@ -393,3 +475,93 @@ def test_step_clock_calls_the_callback_only_at_due_steps():
     clock.stop()
     assert before == after == [10, 20, 30]
     assert clock.step == 33
+
+
+# ---------------------------------------------------------------------- lecture 3's deep network as config
+
+
+def test_mlp_bn_options_build_the_lectures_networks(compose_train):
+    def build(*overrides):
+        torch.manual_seed(0)
+        return instantiate(compose_train("model=mlp_bn", *overrides).model, vocab_size=27, block_size=3)
+
+    with_bn = build()
+    assert [type(m).__name__ for m in with_bn.layers[:3]] == ["Linear", "BatchNorm1d", "Tanh"]
+    assert with_bn.layers[0].bias is None and isinstance(with_bn.output_norm, nn.Identity)
+    plain = build("model.batchnorm=false", "model.gain=1.0")
+    assert [type(m).__name__ for m in plain.layers] == ["Linear", "Tanh"] * 5 and plain.layers[0].bias is not None
+    assert plain.layers[2].weight.std().item() == pytest.approx(1.0 / 10, rel=0.05)  # gain / sqrt(fan_in 100)
+    assert build("model.batchnorm=false", "model.gain=3.0").layers[2].weight.std().item() == pytest.approx(0.3, rel=0.05)
+    assert plain.lm_head.weight.std().item() == pytest.approx(0.1 / 10, rel=0.05)  # the output layer x 0.1
+
+    lecture = instantiate(compose_train("experiment=lecture3_deep_mlp").model, vocab_size=27, block_size=3)
+    assert isinstance(lecture.output_norm, nn.BatchNorm1d) and lecture.lm_head.bias is None
+    assert torch.allclose(lecture.output_norm.weight, torch.full((27,), 0.1))  # gamma x 0.1
+    assert lecture.lm_head.weight.std().item() == pytest.approx((5 / 3) / 10, rel=0.05)  # the gain, not x 0.1
+    logits = lecture(torch.randint(0, 27, (32, 3)))
+    assert logits.shape == (32, 27) and logits.std().item() == pytest.approx(0.1, rel=0.1)  # unsure at the start
+
+
+# ------------------------------------------------------------------ the agreement table (docs/diagnostics.md)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "diagnostics.md"
+AGREEMENT_STEPS, AGREEMENT_NAMES = 400, 3000  # the table is made with 1,000 steps on all names: same verdicts
+
+
+def agreement_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "diagnostics_agreement.py"
+    spec = importlib.util.spec_from_file_location("diagnostics_agreement", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def documented_table() -> dict[str, str]:
+    """setup -> verdict, from the agreement table in docs/diagnostics.md."""
+    rows = {}
+    for line in DOCS.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and (cells[2] == "healthy" or cells[2].startswith("flagged")):
+            rows[cells[0]] = cells[2]
+    return rows
+
+
+def broken_rules(verdict: str) -> set[str]:
+    return set() if verdict == "healthy" else set(verdict.removeprefix("flagged: ").split(", "))
+
+
+@pytest.fixture(scope="module")
+def agreement(tmp_path_factory) -> dict[str, dict]:
+    """Every setup of the table, trained in the lecture's setting: setup -> health."""
+    script = agreement_script()
+    names = tmp_path_factory.mktemp("agreement") / "names.txt"
+    names.write_text("\n".join(Path(script.NAMES).read_text().split()[:AGREEMENT_NAMES]) + "\n")
+    health = {}
+    for i, (setup, overrides, _, _) in enumerate(script.SETUPS):
+        out = tmp_path_factory.mktemp(f"agreement{i}")
+        health[setup] = script.run(overrides, AGREEMENT_STEPS, names, out)["health"]
+    GlobalHydra.instance().clear()
+    return health
+
+
+def test_the_documented_table_has_every_setup_and_its_lecture_judgement():
+    script = agreement_script()
+    table = documented_table()
+    assert list(table) == [setup for setup, *_ in script.SETUPS]
+    for setup, _, _, expected in script.SETUPS:
+        assert expected <= broken_rules(table[setup]), setup  # the lecture's judgement is in the verdict
+        assert bool(expected) == (table[setup] != "healthy"), setup
+
+
+@pytest.mark.parametrize("row", range(9))
+def test_the_verdicts_agree_with_the_lecture(agreement, row):
+    """Healthy where the lecture says good or fixed; where it finds a fault, the rules for that fault fail, and only
+    rules that the documented table lists for that setup."""
+    setup, _, judgement, expected = agreement_script().SETUPS[row]
+    health = agreement[setup]
+    broken = {name for name, rule in health["rules"].items() if rule["ok"] is False}
+    assert expected <= broken <= broken_rules(documented_table()[setup]), (setup, judgement, health["rules"])
+    assert health["ok"] is (not expected)
+    assert health["rules"]["final_saturation"]["ok"] is None  # information, never a failure

@@ -10,52 +10,32 @@ The first three show the last measured step, as the lecture's plots show one ste
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
-
-from makemore_lab.callbacks.common import find_callback, tensorboard_writers
-from makemore_lab.callbacks.diagnostics import Diagnostics
 
 BINS = 100
 
 
-class DiagnosticFigures(pl.Callback):
-    """At the end of training: `<dirpath>/<figure>.png` and TensorBoard images `figures/<figure>`.
+def save_figures(diagnostics, directory: Path, writers: list, step: int, dpi: int = 100) -> list[Path]:
+    """Draw the figures from `diagnostics` (its `last` and `history`), save `<directory>/<figure>.png` and add
+    them to the TensorBoard writers as images `figures/<figure>` at `step`; the PNG paths."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # loaded only when there is something to draw
 
-    Needs the Diagnostics callback (it draws that callback's measurements). Rank 0 only.
-
-    Args:
-        dirpath: where the PNG files go; by default `figures/` in the run dir (the trainer's default_root_dir).
-        dpi: resolution of the PNG files and images.
-    """
-
-    def __init__(self, dirpath: str | None = None, dpi: int = 100):
-        self.dirpath = dirpath
-        self.dpi = dpi
-        self.paths: list[Path] = []
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        diagnostics = find_callback(trainer, Diagnostics)
-        if not trainer.is_global_zero or diagnostics is None or not diagnostics.last:
-            return
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # loaded only when there is something to draw
-
-        directory = Path(self.dirpath or Path(trainer.default_root_dir) / "figures")
-        directory.mkdir(parents=True, exist_ok=True)
-        writers = tensorboard_writers(trainer)
-        for name, figure in draw(diagnostics, self.dpi).items():
-            canvas = FigureCanvasAgg(figure)
-            canvas.draw()  # rendered once, for the file and for TensorBoard
-            rgb = np.asarray(canvas.buffer_rgba())[..., :3]
-            path = directory / f"{name}.png"
-            Image.fromarray(rgb).save(path)
-            self.paths.append(path)
-            for writer in writers:
-                writer.add_image(f"figures/{name}", rgb, trainer.global_step, dataformats="HWC")
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, figure in draw(diagnostics, dpi).items():
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()  # rendered once, for the file and for TensorBoard
+        rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+        path = directory / f"{name}.png"
+        Image.fromarray(rgb).save(path)
+        paths.append(path)
+        for writer in writers:
+            writer.add_image(f"figures/{name}", rgb, step, dataformats="HWC")
+    return paths
 
 
-def draw(diagnostics: Diagnostics, dpi: int = 100) -> dict:
+def draw(diagnostics, dpi: int = 100) -> dict:
     """The four figures (matplotlib Figures, no pyplot state), by name."""
     from matplotlib.figure import Figure
 
