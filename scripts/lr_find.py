@@ -32,6 +32,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from makemore_lab.data import TrainExamples  # noqa: E402
 from makemore_lab.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     data = instantiate(cfg.data)
     net = instantiate(cfg.model, vocab_size=data.vocab_size, block_size=data.block_size)
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
-    train = data.train_examples  # the training windows, gathered per minibatch from the split's tokens
+    train = TrainExamples(data.splits["train"], data.block_size, "windows")  # windows, gathered per minibatch
     exponents = torch.linspace(args.min_exp, args.max_exp, args.steps)
     generator = torch.Generator().manual_seed(cfg.seed)
     losses = lr_sweep(net, optimizer, train, cfg.data.batch_size, exponents, generator)
