@@ -9,7 +9,9 @@ subprocess, one at a time, with OMP_NUM_THREADS=1, and its peak RSS is the child
 - prepare: building CharDataModule(block_size=8) (reading, splitting, encoding the three splits);
 - end to end: `python train.py data.path=... block_size=8 trainer.max_steps=200 callbacks=none logger=none`
   (the MLP: preparation, 200 steps, the exact final losses on all three splits, samples);
-- outlier: 30,000 names and one 3,000-character line with model=transformer (block_size=null).
+- outlier: 30,000 names and one 3,000-character line with model=transformer (block_size=null);
+- `--eval`: makemore's transformer (block_size=null, names.txt), the exact final losses on the three splits
+  scored window by window (how every model was scored before) and on whole items (now).
 `--write FILE` replaces the table between the benchmark markers in FILE (docs/data.md).
 """
 
@@ -33,6 +35,19 @@ from makemore_lab.data import CharDataModule
 start = time.perf_counter()
 dm = CharDataModule(path={path!r}, block_size=8)
 print("seconds", time.perf_counter() - start, "characters", sum(len(s) for s in dm.splits.values()))
+"""
+EVAL = """
+import time, torch
+from makemore_lab.data import CharDataModule
+from makemore_lab.losses import split_loss
+from makemore_lab.models.transformer import Transformer
+dm = CharDataModule(block_size=None, train_on="items")
+torch.manual_seed(0)
+net = Transformer(dm.vocab_size, dm.block_size, init="kaiming")
+for whole in (False, True):
+    start = time.perf_counter()
+    losses = [split_loss(net, dm, split, whole_items=whole) for split in ("train", "val", "test")]
+    print("whole" if whole else "windows", time.perf_counter() - start, *losses)
 """
 IMPORT_ONLY = "import makemore_lab.data, makemore_lab.train"
 
@@ -130,6 +145,19 @@ def outlier_case(tmp: Path) -> str:
     return line
 
 
+def transformer_eval() -> str:
+    result = measure([sys.executable, "-c", EVAL])
+    if result["rc"] != 0:
+        raise SystemExit(f"the transformer evaluation failed:\n{result['err'][-2000:]}")
+    runs = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in result["out"].splitlines()}
+    gap = max(abs(a - b) for a, b in zip(runs["windows"][1:], runs["whole"][1:]))
+    line = (f"Transformer (makemore.py's sizes), exact losses on names.txt's three splits: window by window "
+            f"{runs['windows'][0]:.1f} s, whole items {runs['whole'][0]:.1f} s (largest difference of the three "
+            f"losses: {gap:.1e})")
+    print(line, flush=True)
+    return line
+
+
 def write_table(file: Path, rows: list[str]) -> None:
     text = file.read_text()
     if BEGIN not in text or END not in text:
@@ -144,10 +172,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32_000, 320_000, 1_600_000, 4_000_000])
     parser.add_argument("--no-train", action="store_true", help="preparation only, no end-to-end runs")
     parser.add_argument("--no-outlier", action="store_true", help="skip the 3,000-character outlier case")
+    parser.add_argument("--eval", action="store_true", help="also time the transformer's exact final losses")
     parser.add_argument("--write", type=Path, help="replace the table between the markers in this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = benchmark(args.sizes, not args.no_train, not args.no_outlier, Path(tmp))
+    if args.eval:
+        rows += ["", transformer_eval()]
     print("\n".join(rows))
     if args.write:
         write_table(args.write, rows)

@@ -54,16 +54,18 @@ def batch_loss(net: torch.nn.Module, batch) -> tuple[torch.Tensor, int]:
 
 
 @torch.inference_mode()
-def item_losses(net: torch.nn.Module, datamodule, split: str) -> torch.Tensor:
+def item_losses(net: torch.nn.Module, datamodule, split: str, whole_items: bool | None = None) -> torch.Tensor:
     """Each item's summed loss over its characters and end mark, (items,) float64, in split order, in eval mode.
 
     A model that scores every position (models.scores_every_position) is run on whole items: O(characters),
     the same numbers as scoring each window (the window of each position holds exactly the item's prefix).
+    `whole_items=False` forces window-by-window scoring (for comparisons and benchmarks).
     """
     was_training = net.training
     net.eval()  # BatchNorm uses its running statistics, dropout is off
     device = next(net.parameters()).device
-    batches = datamodule.eval_batches(split, whole_items=scores_every_position(net))
+    whole_items = scores_every_position(net) if whole_items is None else whole_items
+    batches = datamodule.eval_batches(split, whole_items=whole_items)
     sums = torch.zeros(datamodule.splits[split].num_items, dtype=torch.float64)
     for batch in batches:
         losses, items = position_losses(net, type(batch)(*(t.to(device) for t in batch)))
@@ -72,6 +74,6 @@ def item_losses(net: torch.nn.Module, datamodule, split: str) -> torch.Tensor:
     return sums
 
 
-def split_loss(net: torch.nn.Module, datamodule, split: str) -> float:
+def split_loss(net: torch.nn.Module, datamodule, split: str, whole_items: bool | None = None) -> float:
     """Mean cross-entropy over every character (and end mark) of a whole split, in eval mode."""
-    return float(item_losses(net, datamodule, split).sum()) / datamodule.num_examples(split)
+    return float(item_losses(net, datamodule, split, whole_items).sum()) / datamodule.num_examples(split)
