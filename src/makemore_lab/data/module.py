@@ -118,20 +118,21 @@ class CharDataModule(pl.LightningDataModule):
                 "train/val/test splits"
             )
         file = data.path
-        del data
-        texts = {name: flat_text(by_split.pop(name)) for name in SPLITS}  # the item lists go as soon as joined
-        self.vocab = vocab or self._vocabulary_of(texts.values())
-        self.splits: dict[str, TokenSplit] = {}
-        for name in SPLITS:
-            text = texts.pop(name)
-            if name in splits:
-                self.splits[name] = TokenSplit(self.vocab.encode_flat(text))
+        del data  # the file's item list: the split's lists hold the items now, until they are encoded
+        self.vocab, self.splits = self._encode(by_split, vocab, splits)
         self._check_training_set(longest, file)
         log.info(
             "data: %s items, %s characters, vocabulary %d, block_size %d, prepared in %.1f s",
             f"{self.fingerprint['items']:,}", f"{sum(len(s) - s.num_items for s in self.splits.values()):,}",
             self.vocab_size, self.block_size, time.perf_counter() - started,
         )
+
+    @classmethod
+    def _encode(cls, by_split: dict, vocab: Vocabulary | None, wanted) -> tuple[Vocabulary, dict[str, TokenSplit]]:
+        """The wanted splits as token tensors, and the vocabulary (if not given) of every split's characters."""
+        texts = {name: flat_text(by_split.pop(name)) for name in SPLITS}  # each item list goes once joined
+        vocab = vocab or cls._vocabulary_of(texts.values())
+        return vocab, {name: TokenSplit(vocab.encode_flat(texts.pop(name))) for name in SPLITS if name in wanted}
 
     @staticmethod
     def _vocabulary_of(texts) -> Vocabulary:
