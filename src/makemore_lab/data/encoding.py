@@ -18,6 +18,9 @@ from makemore_lab.data.reading import BOUNDARY
 from makemore_lab.errors import UserError
 
 
+NUMPY_DTYPES = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """'.' at index 0, then the sorted characters of the data."""
@@ -71,7 +74,7 @@ class Vocabulary:
         if unknown.any():
             chars = "".join(sorted({chr(c) for c in np.unique(points[unknown]).tolist()}))
             raise UserError(f"the data has characters outside the vocabulary: {chars!r}")
-        return torch.from_numpy(tokens.astype(np.dtype(str(self.token_dtype).removeprefix("torch.")), copy=False))
+        return torch.from_numpy(tokens.astype(NUMPY_DTYPES[self.token_dtype], copy=False))
 
     def decode_flat(self, tokens: torch.Tensor) -> str:
         """The inverse of encode_flat, vectorised."""
@@ -174,6 +177,9 @@ def make_item_examples(items: list[str], vocab: Vocabulary, block_size: int) -> 
     """
     longest = max(map(len, items))
     if longest >= block_size:
-        raise UserError(f"data.train_on=items needs block_size > the longest item ({longest} characters); got {block_size}")
+        raise UserError(
+            f"data.train_on=items needs block_size > the longest item ({longest} characters); got {block_size}: "
+            "use block_size=null (longest item + 1) or data.train_on=windows"
+        )
     split = encode_split(items, vocab)
     return split.whole_items(torch.arange(split.num_items), block_size)
