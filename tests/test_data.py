@@ -399,3 +399,19 @@ def test_resume_continues_the_minibatch_sequence(compose_train, small_names, tmp
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     assert not torch.equal(weights("part")["net.lm_head.weight"], a["net.lm_head.weight"])  # it did train on
+
+
+def test_lightning_validation_on_whole_items_reports_the_exact_split_loss(tmp_path):
+    """The val loader's WholeItems batches reach validation_step intact; the logged mean is the split's loss."""
+    import pytorch_lightning as pl
+
+    from makemore_lab.module import CharLM
+
+    dm = CharDataModule(path=write(tmp_path, random_items(300)), block_size=None, eval_batch_size=16,
+                        whole_item_eval=True)
+    torch.manual_seed(0)
+    net = Transformer(dm.vocab_size, dm.block_size, n_layer=1, n_head=2, n_embd=8)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
+    (metrics,) = trainer.validate(CharLM(net, optimizer=None), datamodule=dm, verbose=False)
+    assert metrics["val/loss"] == pytest.approx(window_loss(net, dm, "val"), abs=1e-5)

@@ -94,7 +94,7 @@ def present_code_points(points: np.ndarray) -> np.ndarray:
 
 def flat_text(items: list[str]) -> str:
     """'.item1.item2.….' : every item opened and closed by the boundary."""
-    return BOUNDARY + "".join(item + BOUNDARY for item in items)
+    return BOUNDARY + BOUNDARY.join(items) + BOUNDARY if items else BOUNDARY
 
 
 class TokenSplit:
