@@ -140,7 +140,7 @@ def outlier_case(tmp: Path) -> str:
     names.insert(15000, "".join(random.Random(0).choices("abcdefghijklmnopqrstuvwxyz", k=3000)))
     path.write_text("\n".join(names) + "\n")
     result = measure(train_command(path, tmp / "run_outlier", "model=transformer", "trainer.max_steps=20"))
-    said = (result["err"].strip().splitlines() or [""])[-1]
+    said = (result["err"].strip().splitlines() or [""])[-1].replace(f"{tmp}/", "")
     line = (f"Outlier (30,000 names + one 3,000-character line, `model=transformer`): exit {result['rc']} after "
             f"{result['seconds']:.1f} s, peak {result['rss_gb']:.2f} GB: `{said}`")
     print(line, flush=True)
