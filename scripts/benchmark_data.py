@@ -108,7 +108,8 @@ def benchmark(sizes: list[int], end_to_end: bool, outlier: bool, tmp: Path) -> l
     rows = [
         f"Python + torch + Lightning imported, nothing else: {base['rss_gb']:.2f} GB peak RSS.",
         "",
-        "| lines | file MB | characters + end marks | prepare s | prepare peak GB | 200 MLP steps end to end s | end to end peak GB |",
+        "| lines | file MB | characters + end marks | prepare s | prepare peak GB "
+        "| 200 MLP steps end to end s | end to end peak GB |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lines in sizes:

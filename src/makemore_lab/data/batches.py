@@ -107,7 +107,8 @@ class EvalBatches(torch.utils.data.Dataset):
         # ("windows", (first, stop)) | ("windows", index tensor) | ("items", item index tensor)
         self.plans: list[tuple[str, object]] = []
         if not whole_items:
-            self.plans += [("windows", (lo, min(lo + batch_size, len(split)))) for lo in range(0, len(split), batch_size)]
+            n = len(split)
+            self.plans += [("windows", (lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
             return
         lengths = split.lengths
         fits = (lengths < block_size).nonzero()[:, 0]

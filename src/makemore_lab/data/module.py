@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from makemore_lab.data.batches import EvalBatches, MinibatchStream, TrainExamples
@@ -146,10 +145,10 @@ class CharDataModule(pl.LightningDataModule):
             return block_size
         if len(longest) + 1 > max_block_size:
             raise UserError(
-                f"block_size=null (longest item + 1) would be {len(longest) + 1:,}: line {line_number(path, longest):,} "
-                f"of {path} has {len(longest):,} characters, above data.max_block_size={max_block_size}. Set "
-                f"block_size=<context length> (e.g. a little above your typical item's length) with "
-                f"data.train_on=windows, or raise data.max_block_size"
+                f"block_size=null (longest item + 1) would be {len(longest) + 1:,}: "
+                f"line {line_number(path, longest):,} of {path} has {len(longest):,} characters, "
+                f"above data.max_block_size={max_block_size}. Set block_size=<context length> (e.g. a little above "
+                "your typical item's length) with data.train_on=windows, or raise data.max_block_size"
             )
         return len(longest) + 1
 
