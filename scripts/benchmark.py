@@ -39,6 +39,12 @@ def compose_cfg(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
+def all_windows(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every window of a split as two tensors, the lectures' X/Y (fine at names.txt's size)."""
+    windows = data.splits[split]
+    return windows.windows(torch.arange(len(windows)), data.block_size)
+
+
 def framework_rate(model: str, steps: int, warmup: int, diagnostics: bool, device: str, extra: list[str]) -> float:
     with tempfile.TemporaryDirectory() as out:
         overrides = [
@@ -67,7 +73,8 @@ def hand_written_rate(model: str, steps: int, warmup: int, device: str, extra: l
     cfg = compose_cfg([f"model={model}", "paths.output_dir=.", *extra])
     torch.manual_seed(cfg.seed)
     data = instantiate(cfg.data)
-    x, y = data.train_set.x.to(device), data.train_set.y.to(device)
+    # The lectures' Xtr/Ytr: every training example materialised (fine at names.txt's size).
+    x, y = (t.to(device) for t in data.train_examples[torch.arange(data.num_train_examples)])
     net = instantiate(cfg.model, vocab_size=data.vocab_size, block_size=data.block_size).to(device)
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
     batch_size = cfg.data.batch_size
@@ -121,8 +128,8 @@ def time_to_target(target: float, device: str, max_steps: int, check_every: int)
     cfg = compose_cfg(["model=wavenet", "paths.output_dir=.", "optimizer.lr=0.1"])
     torch.manual_seed(cfg.seed)
     data = instantiate(cfg.data)
-    xv, yv = data.splits["val"].x.to(device), data.splits["val"].y.to(device)
-    x, y = data.splits["train"].x.to(device), data.splits["train"].y.to(device)
+    xv, yv = (t.to(device) for t in all_windows(data, "val"))
+    x, y = (t.to(device) for t in all_windows(data, "train"))
     net = instantiate(cfg.model, vocab_size=data.vocab_size, block_size=data.block_size).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     start = time.perf_counter()

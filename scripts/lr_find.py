@@ -32,21 +32,22 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from makemore_lab.data import TrainExamples  # noqa: E402
 from makemore_lab.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
-def lr_sweep(net, optimizer, x, y, batch_size: int, exponents: torch.Tensor, generator) -> list[float]:
+def lr_sweep(net, optimizer, examples, batch_size: int, exponents: torch.Tensor, generator) -> list[float]:
     """One optimizer step per exponent at lr = 10**exponent on a random minibatch; the losses, cut at the first non-finite one."""
     losses = []
     net.train()
     for exponent in exponents.tolist():
         for group in optimizer.param_groups:
             group["lr"] = 10**exponent
-        ix = torch.randint(0, len(y), (batch_size,), generator=generator)
-        loss = F.cross_entropy(net(x[ix]), y[ix])
+        x, y = examples[torch.randint(0, len(examples), (batch_size,), generator=generator)]  # gathered windows
+        loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -111,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     data = instantiate(cfg.data)
     net = instantiate(cfg.model, vocab_size=data.vocab_size, block_size=data.block_size)
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
-    train = data.splits["train"]
+    train = TrainExamples(data.splits["train"], data.block_size, "windows")  # windows, gathered per minibatch
     exponents = torch.linspace(args.min_exp, args.max_exp, args.steps)
     generator = torch.Generator().manual_seed(cfg.seed)
-    losses = lr_sweep(net, optimizer, train.x, train.y, cfg.data.batch_size, exponents, generator)
+    losses = lr_sweep(net, optimizer, train, cfg.data.batch_size, exponents, generator)
 
     exps = exponents[: len(losses)].tolist()
     smoothed = smooth(losses, window=max(1, args.steps // 20))  # 50 steps of 1000: 0.15 in exponent

@@ -16,16 +16,7 @@ import torch
 
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab.errors import exit_on_user_error
-
-
-def per_character_losses(net, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """makemore_lab.losses.split_loss, kept per character: that one sums in batches, and every reported loss
-    comes from it, so it stays as it is."""
-    with torch.no_grad():
-        return torch.cat([
-            torch.nn.functional.cross_entropy(net(xb), yb, reduction="none")
-            for xb, yb in zip(x.split(batch_size), y.split(batch_size))
-        ])
+from makemore_lab.losses import item_losses
 
 
 @exit_on_user_error
@@ -38,20 +29,20 @@ def main() -> None:
     args = parser.parse_args()
 
     net, vocab, meta = load_trained_net(args.ckpt_path)
-    datamodule = checkpoint_datamodule(meta, vocab)
-    test_items, test = datamodule.test_items, datamodule.splits["test"]
-    # The test split lays out each item's characters (and its end mark) one after another, in item order.
-    losses = per_character_losses(net, test.x, test.y)
-    lengths = torch.tensor([len(item) + 1 for item in test_items])
-    item_sums = torch.stack([chunk.sum() for chunk in losses.split(lengths.tolist())])
+    datamodule = checkpoint_datamodule(meta, vocab, splits=("test",))
+    # Each test item's summed loss, from the same function as every reported loss (losses.split_loss).
+    item_sums = item_losses(net, datamodule, "test")
+    lengths = datamodule.splits["test"].lengths + 1  # its characters and its end mark
+    count = len(item_sums)
 
     generator = torch.Generator().manual_seed(args.seed)
-    draws = torch.randint(0, len(test_items), (args.draws, args.subset), generator=generator)
+    draws = torch.randint(0, count, (args.draws, args.subset), generator=generator)
     subset_losses = item_sums[draws].sum(1) / lengths[draws].sum(1)
-    print(f"test split: {len(test_items)} items, {len(losses)} characters, loss {losses.mean():.4f}")
+    print(f"test split: {count} items, {int(lengths.sum())} characters, "
+          f"loss {float(item_sums.sum() / lengths.sum()):.4f}")
     print(f"{args.subset}-item test sets ({args.draws} draws): loss std {subset_losses.std():.4f}, "
           f"5-95% range {subset_losses.quantile(0.05):.4f} .. {subset_losses.quantile(0.95):.4f}")
-    print(f"whole test split: standard error about {subset_losses.std() * math.sqrt(args.subset / len(test_items)):.4f}")
+    print(f"whole test split: standard error about {subset_losses.std() * math.sqrt(args.subset / count):.4f}")
 
 
 if __name__ == "__main__":

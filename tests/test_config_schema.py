@@ -20,7 +20,8 @@ BAD_AND_GOOD = {
     "trainer.precision": ("fp8", "bf16-mixed"), "trainer.accumulate_grad_batches": (4, 1),
     "trainer.max_time": (12, "00:00:01:00"), "data.path": ("", "names.txt"), "data.batch_size": (0, 64),
     "data.eval_batch_size": (0, 128), "data.train_fraction": (1.0, 0.7), "data.val_fraction": (0, 0.2),
-    "data.split_seed": (-3, 1), "data.train_on": ("chars", "items"), "model.dropout": (1.0, 0.1),
+    "data.split_seed": (-3, 1), "data.train_on": ("chars", "items"),
+    "data.seed": (-1, 5), "data.max_block_size": (0, 64), "data.max_bytes": (1.5, 10**9), "model.dropout": (1.0, 0.1),
     "model.init": ("xavier", "naive"),
 }
 

@@ -42,10 +42,31 @@ def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary
     return net.eval(), vocab, meta
 
 
-def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None) -> CharDataModule:
-    """The checkpoint's own data and split, rebuilt from the data settings it saved (or another file's, by `path`)."""
+def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None, **overrides) -> CharDataModule:
+    """The checkpoint's own data and split, rebuilt from the data settings it saved (or another file's, by `path`).
+
+    `overrides` go to CharDataModule (e.g. splits=("val", "test"), whole_item_eval=True). On its own file, a
+    checkpoint that recorded its data (meta["data_fingerprint"]) must find the same file: a changed file would
+    reshuffle the split and leak training items into val/test, and report numbers that mean nothing.
+    """
     data = {k: v for k, v in meta["data"].items() if k != "_target_"}
     if path is not None:
         data["path"] = path
     data["block_size"] = meta["block_size"]  # the model's context length is fixed by its weights
-    return CharDataModule(**data, vocab=vocab)
+    datamodule = CharDataModule(**{**data, **overrides}, vocab=vocab)
+    if path is None:
+        check_data_unchanged(meta, datamodule)
+    return datamodule
+
+
+def check_data_unchanged(meta: dict, datamodule: CharDataModule) -> None:
+    """One line if the checkpoint's training file is not the file it was trained on (same items, same bytes)."""
+    recorded = meta.get("data_fingerprint")
+    if not recorded or recorded == datamodule.fingerprint:
+        return
+    raise UserError(
+        f"the data file {datamodule.source or 'names.txt'} changed since training ({recorded['items']:,} items, "
+        f"sha256 {recorded['sha256'][:12]}… then; {datamodule.fingerprint['items']:,} items, sha256 "
+        f"{datamodule.fingerprint['sha256'][:12]}… now): its split would not be the one trained on. To evaluate "
+        "on another file deliberately, pass data.path=<file>"
+    )

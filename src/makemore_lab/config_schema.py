@@ -86,6 +86,9 @@ TRAIN_RULES = [
     Rule("data.val_fraction", "a number strictly between 0 and 1", fraction),
     Rule("data.split_seed", "a non-negative integer", non_negative_int),
     Rule("data.train_on", "'windows' or 'items'", one_of("windows", "items")),
+    Rule("data.seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
+    Rule("data.max_block_size", "a positive integer", positive_int),
+    Rule("data.max_bytes", "a positive integer (bytes)", positive_int),
     Rule("model.dropout", "a number in [0, 1)", number(at_least=0, below=1)),
     Rule("model.init", "one of kaiming, naive, torch", one_of("kaiming", "naive", "torch")),
 ]

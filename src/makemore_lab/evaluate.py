@@ -6,13 +6,17 @@ from makemore_lab import config_schema
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab.errors import exit_on_user_error
 from makemore_lab.losses import split_loss
+from makemore_lab.models import scores_every_position
 
 
 @exit_on_user_error
 def run(cfg: DictConfig) -> dict[str, float]:
     config_schema.validate(cfg, config_schema.EVAL_RULES)
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
-    datamodule = checkpoint_datamodule(meta, vocab, path=cfg.data.path)
+    # Only the splits it reports; whole items for a model that scores every position (O(characters)).
+    datamodule = checkpoint_datamodule(
+        meta, vocab, path=cfg.data.path, splits=("val", "test"), whole_item_eval=scores_every_position(net)
+    )
     losses = {split: split_loss(net, datamodule, split) for split in ("val", "test")}
     print(f"checkpoint: {cfg.ckpt_path}")
     for split, loss in losses.items():

@@ -2,12 +2,15 @@
 
 The seam between the data module and the training engine: the engine asks `training_loss` for a minibatch's loss,
 validation asks `batch_loss` for one evaluation batch, and the final report asks `split_loss` for a whole split.
-What a batch holds (windows, whole items) is the data module's business; these functions are the only code that
-turns a batch into a number.
+What a batch holds (data.Windows: one scored character per row; data.WholeItems: every position of whole items)
+is the data module's business; these functions are the only code that turns a batch into a number.
 """
 
 import torch
 from torch.nn import functional as F
+
+from makemore_lab.data import WholeItems
+from makemore_lab.models import scores_every_position
 
 IGNORE = -100  # cross_entropy's ignore_index
 
@@ -32,22 +35,45 @@ def training_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, all_po
     return F.cross_entropy(logits.flatten(0, 1), item_targets(x, y).flatten(), ignore_index=IGNORE)
 
 
+def position_losses(net: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss of every scored character, its item index) for one evaluation batch (data.Windows or WholeItems)."""
+    if isinstance(batch, WholeItems):
+        targets = item_targets(batch.x, batch.y)
+        logits = net(batch.x, all_positions=True)
+        scored = targets != IGNORE
+        losses = F.cross_entropy(logits[scored], targets[scored], reduction="none")
+        return losses, batch.item[:, None].expand_as(targets)[scored]
+    x, y, item = batch
+    return F.cross_entropy(net(x), y, reduction="none"), item
+
+
 def batch_loss(net: torch.nn.Module, batch) -> tuple[torch.Tensor, int]:
     """(mean loss, characters scored) of one evaluation batch from the data module's val/test loaders."""
-    x, y = batch
-    return F.cross_entropy(net(x), y), len(y)
+    losses, _ = position_losses(net, batch)
+    return losses.mean(), len(losses)
 
 
 @torch.inference_mode()
-def split_loss(net: torch.nn.Module, datamodule, split: str, batch_size: int = 4096) -> float:
-    """Mean cross-entropy over every character of a whole split, in eval mode (BatchNorm uses running statistics)."""
+def item_losses(net: torch.nn.Module, datamodule, split: str, whole_items: bool | None = None) -> torch.Tensor:
+    """Each item's summed loss over its characters and end mark, (items,) float64, in split order, in eval mode.
+
+    A model that scores every position (models.scores_every_position) is run on whole items: O(characters),
+    the same numbers as scoring each window (the window of each position holds exactly the item's prefix).
+    `whole_items=False` forces window-by-window scoring (for comparisons and benchmarks).
+    """
     was_training = net.training
-    net.eval()
+    net.eval()  # BatchNorm uses its running statistics, dropout is off
     device = next(net.parameters()).device
-    x, y = datamodule.splits[split].x, datamodule.splits[split].y
-    total = 0.0
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        total += F.cross_entropy(net(xb), yb, reduction="sum").item()
+    whole_items = scores_every_position(net) if whole_items is None else whole_items
+    batches = datamodule.eval_batches(split, whole_items=whole_items)
+    sums = torch.zeros(datamodule.splits[split].num_items, dtype=torch.float64)
+    for batch in batches:
+        losses, items = position_losses(net, type(batch)(*(t.to(device) for t in batch)))
+        sums.index_add_(0, items.cpu(), losses.double().cpu())
     net.train(was_training)
-    return total / len(y)
+    return sums
+
+
+def split_loss(net: torch.nn.Module, datamodule, split: str, whole_items: bool | None = None) -> float:
+    """Mean cross-entropy over every character (and end mark) of a whole split, in eval mode."""
+    return float(item_losses(net, datamodule, split, whole_items).sum()) / datamodule.num_examples(split)

@@ -18,6 +18,8 @@ class RunDirLock:
         self._file = None
 
     def __enter__(self) -> "RunDirLock":
+        if os.environ.get("LOCAL_RANK", "0") != "0":  # an extra DDP rank re-runs the command in its rank 0's dir
+            return self
         self.out_dir.mkdir(parents=True, exist_ok=True)
         lock_path = self.out_dir / ".lock"
         self._file = open(lock_path, "a+")

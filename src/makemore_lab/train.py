@@ -95,6 +95,7 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
     datamodule = build(cfg.data, "data", steps_per_call=plan.steps_per_batch)
     net = build(cfg.model, "model", vocab_size=datamodule.vocab_size, block_size=datamodule.block_size)
     params = check_model(cfg, net, datamodule)
+    datamodule.whole_item_eval = scores_every_position(net)  # val/test on whole items: O(characters)
     log.info("%s: %s params, vocab %d, block_size %d, examples %d/%d/%d", cfg.model_name, f"{params:,}",
              datamodule.vocab_size, datamodule.block_size, *map(datamodule.num_examples, ("train", "val", "test")))
     checkpoint_meta = {
@@ -104,6 +105,7 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
         "vocab": list(datamodule.vocab.chars),
         "block_size": datamodule.block_size,
         "optimizer": cfg.optimizer._target_,  # resuming with another optimizer is refused (its state would not fit)
+        "data_fingerprint": datamodule.fingerprint,  # eval.py refuses a data file changed since training
     }
     if cfg.get("ckpt_path"):
         resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta)

@@ -1,0 +1,19 @@
+"""Character data: one item per line -> a vocabulary, the lectures' split, and (context, next) examples gathered
+from one flat token tensor per split at batch time (see encoding.py for the layout, batches.py for the loaders).
+
+- reading.py: the file -> items (input hygiene: encodings, non-regular files, size limit).
+- encoding.py: Vocabulary, TokenSplit (a split's tokens; windows and whole items gathered from it).
+- batches.py: the training minibatch stream (a pure function of seed, rank and step) and evaluation batches.
+- module.py: CharDataModule, which Hydra builds from configs/data/.
+"""
+
+from makemore_lab.data.batches import EvalBatches, MinibatchStream, TrainExamples, WholeItems, Windows
+from makemore_lab.data.encoding import TokenSplit, Vocabulary, make_examples, make_item_examples
+from makemore_lab.data.module import CharDataModule, split_items
+from makemore_lab.data.reading import BOUNDARY, builtin_names_path, read_data_file, read_items
+
+__all__ = [
+    "BOUNDARY", "CharDataModule", "EvalBatches", "MinibatchStream", "TokenSplit", "TrainExamples", "Vocabulary",
+    "WholeItems", "Windows", "builtin_names_path", "make_examples", "make_item_examples", "read_data_file",
+    "read_items", "split_items",
+]

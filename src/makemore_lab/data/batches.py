@@ -1,0 +1,134 @@
+"""What the loaders hand the model: training minibatches (a pure function of the step) and evaluation batches.
+
+A batch is a named tuple saying what it holds, so `losses.batch_loss` knows how to score it:
+- `Windows(x, y, item)`: x (B, block_size) contexts, y (B,) the next characters: one scored character per row.
+- `WholeItems(x, y, item)`: x (B, W) whole items left-padded to W (longer than each item), y (B,) their end marks
+  (0): every position is scored (by a model that scores every position), the padding ignored.
+`item` is each row's item index within its split (for per-item losses); the model never sees it.
+"""
+
+import hashlib
+from typing import NamedTuple
+
+import torch
+
+from makemore_lab.data.encoding import TokenSplit
+
+
+class Windows(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor
+    item: torch.Tensor
+
+
+class WholeItems(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor
+    item: torch.Tensor
+
+
+class TrainExamples(torch.utils.data.Dataset):
+    """The training examples of a split, gathered from its tokens when a whole call's indices arrive at once.
+
+    `train_on="windows"`: example i is window i; `"items"`: example i is item i, left-padded to block_size.
+    """
+
+    def __init__(self, split: TokenSplit, block_size: int, train_on: str):
+        self.split, self.block_size, self.train_on = split, block_size, train_on
+
+    def __len__(self) -> int:
+        return self.split.num_items if self.train_on == "items" else len(self.split)
+
+    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.train_on == "items":
+            return self.split.whole_items(index, self.block_size)
+        return self.split.windows(index, self.block_size)
+
+
+def pass_seed(seed: int, rank: int, pass_index: int) -> int:
+    """A generator seed for one pass over the training split: a pure function of (seed, rank, pass)."""
+    digest = hashlib.sha256(f"makemore_lab.data {seed} {rank} {pass_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class MinibatchStream(torch.utils.data.Sampler):
+    """An endless stream of training index tensors, each `steps_per_call` minibatches of `batch_size`.
+
+    Minibatch m is a pure function of (seed, rank, m): pass k = m // (n // batch_size) over the split is the
+    permutation drawn from pass_seed(seed, rank, k), and minibatch m is its (m mod per_pass)-th slice. Each pass
+    drops its short last minibatch (BatchNorm cannot train on a single example) and no minibatch straddles two
+    passes, so the sequence does not depend on steps_per_call, and a stream started at minibatch m (the
+    trainer's global_step on resume: one minibatch per optimizer step) continues a run exactly where it stopped.
+    DDP ranks draw different permutations. `first_minibatch` may be a callable, read when iteration starts.
+    """
+
+    def __init__(self, n: int, batch_size: int, steps_per_call: int, rank: int = 0, seed: int = 0,
+                 first_minibatch=0):
+        self.n, self.batch_size, self.steps_per_call = n, batch_size, steps_per_call
+        self.rank, self.seed, self.first_minibatch = rank, seed, first_minibatch
+        self.per_pass = n // batch_size
+        self._cached: tuple[int, torch.Tensor] | None = None
+
+    def permutation(self, pass_index: int) -> torch.Tensor:
+        if self._cached is None or self._cached[0] != pass_index:
+            generator = torch.Generator().manual_seed(pass_seed(self.seed, self.rank, pass_index))
+            self._cached = pass_index, torch.randperm(self.n, generator=generator)
+        return self._cached[1]
+
+    def minibatches(self, first: int, count: int) -> torch.Tensor:
+        """Minibatches first .. first + count - 1, concatenated: (count * batch_size,)."""
+        parts, m, end = [], first, first + count
+        while m < end:
+            pass_index, offset = divmod(m, self.per_pass)
+            take = min(end - m, self.per_pass - offset)
+            parts.append(self.permutation(pass_index)[offset * self.batch_size : (offset + take) * self.batch_size])
+            m += take
+        return torch.cat(parts)
+
+    def __iter__(self):
+        m = self.first_minibatch() if callable(self.first_minibatch) else self.first_minibatch
+        while True:
+            yield self.minibatches(m, self.steps_per_call)
+            m += self.steps_per_call
+
+
+class EvalBatches(torch.utils.data.Dataset):
+    """One pass over a split for evaluation; element i is batch i (a DataLoader with batch_size=None walks it).
+
+    Windows: consecutive runs of `batch_size` windows. Whole items (`whole_items=True`, for a model that scores
+    every position): items grouped by length, so a batch needs no padding, each batch at most
+    batch_size x block_size token cells (the memory of a window batch); O(characters) work instead of
+    O(characters x block_size). An item as long as block_size or longer does not fit a whole-item window (the
+    model could not see its whole prefix), so its windows are scored as windows: the loss is the same number.
+    """
+
+    def __init__(self, split: TokenSplit, block_size: int, batch_size: int, whole_items: bool):
+        self.split, self.block_size = split, block_size
+        # ("windows", (first, stop)) | ("windows", index tensor) | ("items", item index tensor)
+        self.plans: list[tuple[str, object]] = []
+        if not whole_items:
+            n = len(split)
+            self.plans += [("windows", (lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
+            return
+        lengths = split.lengths
+        fits = (lengths < block_size).nonzero()[:, 0]
+        by_length = fits[torch.sort(lengths[fits], stable=True).indices]
+        sizes, counts = torch.unique_consecutive(lengths[by_length], return_counts=True)
+        for length, group in zip(sizes.tolist(), by_length.split(counts.tolist())):
+            per_batch = max(1, batch_size * block_size // (length + 1))
+            self.plans += [("items", chunk) for chunk in group.split(per_batch)]
+        if len(fits) < split.num_items:  # windows of the items too long for a whole-item window
+            long_window = torch.repeat_interleave(lengths >= block_size, lengths + 1)
+            self.plans += [("windows", chunk) for chunk in long_window.nonzero()[:, 0].split(batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __getitem__(self, i: int) -> Windows | WholeItems:
+        kind, index = self.plans[i]
+        if kind == "items":
+            width = int(self.split.lengths[index].max()) + 1
+            return WholeItems(*self.split.whole_items(index, width), index)
+        if isinstance(index, tuple):
+            index = torch.arange(*index)
+        return Windows(*self.split.windows(index, self.block_size), self.split.item_of(index + 1))

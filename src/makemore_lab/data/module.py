@@ -1,0 +1,218 @@
+"""The LightningDataModule: a file -> vocabulary, the lecture split, each split as one flat token tensor."""
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from makemore_lab.data.batches import EvalBatches, MinibatchStream, TrainExamples
+from makemore_lab.data.encoding import TokenSplit, Vocabulary, code_points, flat_text, present_code_points
+from makemore_lab.data.reading import DEFAULT_MAX_BYTES, line_number, read_data_file
+from makemore_lab.errors import UserError
+
+log = logging.getLogger("makemore_lab.data")
+
+SPLITS = ("train", "val", "test")
+DEFAULT_MAX_BLOCK_SIZE = 256  # block_size=null beyond this is refused: one outlier line must not size every batch
+
+
+def split_items(items: list[str], train_fraction: float, val_fraction: float, seed: int):
+    """The lecture split: random.seed(42); random.shuffle(words); cut at 80% and 90%."""
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    n1 = int(train_fraction * len(shuffled))
+    n2 = int((train_fraction + val_fraction) * len(shuffled))
+    return shuffled[:n1], shuffled[n1:n2], shuffled[n2:]
+
+
+def positive_int(value, key: str, allow_none: bool = False, hint: str = ""):
+    """A config value that must be a positive integer (a bool is not one): one line naming the key otherwise."""
+    if value is None and allow_none:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key} must be a positive integer{hint}, got {value!r}")
+    return value
+
+
+def check_values(block_size, batch_size, eval_batch_size, train_fraction, val_fraction, split_seed, steps_per_call,
+                 train_on, seed, whole_item_eval, max_block_size, max_bytes, splits) -> None:
+    positive_int(block_size, "block_size", allow_none=True, hint=" (or null for longest item + 1)")
+    for value, key in ((batch_size, "data.batch_size"), (eval_batch_size, "data.eval_batch_size"),
+                       (steps_per_call, "steps_per_call"), (max_block_size, "data.max_block_size"),
+                       (max_bytes, "data.max_bytes")):
+        positive_int(value, key)
+    for value, key in ((split_seed, "data.split_seed"), (seed, "data.seed")):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key} must be an integer, got {value!r}")
+    fractions = (train_fraction, val_fraction)
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) for f in fractions) or not (
+        0 < train_fraction < 1 and 0 < val_fraction < 1 and train_fraction + val_fraction < 1
+    ):
+        raise UserError("data.train_fraction and data.val_fraction must be in (0, 1) and leave room for a test split")
+    if train_on not in ("windows", "items"):
+        raise UserError(f"data.train_on must be 'windows' or 'items', got {train_on!r}")
+    if not isinstance(whole_item_eval, bool):
+        raise UserError(f"data.whole_item_eval must be true or false, got {whole_item_eval!r}")
+    if not splits or any(s not in SPLITS for s in splits):
+        raise UserError(f"splits must name some of {', '.join(SPLITS)}, got {splits!r}")
+
+
+class CharDataModule(pl.LightningDataModule):
+    """Loads the items, builds the vocabulary and the three splits as flat token tensors (O(characters) memory).
+
+    `block_size=None` means "the longest item + 1", so a sequence model sees a whole item (makemore.py's choice),
+    up to `max_block_size`: beyond it one line says which item is that long and how to choose block_size.
+    `vocab` fixes the vocabulary (a trained model's) instead of deriving it from the data.
+    `steps_per_call`: a training batch holds this many minibatches, cut apart by the module (see CharLM).
+    `train_on`: "windows" (every position of every item is one training example, the lectures' way) or "items"
+    (one example per whole item, every position scored: makemore.py's way for sequence models; every item must
+    fit the window, block_size > its length, or one line says so).
+    `seed`: the training minibatch sequence is a pure function of (seed, rank, step): a resumed run continues it.
+    `whole_item_eval`: the val/test loaders hand out whole items (set it when the model scores every position,
+    models.scores_every_position(net)); otherwise windows. Both give the same per-character loss.
+    `splits`: which splits to encode (eval needs val/test only; sampling's novelty check the train items only).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        block_size: int | None = 3,
+        batch_size: int = 32,
+        eval_batch_size: int = 4096,
+        train_fraction: float = 0.8,
+        val_fraction: float = 0.1,
+        split_seed: int = 42,
+        vocab: Vocabulary | None = None,
+        steps_per_call: int = 1,
+        train_on: str = "windows",
+        seed: int = 0,
+        whole_item_eval: bool = False,
+        max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        splits: tuple[str, ...] = SPLITS,
+    ):
+        super().__init__()
+        splits = tuple(splits)
+        check_values(block_size, batch_size, eval_batch_size, train_fraction, val_fraction, split_seed,
+                     steps_per_call, train_on, seed, whole_item_eval, max_block_size, max_bytes, splits)
+        started = time.perf_counter()
+        self.path, self.batch_size, self.eval_batch_size = path, batch_size, eval_batch_size
+        self.train_on, self.steps_per_call, self.seed = train_on, steps_per_call, seed
+        self.whole_item_eval = whole_item_eval
+        self.train_fraction, self.val_fraction, self.split_seed = train_fraction, val_fraction, split_seed
+        data = read_data_file(path, max_bytes)
+        self.source = None if path is None else str(Path(path).resolve())  # absolute: checkpoints work from any dir
+        self.fingerprint = {"items": len(data.items), "sha256": data.sha256}
+        longest = max(data.items, key=len)
+        self.block_size = self._choose_block_size(block_size, longest, data.path, max_block_size)
+        by_split = dict(zip(SPLITS, split_items(data.items, train_fraction, val_fraction, split_seed)))
+        if not all(by_split.values()):
+            raise UserError(
+                f"data file {self.path or 'names.txt'} has {len(data.items)} items: too few to make non-empty "
+                "train/val/test splits"
+            )
+        file = data.path
+        del data  # the file's item list: the split's lists hold the items now, until they are encoded
+        self.vocab, self.splits = self._encode(by_split, vocab, splits)
+        self._check_training_set(longest, file)
+        log.info(
+            "data: %s items, %s characters, vocabulary %d, block_size %d, prepared in %.1f s",
+            f"{self.fingerprint['items']:,}", f"{sum(len(s) - s.num_items for s in self.splits.values()):,}",
+            self.vocab_size, self.block_size, time.perf_counter() - started,
+        )
+
+    @classmethod
+    def _encode(cls, by_split: dict, vocab: Vocabulary | None, wanted) -> tuple[Vocabulary, dict[str, TokenSplit]]:
+        """The wanted splits as token tensors, and the vocabulary (if not given) of every split's characters."""
+        texts = {name: flat_text(by_split.pop(name)) for name in SPLITS}  # each item list goes once joined
+        vocab = vocab or cls._vocabulary_of(texts.values())
+        return vocab, {name: TokenSplit(vocab.encode_flat(texts.pop(name))) for name in SPLITS if name in wanted}
+
+    @staticmethod
+    def _vocabulary_of(texts) -> Vocabulary:
+        """Every character that occurs in any split (a counting pass over code points: no per-character Python)."""
+        present = np.unique(np.concatenate([present_code_points(code_points(text)) for text in texts]))
+        return Vocabulary.from_code_points(present)
+
+    @staticmethod
+    def _choose_block_size(block_size: int | None, longest: str, path: Path, max_block_size: int) -> int:
+        if block_size is not None:
+            return block_size
+        if len(longest) + 1 > max_block_size:
+            raise UserError(
+                f"block_size=null (longest item + 1) would be {len(longest) + 1:,}: "
+                f"line {line_number(path, longest):,} of {path} has {len(longest):,} characters, "
+                f"above data.max_block_size={max_block_size}. Set block_size=<context length> (e.g. a little above "
+                "your typical item's length) with data.train_on=windows, or raise data.max_block_size"
+            )
+        return len(longest) + 1
+
+    def _check_training_set(self, longest: str, path: Path) -> None:
+        if "train" not in self.splits:
+            return
+        if self.train_on == "items" and len(longest) >= self.block_size:
+            raise UserError(
+                f"data.train_on=items needs block_size > the longest item ({len(longest)} characters, line "
+                f"{line_number(path, longest):,} of {path}); got {self.block_size}: use block_size=null (longest "
+                "item + 1) or data.train_on=windows"
+            )
+        if self.num_train_examples < self.batch_size:
+            raise UserError(
+                f"data.batch_size ({self.batch_size}) is larger than the training split ({self.num_train_examples} "
+                f"{self.train_on}): lower data.batch_size or use more data"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def num_examples(self, split: str) -> int:
+        """The split's scored characters: its characters plus one end mark per item (= its number of windows)."""
+        return len(self._split(split))
+
+    @property
+    def num_train_examples(self) -> int:
+        """What a training minibatch draws from: windows, or whole items with train_on=items."""
+        return len(self.train_examples)
+
+    @property
+    def train_examples(self) -> TrainExamples:
+        return TrainExamples(self._split("train"), self.block_size, self.train_on)
+
+    def items_of(self, split: str) -> list[str]:
+        """A split's items in split order (decoded from its tokens: the strings are not kept)."""
+        return self._split(split).items(self.vocab)
+
+    train_items = property(lambda self: self.items_of("train"))
+    val_items = property(lambda self: self.items_of("val"))
+    test_items = property(lambda self: self.items_of("test"))
+
+    def _split(self, name: str) -> TokenSplit:
+        if name not in self.splits:
+            raise KeyError(f"split {name!r} was not prepared (this CharDataModule has {', '.join(self.splits)})")
+        return self.splits[name]
+
+    def eval_batches(self, split: str, whole_items: bool | None = None) -> EvalBatches:
+        """One evaluation pass over `split` (see EvalBatches); whole items if asked, else as whole_item_eval says."""
+        whole = self.whole_item_eval if whole_items is None else whole_items
+        return EvalBatches(self._split(split), self.block_size, self.eval_batch_size, whole)
+
+    def train_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        # Read when iteration starts: Lightning has restored global_step from a checkpoint by then, so a resumed
+        # run draws the minibatches the interrupted run would have drawn next.
+        first = (lambda: self.trainer.global_step) if self.trainer is not None else 0
+        sampler = MinibatchStream(self.num_train_examples, self.batch_size, self.steps_per_call, rank, self.seed, first)
+        # batch_size=None turns off per-item collation: the sampler hands the dataset a whole call of indices.
+        return DataLoader(self.train_examples, sampler=sampler, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.eval_batches("val"), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.eval_batches("test"), batch_size=None)
