@@ -141,6 +141,9 @@ def test_a_finished_run_dir_is_not_overwritten_by_a_new_run(compose_train, small
     more = train(compose_train(f"data.path={small_names}", "trainer.max_steps=30",
                                f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"))
     assert more["steps"] == 30 and more["resumed_from_step"] == 20
+    # the resumed segment's summary is honest: its own rate, and the health verdict is kept
+    assert more["steps_per_second"] == pytest.approx(10 / more["train_seconds"])
+    assert more["health"]["rules"]["initial_loss"]["ok"] is True and "ok" in more["health"]
 
 
 @pytest.mark.parametrize("script", ["sample.py", "eval.py", "train.py"])
@@ -220,3 +223,11 @@ def test_a_second_ctrl_c_aborts_at_once_with_130(tmp_path, small_names):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: aborted by a second Ctrl-C")
+
+
+@pytest.mark.parametrize("where", ["hydra.run.dir=/proc/no_such/run", "hydra.sweep.dir=/proc/no_such/sweep"])
+def test_a_run_dir_that_cannot_be_made_is_one_line(where):
+    args = ["-m", "debug=fast", where] if "sweep" in where else ["debug=fast", where]
+    result = run_script("train.py", *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: cannot create the ") and "/proc/no_such/" in result.stderr

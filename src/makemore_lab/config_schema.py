@@ -57,10 +57,25 @@ fraction = number(above=0, below=1)
 
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "64", "64-true", "bf16-true", "16-true", 32, 64, 16)
 
-TRAIN_RULES = [
-    Rule("seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
+# What the data module takes: also checked by CharDataModule itself, which eval.py and sample.py build from a
+# checkpoint's saved settings without a config.
+DATA_RULES = [
     Rule("block_size", "a positive integer (or null: longest item + 1)", positive_int, nullable=True),
     Rule("steps_per_call", "a positive integer", positive_int),
+    Rule("data.path", "a file path or null (the shipped names.txt)", text, nullable=True),
+    Rule("data.batch_size", "a positive integer", positive_int),
+    Rule("data.eval_batch_size", "a positive integer", positive_int),
+    Rule("data.train_fraction", "a number strictly between 0 and 1", fraction),
+    Rule("data.val_fraction", "a number strictly between 0 and 1", fraction),
+    Rule("data.split_seed", "a non-negative integer", non_negative_int),
+    Rule("data.train_on", "'windows' or 'items'", one_of("windows", "items")),
+    Rule("data.seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
+    Rule("data.max_block_size", "a positive integer", positive_int),
+    Rule("data.max_bytes", "a positive integer (bytes)", positive_int),
+]
+
+TRAIN_RULES = [
+    Rule("seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
     Rule("num_samples", "a non-negative integer", non_negative_int),
     Rule("max_params", "a positive integer or null", positive_int, nullable=True),
     Rule("final_weights", "'last' or 'best'", one_of("last", "best")),
@@ -79,18 +94,9 @@ TRAIN_RULES = [
     Rule("trainer.precision", f"one of {', '.join(map(str, PRECISIONS[:8]))}", one_of(*PRECISIONS), nullable=True),
     Rule("trainer.accumulate_grad_batches", "1 (raise data.batch_size instead)", one_of(1)),
     Rule("trainer.max_time", "null or a duration 'DD:HH:MM:SS'", text, nullable=True),
-    Rule("data.path", "a file path or null (the shipped names.txt)", text, nullable=True),
-    Rule("data.batch_size", "a positive integer", positive_int),
-    Rule("data.eval_batch_size", "a positive integer", positive_int),
-    Rule("data.train_fraction", "a number strictly between 0 and 1", fraction),
-    Rule("data.val_fraction", "a number strictly between 0 and 1", fraction),
-    Rule("data.split_seed", "a non-negative integer", non_negative_int),
-    Rule("data.train_on", "'windows' or 'items'", one_of("windows", "items")),
-    Rule("data.seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
-    Rule("data.max_block_size", "a positive integer", positive_int),
-    Rule("data.max_bytes", "a positive integer (bytes)", positive_int),
     Rule("model.dropout", "a number in [0, 1)", number(at_least=0, below=1)),
     Rule("model.init", "one of kaiming, naive, torch", one_of("kaiming", "naive", "torch")),
+    *DATA_RULES,
 ]
 
 SAMPLE_RULES = [

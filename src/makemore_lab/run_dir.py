@@ -7,9 +7,33 @@ killed run never leaves it stuck.
 
 import fcntl
 import os
+import sys
 from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from makemore_lab.errors import UserError
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback: a run or sweep dir that cannot be created (read-only, a missing mount) is one line and exit 2
+    before anything runs — Hydra itself would make it with a traceback. Registered in configs/hydra/default.yaml."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        make_dir_or_exit(config.hydra.run.dir, "run dir (hydra.run.dir)")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        make_dir_or_exit(config.hydra.sweep.dir, "sweep dir (hydra.sweep.dir)")
+
+
+def make_dir_or_exit(path: str, what: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot create the {what} {path}: {err.strerror}", file=sys.stderr)
+        sys.exit(2)
 
 
 class RunDirLock:

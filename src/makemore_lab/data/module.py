@@ -1,15 +1,16 @@
 """The LightningDataModule: a file -> vocabulary, the lecture split, each split as one flat token tensor."""
 
 import logging
-import math
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from makemore_lab import config_schema
 from makemore_lab.data.batches import EvalBatches, MinibatchStream, TrainExamples
 from makemore_lab.data.encoding import TokenSplit, Vocabulary, code_points, flat_text, present_code_points
 from makemore_lab.data.reading import DEFAULT_MAX_BYTES, line_number, read_data_file
@@ -30,34 +31,17 @@ def split_items(items: list[str], train_fraction: float, val_fraction: float, se
     return shuffled[:n1], shuffled[n1:n2], shuffled[n2:]
 
 
-def positive_int(value, key: str, allow_none: bool = False, hint: str = ""):
-    """A config value that must be a positive integer (a bool is not one): one line naming the key otherwise."""
-    if value is None and allow_none:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{key} must be a positive integer{hint}, got {value!r}")
-    return value
-
-
 def check_values(block_size, batch_size, eval_batch_size, train_fraction, val_fraction, split_seed, steps_per_call,
-                 train_on, seed, whole_item_eval, max_block_size, max_bytes, splits) -> None:
-    positive_int(block_size, "block_size", allow_none=True, hint=" (or null for longest item + 1)")
-    for value, key in ((batch_size, "data.batch_size"), (eval_batch_size, "data.eval_batch_size"),
-                       (steps_per_call, "steps_per_call"), (max_block_size, "data.max_block_size"),
-                       (max_bytes, "data.max_bytes")):
-        positive_int(value, key)
-    for value, key in ((split_seed, "data.split_seed"), (seed, "data.seed")):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{key} must be an integer, got {value!r}")
-    fractions = (train_fraction, val_fraction)
-    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) for f in fractions) or not (
-        0 < train_fraction < 1 and 0 < val_fraction < 1 and train_fraction + val_fraction < 1
-    ):
+                 train_on, seed, max_block_size, max_bytes, splits) -> None:
+    """The arguments against config_schema's declared rules (one line naming the key), and what no single key
+    can say: the two fractions must leave room for a test split."""
+    data = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "train_fraction": train_fraction,
+            "val_fraction": val_fraction, "split_seed": split_seed, "train_on": train_on, "seed": seed,
+            "max_block_size": max_block_size, "max_bytes": max_bytes}
+    values = OmegaConf.create({"block_size": block_size, "steps_per_call": steps_per_call, "data": data})
+    config_schema.validate(values, config_schema.DATA_RULES)
+    if train_fraction + val_fraction >= 1:
         raise UserError("data.train_fraction and data.val_fraction must be in (0, 1) and leave room for a test split")
-    if train_on not in ("windows", "items"):
-        raise UserError(f"data.train_on must be 'windows' or 'items', got {train_on!r}")
-    if not isinstance(whole_item_eval, bool):
-        raise UserError(f"data.whole_item_eval must be true or false, got {whole_item_eval!r}")
     if not splits or any(s not in SPLITS for s in splits):
         raise UserError(f"splits must name some of {', '.join(SPLITS)}, got {splits!r}")
 
@@ -99,7 +83,7 @@ class CharDataModule(pl.LightningDataModule):
         super().__init__()
         splits = tuple(splits)
         check_values(block_size, batch_size, eval_batch_size, train_fraction, val_fraction, split_seed,
-                     steps_per_call, train_on, seed, whole_item_eval, max_block_size, max_bytes, splits)
+                     steps_per_call, train_on, seed, max_block_size, max_bytes, splits)
         started = time.perf_counter()
         self.path, self.batch_size, self.eval_batch_size = path, batch_size, eval_batch_size
         self.train_on, self.steps_per_call, self.seed = train_on, steps_per_call, seed
