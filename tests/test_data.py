@@ -216,7 +216,6 @@ def test_missing_file_and_bad_block_size(tmp_path):
         ({"split_seed": None}, "data.split_seed"),
         ({"steps_per_call": 0}, "steps_per_call"),
         ({"train_fraction": float("nan")}, "data.train_fraction"),
-        ({"whole_item_eval": "yes"}, "data.whole_item_eval"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_key(kwargs, key):
