@@ -114,12 +114,19 @@ EVAL_RULES = [
 ]
 
 
+def check(key: str, value, what: str, ok: Callable[[Any], bool]):
+    """`value` if `ok(value)`, else the one-line UserError every rule gives: "<key> must be <what>, got <value>".
+    For settings outside the Hydra config's documented keys (a callback's arguments), with the same predicates."""
+    if not ok(value):
+        shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        raise UserError(f"{key} must be {what}, got {shown!r}")
+    return value
+
+
 def validate(cfg: DictConfig, rules: list[Rule]) -> None:
     """Raise UserError for the first key whose value breaks its rule."""
     for rule in rules:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT, throw_on_missing=False)
         if value is _ABSENT or (value is None and rule.nullable):
             continue
-        if not rule.ok(value):
-            shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
-            raise UserError(f"{rule.key} must be {rule.what}, got {shown!r}")
+        check(rule.key, value, rule.what, rule.ok)

@@ -48,6 +48,7 @@ class CharLM(pl.LightningModule):
         self.checkpoint_meta = dict(checkpoint_meta or {})
         self.all_positions = all_positions
         self.initial_loss: float | None = None  # loss of the very first step, for the lecture's ln(V) check
+        self.first_step = 0  # the step this fit started at (a resumed run's checkpoint step), set at train start
         self.engine = StepEngine(plan or StepPlan(1), self._minibatch_loss, constant(0))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,7 @@ class CharLM(pl.LightningModule):
         self.engine.clip(self, optimizer)  # one step per batch: Lightning calls this after unscaling
 
     def on_train_start(self) -> None:
+        self.first_step = self.global_step
         optimizer = self.optimizers().optimizer
         configured = getattr(self.optimizer_factory, "keywords", {}).get("lr")
         for group in optimizer.param_groups:  # a resumed run restored the checkpoint's base lr: the config's wins

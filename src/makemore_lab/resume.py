@@ -95,7 +95,6 @@ def stop_cleanly_on_sigint(trainer: pl.Trainer):
 def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir: Path) -> Segment:
     """trainer.fit, then save the final weights to last.ckpt. Stops cleanly on Ctrl-C, SIGTERM and divergence."""
     last = out_dir / "checkpoints" / "last.ckpt"
-    first_step = read_checkpoint(ckpt_path)["global_step"] if ckpt_path else 0
     start = time.perf_counter()
     terminated = False
     try:
@@ -119,4 +118,5 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
             f"Resume with: {resume_command(out_dir)}",
             exit_code=code,
         )
+    first_step = module.first_step  # where this fit began: 0, or the resumed checkpoint's step
     return Segment(trainer.global_step - first_step, seconds, first_step)

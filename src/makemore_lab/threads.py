@@ -57,8 +57,9 @@ def register() -> None:
     atexit.register(entry.unlink, missing_ok=True)
 
 
-def fair_share() -> int:
-    return max(1, cores() // live_runs())
+def fair_share(runs: int | None = None) -> int:
+    """cores // runs (at least 1); `runs` counted now if not given."""
+    return max(1, cores() // (runs or live_runs()))
 
 
 def choose(setting) -> bool:
@@ -69,9 +70,10 @@ def choose(setting) -> bool:
     if os.environ.get("OMP_NUM_THREADS"):
         return False  # torch already follows it
     register()
-    torch.set_num_threads(fair_share())
+    runs = live_runs()
+    torch.set_num_threads(fair_share(runs))
     log.info("threads: %d (%d cores, %d run(s) on this machine; set threads=N to choose)",
-             torch.get_num_threads(), cores(), live_runs())
+             torch.get_num_threads(), cores(), runs)
     return True
 
 

@@ -3,7 +3,7 @@
 import pytorch_lightning as pl
 import torch
 
-from makemore_lab.errors import UserError
+from makemore_lab.config_schema import check, positive_int
 from makemore_lab.sampling import generate
 from makemore_lab.step_hooks import StepClock, network, next_multiple
 from makemore_lab.tensorboard_events import tensorboard_writers
@@ -17,8 +17,8 @@ class SampleText(pl.Callback):
     """
 
     def __init__(self, every_n_steps: int, num_samples: int = 10, seed: int = 0):
-        self.every_n_steps = positive_int(every_n_steps, "callbacks.sample_text.every_n_steps")
-        self.num_samples = positive_int(num_samples, "callbacks.sample_text.num_samples")
+        self.every_n_steps = check("callbacks.sample_text.every_n_steps", every_n_steps, "a positive integer", positive_int)
+        self.num_samples = check("callbacks.sample_text.num_samples", num_samples, "a positive integer", positive_int)
         self.seed = seed
         # after step s, s + 1 steps are done: due at the steps s with s + 1 a multiple of every_n_steps
         self.clock = StepClock(
@@ -55,8 +55,3 @@ class SampleText(pl.Callback):
             writer.add_text("samples", text, step)
         self._written_step = step
 
-
-def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name} must be a positive integer, got {value!r}")
-    return value

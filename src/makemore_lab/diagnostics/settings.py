@@ -1,32 +1,28 @@
-"""Checks of the diagnostics' settings: a wrong value is a UserError naming its config key."""
+"""Checks of the diagnostics' settings: a wrong value is a UserError naming its config key, through
+config_schema's predicates and message (the same rules as every documented key)."""
 
+from makemore_lab import config_schema as schema
 from makemore_lab.errors import UserError  # noqa: F401 (re-exported for health.py)
 
 KEY = "callbacks.diagnostics"
 
 
 def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{KEY}.{name} must be a positive integer, got {value!r}")
-    return value
+    return schema.check(f"{KEY}.{name}", value, "a positive integer", schema.positive_int)
 
 
 def fraction(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise UserError(f"{KEY}.{name} must be a number strictly between 0 and 1, got {value!r}")
-    return float(value)
+    return float(schema.check(f"{KEY}.{name}", value, "a number strictly between 0 and 1", schema.fraction))
 
 
 def positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UserError(f"{KEY}.{name} must be a positive number, got {value!r}")
-    return float(value)
+    # inf stays allowed (it switches a ratio rule off), so not schema.number, which wants a finite number
+    is_positive = lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0
+    return float(schema.check(f"{KEY}.{name}", value, "a positive number", is_positive))
 
 
 def flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{KEY}.{name} must be true or false, got {value!r}")
-    return value
+    return schema.check(f"{KEY}.{name}", value, "true or false", lambda v: isinstance(v, bool))
 
 
 def interval(value, name: str) -> tuple[float, float]:
