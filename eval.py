@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 from makemore_lab.evaluate import run
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+@hydra.main(version_base="1.3", config_path="pkg://makemore_lab.configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig  # noqa: E402
 from makemore_lab.train import run  # noqa: E402
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://makemore_lab.configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     return run(cfg)
 

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from makemore_lab.losses import IGNORE, item_targets
 from makemore_lab.train import train
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "configs")
 
 
 def compose_cfg(overrides: list[str]):

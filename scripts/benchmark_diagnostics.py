@@ -42,7 +42,7 @@ from makemore_lab.diagnostics import Diagnostics
 from makemore_lab.diagnostics.activations import ActivationStats
 from makemore_lab.train import train
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "configs")
 DIAGNOSTICS = ["diagnostics", "sample_text"]  # the diagnostics callback (its report and figures with it), samples
 HOOKS = [(Diagnostics, "_before_step"), (Diagnostics, "_after_step"), (ActivationStats, "_record"),
          (SampleText, "_after_step")]

@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from makemore_lab.train import train
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "configs")
 NAMES = Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "datasets" / "names.txt"
 LECTURE = ["optimizer=sgd", "optimizer.lr=0.1", "schedule=constant", "data.batch_size=32", "block_size=3",
            "model.n_embd=10", "model.n_hidden=100"]

@@ -36,7 +36,7 @@ from makemore_lab.data import TrainExamples  # noqa: E402
 from makemore_lab.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "src" / "makemore_lab" / "configs"
 
 
 def lr_sweep(net, optimizer, examples, batch_size: int, exponents: torch.Tensor, generator) -> list[float]:

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "src" / "makemore_lab" / "configs"
 
 
 def all_presets() -> list[str]:

@@ -8,8 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from makemore_lab.configs import CONFIG_DIR as PACKAGED_CONFIGS
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(ROOT / "configs")
+CONFIG_DIR = str(PACKAGED_CONFIGS)
 NAMES = ROOT / "src" / "makemore_lab" / "datasets" / "names.txt"
 
 # A run of a few steps that still validates twice, checkpoints, and writes TensorBoard events.

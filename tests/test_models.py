@@ -1,6 +1,7 @@
 """The architectures as plain nn.Modules, no Hydra: shapes, sizes, the lecture's initial-loss sanity check."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from conftest import ROOT
+from conftest import CONFIG_DIR, ROOT
 
 from makemore_lab.data import Vocabulary, make_examples, make_item_examples
 from makemore_lab.errors import UserError
@@ -157,7 +158,7 @@ def readme_model_options() -> dict[str, tuple[str, str, str]]:
     return {c[0]: (c[1].split(" ")[0], c[2], c[3]) for c in cells}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "model").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(Path(CONFIG_DIR, "model").glob("*.yaml")), ids=lambda p: p.stem)
 def test_a_model_option_sets_outside_model_only_what_the_readme_table_says(path):
     raw = OmegaConf.load(path)
     assert set(raw) <= {"defaults", "model_name", "block_size", "data", "model"}, set(raw)
@@ -165,7 +166,7 @@ def test_a_model_option_sets_outside_model_only_what_the_readme_table_says(path)
     assert all(d in ("override /optimizer: adamw",) or OmegaConf.to_container(d) == {"override /optimizer": "adamw"}
                for d in raw.get("defaults", []))
     GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("train", overrides=[f"model={path.stem}", "paths.output_dir=."])
     GlobalHydra.instance().clear()
     optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1].lower()

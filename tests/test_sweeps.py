@@ -267,7 +267,7 @@ def test_optuna_search_of_three_trials(tmp_path, small_names):
     assert sorted(t.value for t in study.trials) == sorted(float(r["val_loss"]) for r in rows)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "hparams_search").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in Path(CONFIG_DIR, "hparams_search").glob("*.yaml")))
 def test_every_search_minimises_over_keys_its_model_has(name):
     needs("hydra_optuna_sweeper", "optuna")
     cfg = compose_with_hydra(f"hparams_search={name}")
