@@ -1,30 +1,113 @@
-"""Rebuild a trained model from a checkpoint file alone: the checkpoint carries the model config and vocabulary."""
+"""Rebuild a trained model from a checkpoint file alone: the checkpoint carries the model config and vocabulary.
 
-import pickle
-import zipfile
+A checkpoint may come from someone else, so it is read as data, never as code: torch loads it with
+`weights_only=True` (tensors and plain values only), every field used is checked for its type, and the model is
+built by looking its `_target_` up among this package's own model classes (the targets of the shipped
+configs/model/*.yaml), with plain keyword values only. Nothing in a checkpoint is handed to Hydra's instantiate,
+so a crafted `_target_` (a nested one, `_partial_`, `_args_`, a class outside makemore_lab.models) cannot run.
+"""
+
+import functools
+import importlib
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from makemore_lab.configs import CONFIG_DIR
 from makemore_lab.data import CharDataModule, Vocabulary
 from makemore_lab.errors import UserError
 
+PLAIN = (bool, int, float, str, type(None))
+
+
+def required_ckpt_path(cfg, script: str) -> str:
+    """sample.py and eval.py need a checkpoint: its absence is one line with the command, not Hydra's
+    MissingMandatoryValue traceback."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
+        raise UserError(f"ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt")
+    return cfg.ckpt_path
+
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:
-    """The checkpoint's contents, or a UserError saying why it cannot be used (missing, corrupt, not ours)."""
+    """The checkpoint's contents, checked to be a makemore-lab checkpoint, or a UserError saying why it is not."""
     path = Path(ckpt_path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory, not a checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
         # weights_only: a checkpoint holds tensors and plain values only, so nothing in it can run code.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
-        # a truncated file (a copy cut short, a full disk) is an OSError from torch's zip reader
+    except Exception as err:  # any bytes at all may be handed to us
+        # Whatever a file that is not a checkpoint makes torch's readers raise (a truncated zip is an OSError, a
+        # text file a KeyError from the legacy unpickler, a pickle of objects an UnpicklingError): the file is bad.
         raise UserError(f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint ({type(err).__name__})") from None
-    if not isinstance(checkpoint, dict) or "makemore_lab" not in checkpoint or "state_dict" not in checkpoint:
-        raise UserError(f"checkpoint {path} was not written by makemore-lab (no model config inside)")
+    check_contents(checkpoint, path)
     return checkpoint
+
+
+def check_contents(checkpoint, path: Path) -> None:
+    """The fields this package reads, with their types: anything else is not one of our checkpoints."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("makemore_lab"), dict) or "state_dict" not in checkpoint:
+        raise UserError(f"checkpoint {path} was not written by makemore-lab (no model config inside)")
+    meta, state = checkpoint["makemore_lab"], checkpoint["state_dict"]
+
+    def bad(what: str):
+        return UserError(f"checkpoint {path} is not a usable makemore-lab checkpoint: {what}")
+
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise bad("its state_dict is not a mapping of names to tensors")
+    vocab = meta.get("vocab")
+    if not (isinstance(vocab, list) and vocab and vocab[0] == "." and all(isinstance(c, str) and len(c) == 1 for c in vocab)
+            and len(set(vocab)) == len(vocab)):
+        raise bad("its vocab is not a list of distinct characters starting with '.'")
+    block_size = meta.get("block_size")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise bad(f"its block_size is not a positive integer ({block_size!r})")
+    if not isinstance(meta.get("data"), dict) or not all(isinstance(v, PLAIN) for v in meta["data"].values()):
+        raise bad("its data settings are not plain values")
+    plain_model_config(meta.get("model"), path)
+    if not isinstance(checkpoint.get("global_step", 0), int):
+        raise bad("its global_step is not an integer")
+
+
+@functools.cache
+def model_classes() -> dict[str, type]:
+    """`_target_` -> class, for the models this package ships: the targets named by its own configs/model/*.yaml.
+
+    The module imported is one this package names in its own files (makemore_lab.models.*), never one read from a
+    checkpoint: a checkpoint's `_target_` is only a key into this table.
+    """
+    classes = {}
+    for option in sorted(Path(CONFIG_DIR, "model").glob("*.yaml")):
+        target = OmegaConf.load(option).model._target_
+        module, _, name = target.rpartition(".")
+        assert module.startswith("makemore_lab.models."), f"{option} names a model outside the package: {target}"
+        classes[target] = getattr(importlib.import_module(module), name)
+    return classes
+
+
+def plain_model_config(model, path: Path) -> tuple[type, dict]:
+    """(the model class, its keyword arguments) from a saved model config, or a UserError in one line.
+
+    Only a `_target_` among this package's model classes, and only plain values (numbers, strings, booleans, null)
+    as its arguments: a nested dict (another `_target_`), a list, or a Hydra key such as `_partial_`, `_args_` or
+    `_recursive_` is refused, since only Hydra's instantiate would give them a meaning.
+    """
+    if not isinstance(model, dict) or not isinstance(model.get("_target_"), str):
+        raise UserError(f"checkpoint {path} is not a usable makemore-lab checkpoint: its model config has no _target_")
+    target = model["_target_"]
+    if target not in model_classes():
+        raise UserError(f"checkpoint {path} names a model that is not one of makemore-lab's ({target!r}): refusing "
+                        f"to build it (known: {', '.join(c.__name__ for c in model_classes().values())})")
+    kwargs = {k: v for k, v in model.items() if k != "_target_"}
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or key.startswith("_") or not key.isidentifier() or not isinstance(value, PLAIN):
+            shown = f"a {type(value).__name__}" if not isinstance(value, PLAIN) else repr(value)
+            raise UserError(f"checkpoint {path} has a model config that is not plain data (model.{key}: {shown}): "
+                            "refusing to build it")
+    return model_classes()[target], kwargs
 
 
 def net_state_dict(checkpoint: dict) -> dict:
@@ -32,13 +115,38 @@ def net_state_dict(checkpoint: dict) -> dict:
     return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
+def check_weights_fit(net: torch.nn.Module, weights: dict, path: Path) -> None:
+    """One line naming the first weight that the model built from the config cannot take (missing, extra, shape)."""
+    expected = net.state_dict()
+    for name, tensor in expected.items():
+        if name not in weights:
+            raise UserError(f"checkpoint {path} has no weight {name} for its model: its weights and model config do not match")
+        if weights[name].shape != tensor.shape:
+            raise UserError(f"checkpoint {path}'s weights do not fit its model config: {name} is "
+                            f"{list(weights[name].shape)} in the file, {list(tensor.shape)} in the model")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise UserError(f"checkpoint {path} has weights its model does not have ({extra[0]}, ...): its weights and "
+                        "model config do not match")
+
+
 def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary, dict]:
     """Returns (net in eval mode on the CPU, its vocabulary, the checkpoint's makemore_lab metadata)."""
-    checkpoint = read_checkpoint(ckpt_path)
+    path = Path(ckpt_path)
+    checkpoint = read_checkpoint(path)
     meta = checkpoint["makemore_lab"]
     vocab = Vocabulary(tuple(meta["vocab"]))
-    net = instantiate(meta["model"], vocab_size=len(vocab), block_size=meta["block_size"])
-    net.load_state_dict(net_state_dict(checkpoint))
+    model_class, kwargs = plain_model_config(meta["model"], path)
+    try:
+        net = model_class(**kwargs, vocab_size=len(vocab), block_size=meta["block_size"])
+    except UserError as err:
+        raise UserError(f"checkpoint {path}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as err:  # the saved sizes do not build a model
+        raise UserError(f"checkpoint {path} has a model config that does not build "
+                        f"{model_class.__name__}: {type(err).__name__}: {err}".splitlines()[0]) from None
+    weights = net_state_dict(checkpoint)
+    check_weights_fit(net, weights, path)
+    net.load_state_dict(weights)
     return net.eval(), vocab, meta
 
 
@@ -53,7 +161,10 @@ def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None
     if path is not None:
         data["path"] = path
     data["block_size"] = meta["block_size"]  # the model's context length is fixed by its weights
-    datamodule = CharDataModule(**{**data, **overrides}, vocab=vocab)
+    try:
+        datamodule = CharDataModule(**{**data, **overrides}, vocab=vocab)
+    except TypeError as err:  # a saved setting CharDataModule does not take (another version's, or crafted)
+        raise UserError(f"the checkpoint's data settings do not fit this version: {err}") from None
     if path is None:
         check_data_unchanged(meta, datamodule)
     return datamodule
@@ -65,8 +176,11 @@ def check_data_unchanged(meta: dict, datamodule: CharDataModule) -> None:
     if not recorded or recorded == datamodule.fingerprint:
         return
     raise UserError(
-        f"the data file {datamodule.source or 'names.txt'} changed since training ({recorded['items']:,} items, "
-        f"sha256 {recorded['sha256'][:12]}… then; {datamodule.fingerprint['items']:,} items, sha256 "
-        f"{datamodule.fingerprint['sha256'][:12]}… now): its split would not be the one trained on. To evaluate "
+        f"the data file {datamodule.source or 'names.txt'} changed since training ({describe(recorded)} then; "
+        f"{describe(datamodule.fingerprint)} now): its split would not be the one trained on. To evaluate "
         "on another file deliberately, pass data.path=<file>"
     )
+
+
+def describe(fingerprint: dict) -> str:
+    return f"{fingerprint['items']:,} items, sha256 {fingerprint['sha256'][:12]}…"

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from makemore_lab.checkpoint import read_checkpoint
+from makemore_lab.checkpoint import check_weights_fit, describe, net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 
 
@@ -32,15 +32,30 @@ class Segment:
     resumed_from_step: int
 
 
-def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict) -> None:
-    """A checkpoint to resume from must load and hold the model this config builds, or Lightning fails deep inside."""
-    meta = read_checkpoint(ckpt_path)["makemore_lab"]
+def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_steps: int) -> None:
+    """A checkpoint to resume from must be ours, hold the model this config builds, be trained on the same data and
+    leave steps to train: else one line here, not a traceback deep inside Lightning or a run that silently means
+    something else. read_checkpoint loads it with weights_only=True, before Lightning loads it (also weights_only)."""
+    checkpoint = read_checkpoint(ckpt_path)
+    meta = checkpoint["makemore_lab"]
     for key in ("model", "vocab", "block_size", "optimizer"):
         if key in meta and meta[key] != checkpoint_meta[key]:
             raise UserError(
                 f"checkpoint {ckpt_path} was trained with a different {key} ({meta.get(key)}) than this config "
                 f"builds ({checkpoint_meta[key]}): resume with the run's original overrides"
             )
+    recorded = meta.get("data_fingerprint")
+    if recorded and recorded != checkpoint_meta["data_fingerprint"]:  # its val/test would hold training items
+        raise UserError(f"checkpoint {ckpt_path} was trained on other data ({describe(recorded)}) than data.path gives "
+                        f"({describe(checkpoint_meta['data_fingerprint'])}): resume with the run's own data file")
+    if not all(key in checkpoint for key in ("optimizer_states", "loops", "global_step")):
+        raise UserError(f"checkpoint {ckpt_path} holds weights only (no optimizer or loop state): it can be sampled "
+                        "and evaluated, not resumed")
+    check_weights_fit(net, net_state_dict(checkpoint), Path(ckpt_path))
+    step = checkpoint["global_step"]
+    if step >= max_steps:
+        raise UserError(f"checkpoint {ckpt_path} is at step {step:,}, and trainer.max_steps={max_steps:,}: nothing "
+                        f"to train. To train longer, raise trainer.max_steps (e.g. trainer.max_steps={2 * step})")
 
 
 def hydra_quote(value: str) -> str:
@@ -99,7 +114,7 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     terminated = False
     try:
         with stop_cleanly_on_sigint(trainer) as stop:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # data, never code
     except TrainingDiverged as err:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved before it"
         raise TrainingDiverged(f"{err}; {kept}") from None

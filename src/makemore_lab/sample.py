@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig
 
 from makemore_lab import config_schema
-from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
+from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net, required_ckpt_path
 from makemore_lab.data import Vocabulary
 from makemore_lab.errors import UserError, exit_on_user_error
 from makemore_lab.sampling import generate
@@ -20,6 +20,7 @@ def training_items(meta: dict, vocab: Vocabulary) -> set[str]:
 
 @exit_on_user_error
 def run(cfg: DictConfig) -> list[str]:
+    required_ckpt_path(cfg, "sample.py")
     config_schema.validate(cfg, config_schema.SAMPLE_RULES)
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
     generator = torch.Generator().manual_seed(cfg.seed)

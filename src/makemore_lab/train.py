@@ -108,7 +108,7 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
         "data_fingerprint": datamodule.fingerprint,  # eval.py refuses a data file changed since training
     }
     if cfg.get("ckpt_path"):
-        resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta)
+        resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta, net, cfg.trainer.max_steps)
     optimizer = build_partial(cfg.optimizer, "optimizer", params=[torch.zeros(1, requires_grad=True)])
     schedule = build_partial(cfg.schedule, "schedule", total_steps=cfg.trainer.max_steps) if cfg.get("schedule") else None
     module = CharLM(net, optimizer, schedule, cfg.data.batch_size, checkpoint_meta,

@@ -140,6 +140,15 @@ class Diagnostics(pl.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._stop()
 
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint (Lightning's callback state): a resumed run's health verdict then judges the
+        whole run's measurements, as the uninterrupted run's does, not only those made since the resume."""
+        return {"history": self.history, "initial_loss": self.initial_loss}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.initial_loss = state_dict.get("initial_loss")
+
     def summary_fields(self) -> dict:
         """What train.py adds to summary.json: the health report's verdict, under `health`."""
         return {"health": self.verdict} if self.verdict else {}
