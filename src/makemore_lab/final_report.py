@@ -94,6 +94,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment) ->
         "steps_per_second": segment.steps / segment.seconds if segment.seconds > 0 else None,
         "seed": cfg.seed,
         "output_dir": str(cfg.paths.output_dir),
+        "overrides": module.checkpoint_meta.get("overrides", []),  # the job's own, for the sweep table
     }
     if segment.resumed_from_step:
         summary["resumed_from_step"] = segment.resumed_from_step

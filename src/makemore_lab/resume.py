@@ -65,18 +65,24 @@ def hydra_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def resume_command(out_dir: Path) -> str:
+def run_overrides(task_overrides=None) -> list[str]:
+    """What the user typed for this run (Hydra's task overrides), without where it runs and what it resumes from:
+    the same for a run and its resumption, so a checkpoint and summary.json record it to tell runs apart."""
+    if task_overrides is None:
+        task_overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return [str(o) for o in task_overrides if not str(o).startswith(("ckpt_path=", "hydra.run.dir="))]
+
+
+def resume_command(out_dir: Path, task_overrides=None) -> str:
     """The command that continues this run: its own overrides, its run dir, its last checkpoint.
 
     Paths are quoted twice over: for Hydra's override grammar (spaces, parentheses, '=' ...) inside, and for
     the shell outside, so the line runs as printed.
     """
-    overrides = []
-    if HydraConfig.initialized():
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
     last = out_dir / "checkpoints" / "last.ckpt"
     return shlex.join([
-        "python", "train.py", *overrides, f"hydra.run.dir={hydra_quote(str(out_dir))}", f"ckpt_path={hydra_quote(str(last))}"
+        "python", "train.py", *run_overrides(task_overrides), f"hydra.run.dir={hydra_quote(str(out_dir))}",
+        f"ckpt_path={hydra_quote(str(last))}",
     ])
 
 

@@ -5,6 +5,11 @@ with any launcher: basic, joblib, submitit) a job that fails — a bad value, a 
 the parameter budget — writes `failure.json` (its one-line reason) in its job dir, logs the reason, and returns
 +inf, so the launcher goes on to the next job, an Optuna sweeper ranks the trial last (its plugin crashes on nan),
 and the sweep summary lists the job as failed with the reason.
+
+The same sweep run again into its own sweep dir (run_dir.check_sweep_dir admits only that) continues it: a job that
+finished keeps its result (its val loss is returned, nothing retrained), one that failed keeps its failure, one
+that was interrupted (last.ckpt, no summary.json) resumes from its last.ckpt, and the rest run. A job dir whose
+earlier job had other overrides (a sampler that drew other values) is refused without writing into it.
 """
 
 import json
@@ -15,8 +20,12 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import open_dict
 
+from makemore_lab.checkpoint import read_checkpoint
 from makemore_lab.errors import TrainingInterrupted, UserError
+from makemore_lab.resume import run_overrides
+from makemore_lab.run_dir import RunDirRefused
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +40,49 @@ def run_job(train, cfg) -> float:
     """`train(cfg)`'s val loss; under a multirun a failure is recorded and returned as +inf instead of raised."""
     if not in_multirun():
         return train(cfg).get("val_loss", math.nan)
+    job = HydraConfig.get().job.num
     try:
-        return train(cfg).get("val_loss", math.nan)
+        earlier = earlier_result(cfg, job)
+        return earlier if earlier is not None else train(cfg).get("val_loss", math.nan)
     except TrainingInterrupted:
         raise  # Ctrl-C / SIGTERM stop the whole sweep
+    except RunDirRefused as err:  # another run's dir: record nothing in it
+        log.error("job %s refused: %s", job, err)
+        return math.inf
     except UserError as err:
         reason = str(err)
     except Exception as err:  # a crash is one job's result, not the sweep's end; its traceback goes to the job log
         log.debug("job crashed:\n%s", traceback.format_exc())
         reason = f"crashed: {type(err).__name__}: {err}".splitlines()[0]
-    log.error("job %s failed: %s", HydraConfig.get().job.num, reason)
+    log.error("job %s failed: %s", job, reason)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FAILURE_FILE).write_text(json.dumps({"error": reason}) + "\n")
     return math.inf
+
+
+def earlier_result(cfg, job) -> float | None:
+    """What this job's dir holds from an earlier run of the same sweep: its val loss if it finished (or +inf if it
+    failed), None if it is to train — from its last.ckpt (set as cfg.ckpt_path) if it was interrupted."""
+    out_dir, overrides = Path(cfg.paths.output_dir), run_overrides()
+    summary_file, last = out_dir / "summary.json", out_dir / "checkpoints" / "last.ckpt"
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        check_same_job(out_dir, summary.get("overrides"), overrides)
+        log.info("job %s finished in an earlier run of this sweep: kept (val_loss %s)", job, summary.get("val_loss"))
+        return summary.get("val_loss", math.nan)
+    if (out_dir / FAILURE_FILE).is_file():
+        log.info("job %s failed in an earlier run of this sweep: kept (delete %s to retry it)", job, out_dir / FAILURE_FILE)
+        return math.inf
+    if last.is_file() and not cfg.get("ckpt_path"):
+        check_same_job(out_dir, read_checkpoint(last)["makemore_lab"].get("overrides"), overrides)
+        log.info("job %s was interrupted in an earlier run of this sweep: resuming from %s", job, last)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(last)
+    return None
+
+
+def check_same_job(out_dir: Path, recorded, overrides: list[str]) -> None:
+    if recorded != overrides:
+        raise RunDirRefused(f"job dir {out_dir} holds a job with other overrides ({' '.join(recorded or ['unknown'])}): "
+                            "left as it is")

@@ -1,8 +1,9 @@
 """One table per sweep: when a multirun ends, summary.csv and summary.md in its sweep dir, best val loss first.
 
-Each row is one job: its overrides (from <job dir>/.hydra/overrides.yaml) as columns, then the numbers from its
-summary.json. A job that failed (its failure.json, see sweep_policy.py) is listed last with its one-line reason;
-one with neither file (still running, or killed) is listed last with empty numbers.
+Each row is one job: its overrides as columns (those its summary.json recorded, else <job dir>/.hydra/overrides.yaml,
+which Hydra rewrites whenever a job starts in that dir), then the numbers from its summary.json. A job that failed
+(its failure.json, see sweep_policy.py) is listed last with its one-line reason; one with neither file (still running, or killed) is listed last with empty numbers.
+The table is rewritten after every job too, so a sweep stopped by Ctrl-C or a kill keeps the table of the jobs done.
 Enabled for every multirun by configs/hydra/default.yaml; `python scripts/sweep_summary.py <sweep dir>` re-summarises.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,12 @@ METRICS = {
 
 
 class SweepSummary(Callback):
-    """Hydra callback (hydra.callbacks in configs/hydra/default.yaml): summarises the sweep dir when a multirun ends."""
+    """Hydra callback (hydra.callbacks in configs/hydra/default.yaml): summarises the sweep dir after each job and
+    when the multirun ends."""
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            self.on_multirun_end(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Lightning's DDP launcher re-runs the whole command in each extra rank (LOCAL_RANK >= 1); one writer is enough.
@@ -60,11 +67,15 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
             continue
         job_dir = overrides_file.parent.parent
         summary_file, failure_file = job_dir / "summary.json", job_dir / "failure.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        overrides = (summary or {}).get("overrides")
+        if overrides is None:
+            overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
         jobs.append({
             "error": json.loads(failure_file.read_text())["error"] if failure_file.is_file() else None,
             "job": job_dir.relative_to(sweep_dir).as_posix(),
-            "overrides": dict(parse_override(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file))),
-            "summary": json.loads(summary_file.read_text()) if summary_file.is_file() else None,
+            "overrides": dict(parse_override(o) for o in overrides),
+            "summary": summary,
         })
     return sorted(jobs, key=lambda j: job_sort_key(j["job"]))
 
@@ -89,7 +100,7 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
 
 def write_csv(path: Path, override_keys: list[str], rows: list[dict]) -> None:
     """Numbers are written in full (repr), so they read back equal to summary.json's."""
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_suffix(f".csv.{os.getpid()}.tmp")  # parallel jobs (joblib) may write the table at once
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["job", *override_keys, *METRICS, "error"])
         writer.writeheader()
@@ -131,7 +142,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     """Write <sweep_dir>/summary.csv and summary.md; returns the rows, best val loss first."""
     override_keys, rows = summary_rows(read_jobs(sweep_dir))
     write_csv(sweep_dir / "summary.csv", override_keys, rows)
-    tmp = sweep_dir / "summary.md.tmp"
+    tmp = sweep_dir / f"summary.md.{os.getpid()}.tmp"
     tmp.write_text(markdown(sweep_dir, override_keys, rows))
     os.replace(tmp, sweep_dir / "summary.md")
     return rows

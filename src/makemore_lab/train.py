@@ -106,6 +106,7 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
         "block_size": datamodule.block_size,
         "optimizer": cfg.optimizer._target_,  # resuming with another optimizer is refused (its state would not fit)
         "data_fingerprint": datamodule.fingerprint,  # eval.py refuses a data file changed since training
+        "overrides": resume.run_overrides(),  # what was typed: a sweep run again tells its own jobs apart by it
     }
     if cfg.get("ckpt_path"):
         resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta, net, cfg.trainer.max_steps)
