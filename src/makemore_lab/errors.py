@@ -5,7 +5,7 @@ import functools
 import sys
 
 # OSErrors that are the machine's state, not a bug: reported in one line like a UserError.
-DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG}
+DISK_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENAMETOOLONG, errno.EFBIG}
 
 
 class UserError(Exception):
@@ -50,7 +50,7 @@ def exit_on_user_error(func):
         except OSError as err:
             if err.errno not in DISK_ERRORS:
                 raise
-            print(f"error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+            print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}", file=sys.stderr)
             sys.exit(1)
         except KeyboardInterrupt:  # Ctrl-C before training started (reading data, building the model)
             print("error: interrupted before training started; nothing was saved", file=sys.stderr)

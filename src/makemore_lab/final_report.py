@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 def write_json_atomically(path: Path, data: dict) -> None:
     """Write to a temporary file, then rename: a reader never sees a half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as err:  # a write() that fails (a full disk) names no file: name the one it was for
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.replace(tmp, path)
 
 

@@ -87,13 +87,12 @@ def resume_command(out_dir: Path, task_overrides=None) -> str:
 
 
 @contextlib.contextmanager
-def stop_cleanly_on_sigint(trainer: pl.Trainer):
+def stop_cleanly_on_sigint(trainer: pl.Trainer, last: Path):
     """First Ctrl-C: finish the current batch, then stop; a second Ctrl-C aborts at once (exit 130)."""
     stop = {"requested": False}
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         yield stop
         return
-    previous = signal.getsignal(signal.SIGINT)
 
     def abort(signum, frame):
         raise TrainingInterrupted("aborted by a second Ctrl-C; the last saved checkpoint is kept")
@@ -105,12 +104,30 @@ def stop_cleanly_on_sigint(trainer: pl.Trainer):
         print("\nCtrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again to abort)",
               file=sys.stderr, flush=True)
 
+    def after_training(signum, frame):  # the final save and report: training is over, its weights are saved
+        raise TrainingInterrupted(
+            f"Ctrl-C after training had finished (step {trainer.global_step}): summary.json was not written; the "
+            f"last saved weights are in {last}. Their losses: python eval.py ckpt_path={shlex.quote(str(last))}")
+
     signal.signal(signal.SIGINT, request_stop)
     try:
         yield stop
+    finally:  # not the start-up handler: its "nothing was saved" is no longer true (sigint_restored puts it back)
+        signal.signal(signal.SIGINT, abort if stop["requested"] else after_training)
+
+
+@contextlib.contextmanager
+def sigint_restored():
+    """Around fit and the final report: the SIGINT handler from before (the entry point's, for start-up) comes back
+    after them; in between, stop_cleanly_on_sigint's handlers say which phase a Ctrl-C stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
     finally:
-        signal.signal(signal.SIGINT, abort if stop["requested"] else previous)  # the final save is not cut short
-                                                                                # by the default handler
+        signal.signal(signal.SIGINT, previous)
 
 
 def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir: Path) -> Segment:
@@ -119,7 +136,7 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     start = time.perf_counter()
     terminated = False
     try:
-        with stop_cleanly_on_sigint(trainer) as stop:
+        with stop_cleanly_on_sigint(trainer, last) as stop:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # data, never code
     except TrainingDiverged as err:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved before it"
@@ -128,7 +145,8 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
         terminated = True
     except OSError as err:  # disk full, read-only or gone: saves are atomic, so the last good checkpoint is whole
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved"
-        raise UserError(f"cannot write the run's files ({err.strerror}: {err.filename}) at step "
+        # A write to an open file (TensorBoard's, a log) names no file: the run dir is where it went.
+        raise UserError(f"cannot write the run's files ({err.strerror}: {err.filename or out_dir}) at step "
                         f"{trainer.global_step}; {kept}") from None
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(last, weights_only=False)  # the final (or interrupted) weights, whatever the checkpoint cadence

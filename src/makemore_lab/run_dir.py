@@ -44,6 +44,8 @@ class OutputDirCheck(Callback):
             claim(Path(run_dir), resuming=bool(config.get("ckpt_path")), task_overrides=list(config.hydra.overrides.task))
         except UserError as err:
             exit_with(err)
+        except OSError as err:  # an existing dir that cannot be written (read-only mount, no permission)
+            exit_with(UserError(f"cannot write into the run dir (hydra.run.dir) {run_dir}: {err.strerror}"))
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         release(Path(str(config.hydra.run.dir)))

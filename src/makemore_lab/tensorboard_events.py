@@ -4,11 +4,32 @@ Callbacks that work per optimizer step (see step_hooks.py) write straight to Ten
 their own step count, instead of `pl_module.log` (which logs per Lightning batch). Rank 0 only.
 """
 
+import threading
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import summary
+
+from makemore_lab.errors import DISK_ERRORS
+
+
+def quiet_writer_thread_disk_errors() -> None:
+    """A full or read-only disk fails TensorBoard's writer thread, which hands the error to the next write or flush
+    in the training thread: that one reports it in one line (resume.fit). The thread's own traceback, which
+    threading.excepthook would print before that line, is left out; any other thread error is printed as before."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_disk_errors", False):
+        return
+
+    def hook(args):
+        relayed = type(args.thread).__module__.startswith("tensorboard.") and isinstance(args.exc_value, OSError)
+        if not (relayed and args.exc_value.errno in DISK_ERRORS):
+            previous(args)
+
+    hook.quiet_disk_errors = True
+    threading.excepthook = hook
 
 
 def tensorboard_writers(trainer: pl.Trainer) -> list:

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import config_schema, final_report, resume, sweep_policy, threads
+from makemore_lab import config_schema, final_report, resume, sweep_policy, tensorboard_events, threads
 from makemore_lab.engine import StepPlan
 from makemore_lab.errors import OverParamBudget, UserError, exit_on_user_error
 from makemore_lab.models import scores_every_position
@@ -115,13 +115,15 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
     module = CharLM(net, optimizer, schedule, cfg.data.batch_size, checkpoint_meta,
                     all_positions=datamodule.train_on == "items", plan=plan)
 
+    tensorboard_events.quiet_writer_thread_disk_errors()
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                 **plan.trainer_arguments(cfg.trainer))
-    segment = resume.fit(trainer, module, datamodule, cfg.get("ckpt_path"), out_dir)
-    if not trainer.is_global_zero:
-        return {}
-    return final_report.report(cfg, trainer, module, datamodule, segment)
+    with resume.sigint_restored():
+        segment = resume.fit(trainer, module, datamodule, cfg.get("ckpt_path"), out_dir)
+        if not trainer.is_global_zero:
+            return {}
+        return final_report.report(cfg, trainer, module, datamodule, segment)
 
 
 @exit_on_user_error
