@@ -1,0 +1,194 @@
+"""Every key of every group is declared (issue 21, items 5-8, 10): a wrong type or an out-of-range value of any of
+them, or a Trainer flag / callback option the engine cannot honour, is one line naming the key, before training.
+
+In-process (compose API + config_schema.validate) for the per-key matrix; the real entry points for what a
+user runs.
+"""
+
+import copy
+import inspect
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+from conftest import CONFIG_DIR, TINY, run_script
+from makemore_lab import lightning_flags
+from makemore_lab.config_schema import TRAIN_RULES, validate
+from makemore_lab.errors import UserError
+
+RULES = {rule.key: rule for rule in TRAIN_RULES}
+GROUPS = ("model", "schedule", "optimizer", "trainer", "data")
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+# key -> (a value of the wrong type, a value of the right type out of its range). A refused Lightning flag has no
+# range: both are values other than its neutral one.
+WRONG_TYPE_AND_OUT_OF_RANGE = {
+    "seed": ("abc", -1), "num_samples": (1.5, -1), "max_params": ("many", 0), "final_weights": (1, "worst"),
+    "ckpt_path": (3, ""), "threads": ("many", 0), "steps_per_call": (True, 10**6), "block_size": ("x", 0),
+    "optimizer": ("adamw", {"lr": 0.1}), "optimizer.lr": ("fast", -0.1), "optimizer.weight_decay": ("x", -0.1),
+    "optimizer.momentum": ("x", 1.5), "optimizer.betas": (0.9, [0.9, 1.5]), "optimizer.eps": ("x", 0),
+    "trainer": ("default", {"max_steps": 5}), "trainer.accelerator": (1, "tpu"), "trainer.strategy": (1, "ddp_spawn"),
+    "trainer.devices": ("auto", 0), "trainer.num_nodes": ("x", 0), "trainer.precision": (1.5, "fp8"),
+    "trainer.logger": (True, "tensorboard"), "trainer.callbacks": ("x", []), "trainer.fast_dev_run": ("x", True),
+    "trainer.max_epochs": ("x", 3), "trainer.min_epochs": ("x", 1), "trainer.max_steps": ("x", 0),
+    "trainer.min_steps": ("x", 5), "trainer.max_time": (12, ""), "trainer.limit_train_batches": ("x", 0.5),
+    "trainer.limit_val_batches": ("x", 1.5), "trainer.limit_test_batches": ("x", 2),
+    "trainer.limit_predict_batches": ("x", 2), "trainer.overfit_batches": ("x", 2),
+    "trainer.val_check_interval": ("x", 0.5), "trainer.check_val_every_n_epoch": ("x", 1),
+    "trainer.num_sanity_val_steps": ("x", -2), "trainer.log_every_n_steps": ("x", 0),
+    "trainer.enable_checkpointing": ("x", 1), "trainer.enable_progress_bar": ("x", 0),
+    "trainer.enable_model_summary": ("x", 2), "trainer.accumulate_grad_batches": ("x", 4),
+    "trainer.gradient_clip_val": ("x", -1.0), "trainer.gradient_clip_algorithm": (1, "l2"),
+    "trainer.deterministic": (1.5, "always"), "trainer.benchmark": ("x", 1), "trainer.inference_mode": ("x", 0),
+    "trainer.use_distributed_sampler": ("x", True), "trainer.profiler": (1, "pytorch"),
+    "trainer.detect_anomaly": ("x", 1), "trainer.barebones": ("x", True), "trainer.plugins": (1, ["x"]),
+    "trainer.sync_batchnorm": ("x", 1), "trainer.reload_dataloaders_every_n_epochs": ("x", 1),
+    "trainer.default_root_dir": (3, ""), "trainer.enable_autolog_hparams": ("x", 1),
+    "trainer.model_registry": (1, "hub"),
+    "model": ("mlp", {"n_embd": 10}), "model_name": (3, ""), "model.n_embd": ("ten", 0),
+    "model.n_hidden": (1.5, -5), "model.n_layers": ("x", 0), "model.n_layer": ("x", 0), "model.n_head": ("x", 0),
+    "model.cell": (1, "transformer"), "model.batchnorm": ("yes", 1), "model.output_batchnorm": ("yes", 0),
+    "model.bn_momentum": ("x", 1.5), "model.gain": ("x", -1.0), "model.dropout": ("x", 1.0),
+    "model.init": (1, "xavier"),
+    "schedule": ("cosine", {"at": 0.5}), "schedule.at": ("abc", 1.5), "schedule.factor": ("abc", -0.1),
+    "schedule.min_factor": ("x", 2.0), "schedule.warmup_steps": (1.5, -1),
+    "data": ("names", {"path": None}), "data.path": (3, ""),
+    "data.batch_size": ("x", 0), "data.eval_batch_size": ("x", 0), "data.train_fraction": ("x", 1.0),
+    "data.val_fraction": ("x", 0), "data.split_seed": ("x", -3), "data.train_on": (1, "chars"),
+    "data.seed": ("x", 2**32), "data.max_block_size": ("x", 0), "data.max_bytes": (1.5, 0),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_once():
+    """One Hydra initialisation for the module's ~100 compositions (each re-initialisation rescans the configs)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def composed(*overrides: str):
+    return compose("train", overrides=["paths.output_dir=.", *overrides])
+
+
+@pytest.fixture(scope="module")
+def default_cfg():
+    return composed()
+
+
+def config_keys(path: Path, group: str) -> set[str]:
+    """The dotted keys a config file sets (a `_global_` file's as written, a group file's under its group)."""
+    text = path.read_text()
+    content = yaml.safe_load(text) or {}
+    content.pop("defaults", None)
+    prefix = "" if "@package _global_" in text else f"{group}."
+
+    def walk(node, at):
+        for key, value in node.items():
+            if key in ("_target_", "_partial_") or value in [f"${{{source}}}" for source in RULES]:
+                continue  # an interpolation (data.block_size: ${block_size}) is checked under the key it names
+            if isinstance(value, dict) and f"{at}{key}" not in RULES:
+                yield from walk(value, f"{at}{key}.")
+            else:
+                yield f"{at}{key}"
+
+    return set(walk(content, prefix))
+
+
+def test_every_rule_has_its_wrong_type_and_out_of_range_case():
+    assert set(RULES) == set(WRONG_TYPE_AND_OUT_OF_RANGE)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_key_of_every_config_file_has_a_rule(group):
+    files = sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))
+    assert files
+    for path in files:
+        undeclared = config_keys(path, group) - set(RULES)
+        assert not undeclared, f"{path.name} sets keys without a rule in config_schema.py: {sorted(undeclared)}"
+
+
+def test_every_lightning_trainer_argument_is_declared():
+    arguments = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    assert {f"trainer.{name}" for name in arguments} <= set(RULES)
+
+
+@pytest.mark.parametrize("key", sorted(WRONG_TYPE_AND_OUT_OF_RANGE))
+def test_a_wrong_type_and_an_out_of_range_value_are_one_line_naming_the_key(key, default_cfg):
+    cfg = copy.deepcopy(default_cfg)
+    for value in WRONG_TYPE_AND_OUT_OF_RANGE[key]:
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, value, force_add=True, merge=False)
+        with pytest.raises(UserError) as caught:
+            validate(cfg, TRAIN_RULES)
+        message = str(caught.value)
+        assert message.startswith(f"{key} must be ") and "\n" not in message, message
+
+
+@pytest.mark.parametrize("key", [rule.key for rule in TRAIN_RULES if rule.required])
+def test_a_required_key_removed_is_one_line_naming_it(key, default_cfg):
+    cfg = copy.deepcopy(default_cfg)
+    parent, _, leaf = key.rpartition(".")
+    with open_dict(cfg):
+        (OmegaConf.select(cfg, parent) if parent else cfg).pop(leaf)
+    with pytest.raises(UserError, match=rf"^{key} must be .*; it is missing"):
+        validate(cfg, TRAIN_RULES)
+
+
+@pytest.mark.parametrize("choice", [f"{group}={path.stem}" for group in ("model", "schedule", "optimizer", "trainer")
+                                    for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))]
+                         + [f"experiment={name}" for name in EXPERIMENTS] + ["~schedule"])
+def test_every_shipped_option_passes_every_rule(choice):
+    cfg = composed(choice)
+    validate(cfg, TRAIN_RULES)
+    lightning_flags.check_devices(cfg.trainer)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_debug_fast_wins_over_every_experiment_preset(experiment):
+    debug_trainer = composed("trainer=debug").trainer
+    cfg = composed(f"experiment={experiment}", "debug=fast")
+    for key in ("max_steps", "val_check_interval", "limit_val_batches", "accelerator", "detect_anomaly"):
+        assert cfg.trainer[key] == debug_trainer[key], key
+    assert cfg.trainer.max_steps == 20 and not cfg.callbacks
+
+
+# Item 6: which strategy/devices pairs train. More than one process without DDP would never average gradients.
+@pytest.mark.parametrize("strategy, devices, num_nodes, ok", [
+    ("auto", 1, 1, True), (None, 1, 1, True), ("ddp", 1, 1, True), ("ddp", 2, 1, True), ("ddp", 4, 2, True),
+    ("auto", 2, 1, False), (None, 8, 1, False), ("auto", 1, 2, False),
+])
+def test_more_than_one_process_needs_ddp(strategy, devices, num_nodes, ok):
+    trainer = OmegaConf.create({"strategy": strategy, "devices": devices, "num_nodes": num_nodes})
+    if ok:
+        lightning_flags.check_devices(trainer)
+    else:
+        with pytest.raises(UserError, match=r"^trainer\.(devices|num_nodes)=\d+ needs trainer.strategy=ddp"):
+            lightning_flags.check_devices(trainer)
+
+
+@pytest.mark.parametrize("target, options", [
+    ("pytorch_lightning.callbacks.ModelCheckpoint", {"train_time_interval": "00:00:10"}),
+    ("pytorch_lightning.callbacks.ModelCheckpoint", {"every_n_epochs": 2}),
+    ("pytorch_lightning.callbacks.ModelCheckpoint", {"save_on_train_epoch_end": True}),
+    ("pytorch_lightning.callbacks.EarlyStopping", {"monitor": "val/loss", "check_on_train_epoch_end": True}),
+    ("pytorch_lightning.callbacks.StochasticWeightAveraging", {"swa_lrs": 0.01}),
+    ("pytorch_lightning.callbacks.GradientAccumulationScheduler", {"scheduling": {0: 2}}),
+    ("pytorch_lightning.callbacks.LearningRateFinder", {}),
+    ("builtins.dict", {}),
+])
+def test_a_stock_callback_option_that_never_fires_is_refused(target, options):
+    nodes = {"extra": OmegaConf.create({"_target_": target, **options})}
+    with pytest.raises(UserError, match=r"^callbacks\.extra"):
+        lightning_flags.check_callbacks(nodes)
+
+
+def test_the_shipped_callbacks_pass():
+    cfg = composed("callbacks=default")
+    lightning_flags.check_callbacks({name: node for name, node in cfg.callbacks.items() if node})
