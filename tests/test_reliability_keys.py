@@ -192,3 +192,38 @@ def test_a_stock_callback_option_that_never_fires_is_refused(target, options):
 def test_the_shipped_callbacks_pass():
     cfg = composed("callbacks=default")
     lightning_flags.check_callbacks({name: node for name, node in cfg.callbacks.items() if node})
+
+
+# Through the real entry point: each used to be a traceback (some mid-training), a multi-line Hydra error, an
+# error that did not name the key, or a run that trained wrong silently (trainer.devices=2).
+@pytest.mark.parametrize("args, message", [
+    (["model=mpl"], "error: In 'train': Could not find 'model/mpl'; available: bigram, bow, gru, lstm, mlp,"),
+    (["foo=1"], "error: Could not override 'foo': Key 'foo' is not in struct; To append to your config use +foo=1"),
+    (["model=null"], "error: Config group override must be a string or a list. Got NoneType"),
+])
+def test_hydra_errors_are_one_line(tmp_path, args, message):
+    result = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and result.stderr.strip().startswith(message) and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["schedule.factor=abc"], "schedule.factor must be a number in [0, 1]"),  # was a TypeError mid-training
+    (["~model"], "model must be a model option, e.g. model=mlp"),
+    (["trainer.devices=2"], "trainer.devices=2 needs trainer.strategy=ddp"),  # trained two unsynced ranks
+    (["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy must be 'auto' or 'ddp'"),
+    (["final_weights=best", "+trainer.limit_val_batches=0"], "final_weights=best needs a validation"),  # after training
+])
+def test_bad_keys_fail_before_training_in_one_line(tmp_path, small_names, args, message):
+    result = run_script("train.py", *TINY, f"data.path={small_names}", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("summary.json"))
+
+
+def test_a_misspelt_sample_key_is_one_line(tmp_path):
+    result = run_script("sample.py", f"ckpt_path={tmp_path / 'x.ckpt'}", "tempreature=0.5")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: Could not override 'tempreature': Key 'tempreature' is not in struct; "
+        "To append to your config use +tempreature=0.5")
