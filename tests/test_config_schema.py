@@ -79,8 +79,8 @@ def test_values_that_used_to_fail_late_fail_before_training_in_one_line(tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
-    (["temperature=nan"], "temperature must be a positive number, got nan"),
-    (["max_length=-1"], "max_length must be a positive integer, got -1"),
+    (["temperature=nan"], "temperature must be a non-negative number (0: always the likeliest character), got nan"),
+    (["max_length=-1"], "max_length must be an integer in [1, 100,000], got -1"),
     (["num_samples=true"], "num_samples must be a positive integer, got True"),
     (["top_k=0"], "top_k must be a positive integer or null, got 0"),
 ])

@@ -11,15 +11,22 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from conftest import CONFIG_DIR, TINY, run_script
+from conftest import CONFIG_DIR, NAMES, TINY, run_script
+from exploding_model import DivergedInEvalMLP
 from makemore_lab import lightning_flags
 from makemore_lab.config_schema import TRAIN_RULES, validate
-from makemore_lab.errors import UserError
+from makemore_lab.data import CharDataModule, Vocabulary
+from makemore_lab.errors import TrainingDiverged, UserError
+from makemore_lab.losses import EVAL_LOGIT_CELLS, split_loss
+from makemore_lab.models.mlp import MLP
+from makemore_lab.sampling import LOGIT_CELLS, SAMPLE_CHUNK, chunk_size, generate, stream
+from makemore_lab.train import train
 
 RULES = {rule.key: rule for rule in TRAIN_RULES}
 GROUPS = ("model", "schedule", "optimizer", "trainer", "data")
@@ -227,3 +234,78 @@ def test_a_misspelt_sample_key_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: Could not override 'tempreature': Key 'tempreature' is not in struct; "
         "To append to your config use +tempreature=0.5")
+
+
+# Item 8: divergence and bounds.
+def test_weights_diverged_behind_a_finite_training_loss_end_in_one_divergence_line(compose_train, small_names):
+    cfg = compose_train(f"data.path={small_names}", "model._target_=exploding_model.DivergedInEvalMLP",
+                        "callbacks=none", "logger=none")
+    with pytest.raises(TrainingDiverged, match=r"^training diverged: the final train_loss=nan, val_loss=nan, test_loss=nan .*last\.ckpt$"):
+        train(cfg)  # was: torch.multinomial's RuntimeError while sampling, after the losses
+    assert not (Path(cfg.paths.output_dir) / "summary.json").exists()
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_nan_under_anomaly_detection_is_the_divergence_line(compose_train, small_names):
+    cfg = compose_train(f"data.path={small_names}", "model._target_=exploding_model.ExplodingMLP",
+                        "+model.explode_at_call=5", "+trainer.detect_anomaly=true", "callbacks=none", "logger=none")
+    with pytest.raises(TrainingDiverged, match=r"^anomaly detection: Function '\w+' returned nan values .* at step 5: "
+                                               r"training diverged"):
+        train(cfg)  # was: torch's anomaly-mode RuntimeError traceback
+
+
+@pytest.fixture(scope="module")
+def names_model():
+    vocab = Vocabulary.from_items(NAMES.read_text().split())
+    return MLP(len(vocab), 3), vocab
+
+
+def test_temperature_zero_is_greedy_and_a_tiny_temperature_tends_to_it(names_model):
+    net, vocab = names_model
+    seeded = lambda: torch.Generator().manual_seed(0)
+    greedy = generate(net, vocab, 4, 3, seeded(), temperature=0, max_length=20)
+    assert greedy == generate(net, vocab, 4, 3, seeded(), top_k=1, max_length=20) and len(set(greedy)) == 1
+    assert generate(net, vocab, 4, 3, seeded(), temperature=1e-30, max_length=20) == greedy  # was: NaN probabilities
+
+
+def test_many_samples_stream_in_bounded_chunks(names_model):
+    net, vocab = names_model
+    rows = []
+    hook = net.register_forward_hook(lambda module, args, out: rows.append(len(out)))
+    try:
+        items = stream(net, vocab, 2 * SAMPLE_CHUNK + 3, 3, torch.Generator().manual_seed(0), max_length=3)
+        assert sum(1 for _ in items) == 2 * SAMPLE_CHUNK + 3
+    finally:
+        hook.remove()
+    assert max(rows) == SAMPLE_CHUNK  # never num_samples x max_length at once
+    assert chunk_size(10**8, 100_000) * 100_000 <= LOGIT_CELLS
+
+
+def test_a_model_with_infinite_logits_cannot_be_sampled_and_says_so(names_model):
+    _, vocab = names_model
+    net = DivergedInEvalMLP(len(vocab), 3)
+    with pytest.raises(TrainingDiverged, match="logits are not finite"):
+        generate(net, vocab, 3, 3, torch.Generator().manual_seed(0))
+
+
+def test_a_large_vocabulary_is_evaluated_in_bounded_chunks_with_the_same_loss(tmp_path):
+    # 5,000 distinct characters: a 4,096-row batch of logits would be 20M floats, above EVAL_LOGIT_CELLS.
+    chars = [chr(0x4E00 + i) for i in range(5000)]
+    path = tmp_path / "wide.txt"
+    path.write_text("\n".join("".join(chars[(7 * i + j) % 5000] for j in range(3)) for i in range(3000)) + "\n")
+    big, small = (CharDataModule(path=str(path), block_size=3, eval_batch_size=size) for size in (4096, 256))
+    assert big.vocab_size == 5001 and 4096 * big.vocab_size > EVAL_LOGIT_CELLS
+    net = MLP(big.vocab_size, 3)
+    cells = []
+    hook = net.lm_head.register_forward_hook(lambda module, args, out: cells.append(out.numel()))
+    try:
+        chunked = split_loss(net, big, "val")
+    finally:
+        hook.remove()
+    assert max(cells) <= EVAL_LOGIT_CELLS
+    assert chunked == pytest.approx(split_loss(net, small, "val"), rel=1e-6)
+
+
+def test_a_block_size_above_the_bound_is_one_line(small_names):
+    with pytest.raises(UserError, match=r"^block_size=100,000 is above data.max_block_size=256"):
+        CharDataModule(path=str(small_names), block_size=100_000)  # was: gigabytes per training call

@@ -61,6 +61,7 @@ fraction = number(above=0, below=1)
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "64", "64-true", "bf16-true", "16-true", 32, 64, 16)
 
 MAX_STEPS_PER_CALL = 10_000
+MAX_SAMPLE_LENGTH = 100_000  # characters of one generated item: one model call each
 
 # What the data module takes: also checked by CharDataModule itself, which eval.py and sample.py build from a
 # checkpoint's saved settings without a config.
@@ -197,9 +198,9 @@ SAMPLE_RULES = [
     Rule("ckpt_path", "a checkpoint path", text),
     Rule("num_samples", "a positive integer", positive_int),
     Rule("seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
-    Rule("temperature", "a positive number", number(above=0)),
+    Rule("temperature", "a non-negative number (0: always the likeliest character)", number(at_least=0)),
     Rule("top_k", "a positive integer or null", positive_int, nullable=True),
-    Rule("max_length", "a positive integer", positive_int),
+    Rule("max_length", f"an integer in [1, {MAX_SAMPLE_LENGTH:,}]", integer(1, MAX_SAMPLE_LENGTH)),
 ]
 
 EVAL_RULES = [

@@ -129,6 +129,10 @@ class CharDataModule(pl.LightningDataModule):
     @staticmethod
     def _choose_block_size(block_size: int | None, longest: str, path: Path, max_block_size: int) -> int:
         if block_size is not None:
+            if block_size > max_block_size:  # every training call gathers steps_per_call x batch_size windows of it
+                raise UserError(f"block_size={block_size:,} is above data.max_block_size={max_block_size}: each "
+                                "minibatch holds data.batch_size windows of block_size characters; raise "
+                                "data.max_block_size to allow it")
             return block_size
         if len(longest) + 1 > max_block_size:
             raise UserError(
