@@ -309,3 +309,9 @@ def test_a_large_vocabulary_is_evaluated_in_bounded_chunks_with_the_same_loss(tm
 def test_a_block_size_above_the_bound_is_one_line(small_names):
     with pytest.raises(UserError, match=r"^block_size=100,000 is above data.max_block_size=256"):
         CharDataModule(path=str(small_names), block_size=100_000)  # was: gigabytes per training call
+
+
+def test_fractions_that_empty_a_split_name_the_fraction_keys(small_names):
+    with pytest.raises(UserError, match=r"^data.train_fraction=0.001 and data.val_fraction=0.1 leave the train split "
+                                        r"empty: data file .* has 600 items"):
+        CharDataModule(path=str(small_names), train_fraction=0.001)  # was: "... too few", blaming the data

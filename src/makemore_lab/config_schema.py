@@ -148,8 +148,8 @@ TRAINER_FLAG_RULES = [
     Rule("trainer.max_time", "null or a duration 'DD:HH:MM:SS'", text, nullable=True),
     unsupported("trainer.limit_train_batches", None, "a Lightning batch holds steps_per_call optimizer steps: "
                 "set trainer.max_steps"),
-    Rule("trainer.limit_val_batches", "a non-negative integer or a fraction in [0, 1] (validation batches)",
-         lambda v: non_negative_int(v) or unit_interval(v), nullable=True),
+    Rule("trainer.limit_val_batches", "a non-negative number of validation batches (a fraction of a small split can "
+         "round to none, which Lightning refuses mid-run)", non_negative_int, nullable=True),
     unsupported("trainer.limit_test_batches", None, "the final report scores the whole test split itself"),
     unsupported("trainer.limit_predict_batches", None, "nothing is predicted through the Trainer"),
     unsupported("trainer.overfit_batches", 0, "the minibatch stream is drawn per step; to overfit on purpose "
