@@ -1,15 +1,9 @@
 """Generate items from a checkpoint: `python sample.py ckpt_path=... num_samples=20 temperature=0.8`."""
 
-import hydra
-from omegaconf import DictConfig
-
+from makemore_lab.hydra_app import entry_point
 from makemore_lab.sample import run
 
-
-@hydra.main(version_base="1.3", config_path="pkg://makemore_lab.configs", config_name="sample")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
+main = entry_point("sample", run)  # Hydra's own errors in one line too (src/makemore_lab/hydra_app.py)
 
 if __name__ == "__main__":
     main()

@@ -11,16 +11,10 @@ def interrupted(signum, frame):  # Ctrl-C while starting up (imports, config, da
 
 signal.signal(signal.SIGINT, interrupted)  # training installs its own handler (src/makemore_lab/resume.py)
 
-import hydra  # noqa: E402  (after the handler: importing torch takes seconds)
-from omegaconf import DictConfig  # noqa: E402
-
+from makemore_lab.hydra_app import entry_point  # noqa: E402  (after the handler: importing torch takes seconds)
 from makemore_lab.train import run  # noqa: E402
 
-
-@hydra.main(version_base="1.3", config_path="pkg://makemore_lab.configs", config_name="train")
-def main(cfg: DictConfig) -> float:
-    return run(cfg)
-
+main = entry_point("train", run)  # Hydra's own errors in one line too (src/makemore_lab/hydra_app.py)
 
 if __name__ == "__main__":
     main()

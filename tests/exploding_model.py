@@ -25,3 +25,12 @@ class CrashingMLP(MLP):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("simulated crash inside the model")
+
+
+class DivergedInEvalMLP(MLP):
+    """A test-only model that trains normally but whose weights have blown up where training does not look:
+    its logits are infinite in eval mode (final losses, sampling), as after a huge lr."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(idx)
+        return logits if self.training else logits * float("inf")

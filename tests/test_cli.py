@@ -77,7 +77,7 @@ def bad_file(tmp_path: Path, content: bytes) -> str:
         (lambda t: ["optimizer.lr=-0.1"], "optimizer.lr must be a positive number"),
         (lambda t: ["block_size=0"], "block_size must be a positive integer"),
         (lambda t: ["model=wavenet", "block_size=6"], "power of two"),
-        (lambda t: ["model.n_hidden=wide"], "bad model config"),
+        (lambda t: ["model.n_hidden=wide"], "model.n_hidden must be a positive integer, got 'wide'"),
         (lambda t: ["model=mlp", "block_size=null", "data.train_on=items"], "needs a sequence model"),
         (lambda t: ["experiment=lecture5_wavenet", "schedule=cosine"], "bad schedule config: cosine() got an unexpected keyword argument 'at'"),
         (lambda t: ["optimizer=adam", "+optimizer.nesterov=true"], "bad optimizer config"),

@@ -35,11 +35,11 @@ def compose_train_cfg(*overrides):
         GlobalHydra.instance().clear()
 
 
-def test_every_train_rule_has_a_case_here():
-    assert {rule.key for rule in TRAIN_RULES} == set(BAD_AND_GOOD)
+def test_every_rule_here_is_a_train_rule():  # tests/test_reliability_keys.py covers every rule, group by group
+    assert set(BAD_AND_GOOD) <= {rule.key for rule in TRAIN_RULES}
 
 
-@pytest.mark.parametrize("rule", TRAIN_RULES, ids=lambda r: r.key)
+@pytest.mark.parametrize("rule", [r for r in TRAIN_RULES if r.key in BAD_AND_GOOD], ids=lambda r: r.key)
 def test_each_rule_refuses_a_bad_value_naming_the_key_and_accepts_a_good_one(rule):
     cfg = compose_train_cfg("model=transformer")  # has model.dropout; optimizer adamw has betas and eps
     bad, good = BAD_AND_GOOD[rule.key]
@@ -79,8 +79,8 @@ def test_values_that_used_to_fail_late_fail_before_training_in_one_line(tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
-    (["temperature=nan"], "temperature must be a positive number, got nan"),
-    (["max_length=-1"], "max_length must be a positive integer, got -1"),
+    (["temperature=nan"], "temperature must be a non-negative number (0: always the likeliest character), got nan"),
+    (["max_length=-1"], "max_length must be an integer in [1, 100,000], got -1"),
     (["num_samples=true"], "num_samples must be a positive integer, got True"),
     (["top_k=0"], "top_k must be a positive integer or null, got 0"),
 ])

@@ -26,6 +26,7 @@ class Rule:
     what: str
     ok: Callable[[Any], bool]
     nullable: bool = False
+    required: bool = False  # absent (`~trainer.max_steps`, `~model`) is refused too, not skipped
 
 
 # Value predicates. bool is an int to Python but never a number here (`steps=true` is a typo, not 1).
@@ -52,16 +53,22 @@ def pair_of(predicate) -> Callable[[Any], bool]:
 
 
 text = lambda v: isinstance(v, str) and v != ""
+boolean = lambda v: isinstance(v, bool)
+group_option = lambda v: isinstance(v, DictConfig) and "_target_" in v
 positive_int, non_negative_int = integer(low=1), integer(low=0)
 fraction = number(above=0, below=1)
 
 PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "64", "64-true", "bf16-true", "16-true", 32, 64, 16)
 
+MAX_STEPS_PER_CALL = 10_000
+MAX_SAMPLE_LENGTH = 100_000  # characters of one generated item: one model call each
+
 # What the data module takes: also checked by CharDataModule itself, which eval.py and sample.py build from a
 # checkpoint's saved settings without a config.
 DATA_RULES = [
     Rule("block_size", "a positive integer (or null: longest item + 1)", positive_int, nullable=True),
-    Rule("steps_per_call", "a positive integer", positive_int),
+    # Bounded: a Lightning batch gathers all its minibatches at once; beyond ~10,000 nothing is amortised any more.
+    Rule("steps_per_call", f"an integer in [1, {MAX_STEPS_PER_CALL:,}]", integer(1, MAX_STEPS_PER_CALL)),
     Rule("data.path", "a file path or null (the shipped names.txt)", text, nullable=True),
     Rule("data.batch_size", "a positive integer", positive_int),
     Rule("data.eval_batch_size", "a positive integer", positive_int),
@@ -74,6 +81,104 @@ DATA_RULES = [
     Rule("data.max_bytes", "a positive integer (bytes)", positive_int),
 ]
 
+# Each model option's arguments (configs/model/*.yaml); a key applies to every model that takes it.
+MODEL_RULES = [
+    Rule("model", "a model option, e.g. model=mlp (configs/model/)", group_option, required=True),
+    Rule("model_name", "a name (set by the model option)", text, required=True),
+    Rule("model.n_embd", "a positive integer", positive_int),
+    Rule("model.n_hidden", "a positive integer", positive_int),
+    Rule("model.n_layers", "a positive integer", positive_int),
+    Rule("model.n_layer", "a positive integer", positive_int),
+    Rule("model.n_head", "a positive integer (dividing model.n_embd)", positive_int),
+    Rule("model.cell", "'rnn', 'gru' or 'lstm'", one_of("rnn", "gru", "lstm")),
+    Rule("model.batchnorm", "true or false", boolean),
+    Rule("model.output_batchnorm", "true or false", boolean),
+    Rule("model.bn_momentum", "a number in (0, 1]", number(above=0, below=1 + 1e-12)),
+    Rule("model.gain", "a positive number", number(above=0)),
+    Rule("model.dropout", "a number in [0, 1)", number(at_least=0, below=1)),
+    Rule("model.init", "one of kaiming, naive, torch", one_of("kaiming", "naive", "torch")),
+]
+
+unit_interval = number(at_least=0, below=1 + 1e-12)  # [0, 1]
+# The schedules' arguments (configs/schedule/*.yaml): a multiplier of the lr is never negative, never above 1.
+SCHEDULE_RULES = [
+    Rule("schedule", "a schedule option (e.g. schedule=cosine) or null (constant lr)", group_option, nullable=True),
+    Rule("schedule.at", "a fraction of trainer.max_steps in [0, 1]", unit_interval),
+    Rule("schedule.factor", "a number in [0, 1] (the lr multiplier after schedule.at)", unit_interval),
+    Rule("schedule.min_factor", "a number in [0, 1] (the last step's lr multiplier)", unit_interval),
+    Rule("schedule.warmup_steps", "a non-negative integer", non_negative_int),
+]
+
+OPTIMIZER_RULES = [
+    Rule("optimizer", "an optimizer option, e.g. optimizer=adamw (configs/optimizer/)", group_option, required=True),
+    Rule("optimizer.lr", "a positive number below 1e30", number(above=0, below=1e30)),
+    Rule("optimizer.weight_decay", "a non-negative number", number(at_least=0)),
+    Rule("optimizer.momentum", "a number in [0, 1)", number(at_least=0, below=1)),
+    Rule("optimizer.betas", "two numbers in [0, 1), e.g. [0.9, 0.99]", pair_of(number(at_least=0, below=1))),
+    Rule("optimizer.eps", "a positive number", number(above=0)),
+]
+
+
+def unsupported(key: str, default, why: str) -> Rule:
+    """A Lightning flag this package cannot honour: only its neutral value (or null) passes, the reason is the message."""
+    same = lambda v: v == default and isinstance(v, bool) == isinstance(default, bool)
+    return Rule(key, f"{default!r} (or null): {why}", same, nullable=True)
+
+
+EPOCHS_NEVER_END = "the minibatch stream never ends an epoch; count in optimizer steps (trainer.max_steps)"
+SINGLE_RUN_STRATEGIES = ("auto", "ddp")
+# Every argument of Lightning's Trainer (tests/test_reliability_keys.py fails when a Lightning release adds one);
+# docs/reliability_keys.md has the table: each flag works as Lightning documents, or is refused here, and why.
+TRAINER_FLAG_RULES = [
+    Rule("trainer", "a trainer option, e.g. trainer=default (configs/trainer/)", group_option, required=True),
+    Rule("trainer.accelerator", "one of auto, cpu, gpu, cuda, mps", one_of("auto", "cpu", "gpu", "cuda", "mps")),
+    Rule("trainer.strategy", "'auto' or 'ddp' (trainer=ddp); ddp_spawn, fsdp, deepspeed and the others are not "
+         "supported (the engine steps the optimizer itself; only DDP's per-batch gradient sync fits it)",
+         one_of(*SINGLE_RUN_STRATEGIES), nullable=True),
+    Rule("trainer.devices", "a positive number of devices (more than 1 with trainer=ddp)", positive_int),
+    Rule("trainer.num_nodes", "a positive integer (more than 1 with trainer=ddp)", positive_int),
+    Rule("trainer.precision", f"one of {', '.join(map(str, PRECISIONS[:8]))}", one_of(*PRECISIONS), nullable=True),
+    unsupported("trainer.logger", None, "choose loggers with logger=<option>"),
+    unsupported("trainer.callbacks", None, "choose callbacks with callbacks=<option> or callbacks.<name>"),
+    unsupported("trainer.fast_dev_run", False, "use debug=fast (a few steps that still checkpoint and report)"),
+    Rule("trainer.max_epochs", f"-1 (or null): {EPOCHS_NEVER_END}", lambda v: v == -1 and type(v) is int, nullable=True),
+    unsupported("trainer.min_epochs", None, EPOCHS_NEVER_END),
+    Rule("trainer.max_steps", "a positive integer", positive_int, required=True),
+    unsupported("trainer.min_steps", None, "training always runs to trainer.max_steps unless stopped"),
+    Rule("trainer.max_time", "null or a duration 'DD:HH:MM:SS'", text, nullable=True),
+    unsupported("trainer.limit_train_batches", None, "a Lightning batch holds steps_per_call optimizer steps: "
+                "set trainer.max_steps"),
+    Rule("trainer.limit_val_batches", "a non-negative number of validation batches (a fraction of a small split can "
+         "round to none, which Lightning refuses mid-run)", non_negative_int, nullable=True),
+    unsupported("trainer.limit_test_batches", None, "the final report scores the whole test split itself"),
+    unsupported("trainer.limit_predict_batches", None, "nothing is predicted through the Trainer"),
+    unsupported("trainer.overfit_batches", 0, "the minibatch stream is drawn per step; to overfit on purpose "
+                "train on a small file (data.path=...)"),
+    Rule("trainer.val_check_interval", "a positive number of optimizer steps", positive_int, required=True),
+    unsupported("trainer.check_val_every_n_epoch", None, EPOCHS_NEVER_END),
+    Rule("trainer.num_sanity_val_steps", "a non-negative integer (or -1: the whole split)", integer(low=-1)),
+    Rule("trainer.log_every_n_steps", "a positive number of optimizer steps", positive_int, required=True),
+    Rule("trainer.enable_checkpointing", "true or false", boolean, nullable=True),
+    Rule("trainer.enable_progress_bar", "true or false", boolean, nullable=True),
+    Rule("trainer.enable_model_summary", "true or false", boolean, nullable=True),
+    Rule("trainer.accumulate_grad_batches", "1 (raise data.batch_size instead)", one_of(1)),
+    Rule("trainer.gradient_clip_val", "a positive number or null", number(above=0), nullable=True),
+    Rule("trainer.gradient_clip_algorithm", "'norm' or 'value'", one_of("norm", "value"), nullable=True),
+    Rule("trainer.deterministic", "true, false or 'warn'", lambda v: boolean(v) or v == "warn", nullable=True),
+    Rule("trainer.benchmark", "true or false", boolean, nullable=True),
+    Rule("trainer.inference_mode", "true or false", boolean),
+    unsupported("trainer.use_distributed_sampler", False, "the minibatch stream draws per rank itself"),
+    Rule("trainer.profiler", "null, 'simple' or 'advanced'", one_of("simple", "advanced"), nullable=True),
+    Rule("trainer.detect_anomaly", "true or false", boolean),
+    unsupported("trainer.barebones", False, "the run's checkpoints, logs and report need the callbacks and loggers"),
+    unsupported("trainer.plugins", None, "precision and environments come from trainer.precision and the launcher"),
+    Rule("trainer.sync_batchnorm", "true or false", boolean),
+    unsupported("trainer.reload_dataloaders_every_n_epochs", 0, EPOCHS_NEVER_END),
+    Rule("trainer.default_root_dir", "a directory path", text, nullable=True),
+    Rule("trainer.enable_autolog_hparams", "true or false", boolean),
+    unsupported("trainer.model_registry", None, "checkpoints stay in the run dir"),
+]
+
 TRAIN_RULES = [
     Rule("seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
     Rule("num_samples", "a non-negative integer", non_negative_int),
@@ -81,21 +186,11 @@ TRAIN_RULES = [
     Rule("final_weights", "'last' or 'best'", one_of("last", "best")),
     Rule("ckpt_path", "a checkpoint path or null", text, nullable=True),
     Rule("threads", "'auto' or a positive integer", lambda v: v == "auto" or positive_int(v)),
-    Rule("optimizer.lr", "a positive number below 1e30", number(above=0, below=1e30)),
-    Rule("optimizer.weight_decay", "a non-negative number", number(at_least=0)),
-    Rule("optimizer.momentum", "a number in [0, 1)", number(at_least=0, below=1)),
-    Rule("optimizer.betas", "two numbers in [0, 1), e.g. [0.9, 0.99]", pair_of(number(at_least=0, below=1))),
-    Rule("optimizer.eps", "a positive number", number(above=0)),
-    Rule("trainer.max_steps", "a positive integer", positive_int),
-    Rule("trainer.val_check_interval", "a positive number of optimizer steps", positive_int),
-    Rule("trainer.log_every_n_steps", "a positive number of optimizer steps", positive_int),
-    Rule("trainer.gradient_clip_val", "a positive number or null", number(above=0), nullable=True),
-    Rule("trainer.gradient_clip_algorithm", "'norm' or 'value'", one_of("norm", "value"), nullable=True),
-    Rule("trainer.precision", f"one of {', '.join(map(str, PRECISIONS[:8]))}", one_of(*PRECISIONS), nullable=True),
-    Rule("trainer.accumulate_grad_batches", "1 (raise data.batch_size instead)", one_of(1)),
-    Rule("trainer.max_time", "null or a duration 'DD:HH:MM:SS'", text, nullable=True),
-    Rule("model.dropout", "a number in [0, 1)", number(at_least=0, below=1)),
-    Rule("model.init", "one of kaiming, naive, torch", one_of("kaiming", "naive", "torch")),
+    *OPTIMIZER_RULES,
+    *TRAINER_FLAG_RULES,
+    *MODEL_RULES,
+    *SCHEDULE_RULES,
+    Rule("data", "a data option, e.g. data=names (configs/data/)", group_option, required=True),
     *DATA_RULES,
 ]
 
@@ -103,9 +198,9 @@ SAMPLE_RULES = [
     Rule("ckpt_path", "a checkpoint path", text),
     Rule("num_samples", "a positive integer", positive_int),
     Rule("seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
-    Rule("temperature", "a positive number", number(above=0)),
+    Rule("temperature", "a non-negative number (0: always the likeliest character)", number(at_least=0)),
     Rule("top_k", "a positive integer or null", positive_int, nullable=True),
-    Rule("max_length", "a positive integer", positive_int),
+    Rule("max_length", f"an integer in [1, {MAX_SAMPLE_LENGTH:,}]", integer(1, MAX_SAMPLE_LENGTH)),
 ]
 
 EVAL_RULES = [
@@ -127,6 +222,8 @@ def validate(cfg: DictConfig, rules: list[Rule]) -> None:
     """Raise UserError for the first key whose value breaks its rule."""
     for rule in rules:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT and rule.required:
+            raise UserError(f"{rule.key} must be {rule.what}; it is missing (removed with ~{rule.key}?)")
         if value is _ABSENT or (value is None and rule.nullable):
             continue
         check(rule.key, value, rule.what, rule.ok)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 # Lightning hooks that fire once per optimizer step: a callback that overrides one needs one step per batch.
 PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+ANOMALY = "returned nan values"  # torch.autograd anomaly mode's message for a NaN found in backward
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,16 @@ class StepEngine:
         minibatches = list(zip(x.split(batch_size)[:steps], y.split(batch_size)[:steps]))
         if not minibatches:
             return None
-        if self.plan.steps_per_batch == 1:
-            losses = [self._lightning_step(module, xb, yb) for xb, yb in minibatches]
-        else:
-            losses = self._fast_steps(module, minibatches, first)
+        try:
+            if self.plan.steps_per_batch == 1:
+                losses = [self._lightning_step(module, xb, yb) for xb, yb in minibatches]
+            else:
+                losses = self._fast_steps(module, minibatches, first)
+        except RuntimeError as err:  # trainer.detect_anomaly (debug=fast): torch's NaN report is a divergence too
+            if ANOMALY not in str(err):
+                raise
+            raise TrainingDiverged(f"anomaly detection: {str(err).splitlines()[0]} at step {trainer.global_step}: "
+                                   "training diverged (a lower optimizer.lr usually helps)") from None
         losses = torch.stack(losses)
         finite = torch.isfinite(losses)
         if not finite.all():  # one check per batch: no per-step sync with an accelerator

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
-from makemore_lab.errors import UserError
+from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.losses import split_loss
 from makemore_lab.sampling import generate
 
@@ -67,6 +67,16 @@ def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: 
     return {f"{split}_loss": loss for split, loss in losses.items()}
 
 
+def check_finite(losses: dict[str, float], out_dir: Path) -> None:
+    """A training loss can stay finite (~1e30) while the weights have diverged: the exact final losses tell. Such
+    a run writes no summary.json (its numbers mean nothing); its last.ckpt holds the diverged weights."""
+    bad = {name: loss for name, loss in losses.items() if not math.isfinite(loss)}
+    if bad:
+        shown = ", ".join(f"{name}={loss}" for name, loss in bad.items())
+        raise TrainingDiverged(f"training diverged: the final {shown} (a lower optimizer.lr usually helps); the "
+                               f"diverged weights are in {out_dir / 'checkpoints' / 'last.ckpt'}")
+
+
 def print_samples(net, datamodule, num_samples: int, seed: int) -> list[str]:
     generator = torch.Generator().manual_seed(seed)
     samples = generate(net, datamodule.vocab, num_samples, datamodule.block_size, generator)
@@ -81,6 +91,8 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment) ->
     """
     net, params = module.net, sum(p.numel() for p in module.net.parameters())
     final_step = load_best_weights(trainer, net) if cfg.final_weights == "best" else trainer.global_step
+    losses = final_losses(cfg, trainer, net, datamodule, params)
+    check_finite(losses, Path(cfg.paths.output_dir))
     summary = {
         "model": cfg.model_name,
         "params": params,
@@ -91,7 +103,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment) ->
         "final_weights_step": final_step,
         "initial_loss": module.initial_loss,
         "expected_initial_loss": math.log(datamodule.vocab_size),
-        **final_losses(cfg, trainer, net, datamodule, params),
+        **losses,
         "samples": print_samples(net, datamodule, cfg.num_samples, cfg.seed),
         "train_seconds": segment.seconds,
         "steps_per_second": segment.steps / segment.seconds if segment.seconds > 0 else None,

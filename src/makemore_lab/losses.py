@@ -13,6 +13,9 @@ from makemore_lab.data import WholeItems
 from makemore_lab.models import scores_every_position
 
 IGNORE = -100  # cross_entropy's ignore_index
+# At most this many logits (64 MB of float32) per evaluation forward pass: data.eval_batch_size rows times the
+# vocabulary would need 3.9 GB for a 100,000-character one, so bigger batches are scored in row chunks.
+EVAL_LOGIT_CELLS = 2**24
 
 
 def item_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,7 +39,14 @@ def training_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, all_po
 
 
 def position_losses(net: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss of every scored character, its item index) for one evaluation batch (data.Windows or WholeItems)."""
+    """(loss of every scored character, its item index) for one evaluation batch (data.Windows or WholeItems),
+    in chunks of rows whose logits stay under EVAL_LOGIT_CELLS."""
+    vocab_size = net.lm_head.weight.shape[0]  # Linear (V, in) or Embedding (V, V): see models/__init__.py
+    logits_per_row = vocab_size * (batch.x.shape[1] if isinstance(batch, WholeItems) else 1)
+    rows = max(1, EVAL_LOGIT_CELLS // logits_per_row)
+    if len(batch.x) > rows:
+        parts = [position_losses(net, type(batch)(*(t[i : i + rows] for t in batch))) for i in range(0, len(batch.x), rows)]
+        return torch.cat([losses for losses, _ in parts]), torch.cat([items for _, items in parts])
     if isinstance(batch, WholeItems):
         targets = item_targets(batch.x, batch.y)
         logits = net(batch.x, all_positions=True)

@@ -1,4 +1,5 @@
-"""Sample items from a checkpoint: exactly num_samples lines on stdout, the novelty report on stderr."""
+"""Sample items from a checkpoint: exactly num_samples lines on stdout (streamed: any number of them in bounded
+memory), the novelty report on stderr."""
 
 import sys
 
@@ -9,7 +10,7 @@ from makemore_lab import config_schema
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net, required_ckpt_path
 from makemore_lab.data import Vocabulary
 from makemore_lab.errors import UserError, exit_on_user_error
-from makemore_lab.sampling import generate
+from makemore_lab.sampling import stream
 
 
 def training_items(meta: dict, vocab: Vocabulary) -> set[str]:
@@ -19,18 +20,24 @@ def training_items(meta: dict, vocab: Vocabulary) -> set[str]:
 
 
 @exit_on_user_error
-def run(cfg: DictConfig) -> list[str]:
+def run(cfg: DictConfig) -> int:
+    """Print the samples; returns how many are novel (-1 when unknown)."""
     required_ckpt_path(cfg, "sample.py")
     config_schema.validate(cfg, config_schema.SAMPLE_RULES)
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    items = generate(net, vocab, cfg.num_samples, meta["block_size"], generator, cfg.temperature, cfg.top_k, cfg.max_length)
-    print("\n".join(items), flush=True)
     try:
         seen = training_items(meta, vocab)
     except UserError as err:  # sampling needs no data: say why novelty is unknown, keep the samples
-        print(f"novelty unknown: {err}", file=sys.stderr)
-    else:
-        novel = sum(item not in seen for item in items)
-        print(f"{novel}/{len(items)} samples are novel (not in the training split)", file=sys.stderr)
-    return items
+        seen, unknown = None, err
+    generator = torch.Generator().manual_seed(cfg.seed)
+    novel = 0
+    for item in stream(net, vocab, cfg.num_samples, meta["block_size"], generator, cfg.temperature, cfg.top_k,
+                       cfg.max_length):
+        print(item)
+        novel += seen is not None and item not in seen
+    sys.stdout.flush()
+    if seen is None:
+        print(f"novelty unknown: {unknown}", file=sys.stderr)
+        return -1
+    print(f"{novel}/{cfg.num_samples} samples are novel (not in the training split)", file=sys.stderr)
+    return novel

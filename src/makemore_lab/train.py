@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import config_schema, final_report, resume, sweep_policy, tensorboard_events, threads
+from makemore_lab import config_schema, final_report, lightning_flags, resume, sweep_policy, tensorboard_events, threads
 from makemore_lab.engine import StepPlan
 from makemore_lab.errors import OverParamBudget, UserError, exit_on_user_error
 from makemore_lab.models import scores_every_position
@@ -70,8 +70,11 @@ def check_final_weights(cfg: DictConfig, callbacks: list) -> None:
     """final_weights=best needs a checkpoint that keeps the best validation's weights, and a validation to keep."""
     if cfg.final_weights != "best":
         return
-    if not any(isinstance(c, ModelCheckpoint) and c.monitor for c in callbacks):
-        raise UserError("final_weights=best needs the model_checkpoint callback (it keeps the best validation's weights)")
+    if not any(isinstance(c, ModelCheckpoint) and c.monitor and c.save_top_k != 0 for c in callbacks):
+        raise UserError("final_weights=best needs the model_checkpoint callback, with a monitor and save_top_k != 0 "
+                        "(it keeps the best validation's weights)")
+    if cfg.trainer.get("limit_val_batches") == 0:
+        raise UserError("final_weights=best needs a validation: trainer.limit_val_batches=0 switches it off")
     if cfg.trainer.val_check_interval > cfg.trainer.max_steps:
         raise UserError(f"final_weights=best needs a validation before the end: trainer.val_check_interval "
                         f"({cfg.trainer.val_check_interval}) is more than trainer.max_steps ({cfg.trainer.max_steps})")
@@ -79,6 +82,7 @@ def check_final_weights(cfg: DictConfig, callbacks: list) -> None:
 
 def train(cfg: DictConfig) -> dict:
     config_schema.validate(cfg, config_schema.TRAIN_RULES)
+    lightning_flags.check_devices(cfg.trainer)
     with RunDirLock(cfg.paths.output_dir, resuming=bool(cfg.get("ckpt_path"))):
         return train_in_run_dir(cfg)
 
@@ -87,7 +91,9 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
 
-    callbacks = [build(c, "callbacks") for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    nodes = {name: c for name, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c}
+    callbacks = [build(c, "callbacks") for c in nodes.values()]
+    lightning_flags.check_callbacks(nodes)
     if threads.choose(cfg.threads):
         callbacks.append(threads.ThreadBudget())
     plan = StepPlan.from_config(cfg, callbacks)

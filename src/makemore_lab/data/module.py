@@ -41,7 +41,8 @@ def check_values(block_size, batch_size, eval_batch_size, train_fraction, val_fr
     values = OmegaConf.create({"block_size": block_size, "steps_per_call": steps_per_call, "data": data})
     config_schema.validate(values, config_schema.DATA_RULES)
     if train_fraction + val_fraction >= 1:
-        raise UserError("data.train_fraction and data.val_fraction must be in (0, 1) and leave room for a test split")
+        raise UserError(f"data.train_fraction ({train_fraction}) + data.val_fraction ({val_fraction}) must be below 1, "
+                        "to leave room for a test split")
     if not splits or any(s not in SPLITS for s in splits):
         raise UserError(f"splits must name some of {', '.join(SPLITS)}, got {splits!r}")
 
@@ -95,10 +96,12 @@ class CharDataModule(pl.LightningDataModule):
         longest = max(data.items, key=len)
         self.block_size = self._choose_block_size(block_size, longest, data.path, max_block_size)
         by_split = dict(zip(SPLITS, split_items(data.items, train_fraction, val_fraction, split_seed)))
-        if not all(by_split.values()):
+        empty = [name for name, items in by_split.items() if not items]
+        if empty:  # the fractions or the file: say both, the user knows which one to change
             raise UserError(
-                f"data file {self.path or 'names.txt'} has {len(data.items)} items: too few to make non-empty "
-                "train/val/test splits"
+                f"data.train_fraction={train_fraction} and data.val_fraction={val_fraction} leave the "
+                f"{' and '.join(empty)} split empty: data file {self.path or 'names.txt'} has {len(data.items)} items "
+                "(too few for these fractions); change the fractions or use more data"
             )
         file = data.path
         del data  # the file's item list: the split's lists hold the items now, until they are encoded
@@ -126,6 +129,10 @@ class CharDataModule(pl.LightningDataModule):
     @staticmethod
     def _choose_block_size(block_size: int | None, longest: str, path: Path, max_block_size: int) -> int:
         if block_size is not None:
+            if block_size > max_block_size:  # every training call gathers steps_per_call x batch_size windows of it
+                raise UserError(f"block_size={block_size:,} is above data.max_block_size={max_block_size}: each "
+                                "minibatch holds data.batch_size windows of block_size characters; raise "
+                                "data.max_block_size to allow it")
             return block_size
         if len(longest) + 1 > max_block_size:
             raise UserError(

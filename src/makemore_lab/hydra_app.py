@@ -1,0 +1,55 @@
+"""The entry points' Hydra app: Hydra's own errors (an unknown option or key, a bad override) in one line.
+
+Hydra reports a composition error over several lines (`model=mpl` lists every option, an unknown key adds its
+full_key and object_type, and each ends with a hint about HYDRA_FULL_ERROR). `entry_point` asks Hydra to raise
+instead (HYDRA_FULL_ERROR=1) and reports an error raised before the task started as `error: <one line>`, exit 2,
+like every other bad input (errors.UserError). An error inside the task is the task's own business: a UserError
+is already one line there (errors.exit_on_user_error), anything else is a bug and keeps its traceback.
+"""
+
+import os
+import sys
+from collections.abc import Callable
+
+import hydra
+from hydra.errors import MissingConfigException
+from omegaconf import DictConfig
+
+CONFIG_PATH = "pkg://makemore_lab.configs"
+
+
+def one_line(err: Exception) -> str:
+    """Hydra's message (and its OmegaConf cause's first line) joined into one line; a missing option's list of
+    available options kept, comma-separated."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, MissingConfigException) and err.options:
+        lines = [lines[0], f"available: {', '.join(err.options)}"]
+    elif lines and lines[0].startswith("Available options"):
+        lines = lines[:1]
+    cause = err.__cause__
+    if lines and cause is not None and str(cause).strip():  # "Could not override 'foo': Key 'foo' is not in struct"
+        lines[0] = f"{lines[0].rstrip('.')}: {str(cause).strip().splitlines()[0]}"
+    return "; ".join(lines) or type(err).__name__
+
+
+def entry_point(config_name: str, task: Callable[[DictConfig], object]) -> Callable[[], object]:
+    """`hydra.main` for `task` (train.run, sample.run, evaluate.run), for the root scripts and console scripts."""
+    started = False
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
+    def app(cfg: DictConfig):
+        nonlocal started
+        started = True
+        return task(cfg)
+
+    def main():
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them over several lines
+        try:
+            return app()
+        except Exception as err:
+            if started:
+                raise
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)
+
+    return main
