@@ -10,7 +10,7 @@ class UnsupportedSweep(ValueError):
 
 def distribution(override: Override) -> BaseDistribution:
     """choice(...) -> categorical; range(a, b[, step]) -> the integers (or the grid) from a up to b, b excluded as in
-    Hydra and Python; interval(a, b) -> uniform, tag(log, interval(a, b)) -> log-uniform (integers if a and b are)."""
+    Hydra and Python; interval(a, b) -> uniform floats, tag(log, interval(a, b)) -> log-uniform."""
     value = override.value()
     if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
@@ -22,9 +22,6 @@ def distribution(override: Override) -> BaseDistribution:
         if all(isinstance(v, int) for v in (start, stop, step)):
             return IntDistribution(start, values[-1], step=step)
         return FloatDistribution(float(start), float(values[-1]), step=float(step))
-    if isinstance(value, IntervalSweep):
-        log = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log)
-        return FloatDistribution(float(value.start), float(value.end), log=log)
+    if isinstance(value, IntervalSweep):  # Hydra parses an interval's ends as floats: a float search
+        return FloatDistribution(value.start, value.end, log="log" in value.tags)
     raise UnsupportedSweep(f"{override.input_line}: the Optuna sweeper takes choice(), range() and interval()")

@@ -138,14 +138,14 @@ class OptunaSweeper(Sweeper):
                 before = len(optuna.load_study(study_name=name, storage=self.storage).trials)
             except KeyError:  # no such study yet
                 pass
-        study = optuna.create_study(study_name=name, storage=self.storage, sampler=self._sampler(before),
+        study = optuna.create_study(study_name=name, storage=self.storage, sampler=self.build_sampler(before),
                                     direction=self.direction, load_if_exists=True)
         if study.direction.name.lower() != self.direction:
             raise SweeperError(f"study {name!r} in {self.storage} was created to {study.direction.name.lower()}, "
                                f"not to {self.direction}: use another hydra.sweeper.study_name")
         return study
 
-    def _sampler(self, trials_before: int):
+    def build_sampler(self, trials_before: int):
         target = self.sampler.get("_target_", "")
         if not str(target).startswith("optuna.samplers."):  # a config names a class: only Optuna's samplers
             raise SweeperError(f"hydra.sweeper.sampler._target_ must be one of optuna.samplers, got {target!r}")
