@@ -3,6 +3,7 @@ its own files with its own reader, against TensorBoard's events of the same run 
 test_train.py check against the run itself)."""
 
 import csv
+import importlib.util
 import json
 import logging
 import struct
@@ -15,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 
 from conftest import CONFIG_DIR, TINY, read_scalar_events
+from makemore_lab.errors import UserError
 from makemore_lab.train import train
 
 pytest.importorskip("mlflow", reason="needs the mlflow extra: pip install -e '.[mlflow]'")
@@ -161,3 +163,12 @@ def test_each_logger_option_and_list_composes_to_lightning_loggers(option, logge
     assert [get_class(node._target_).__name__ for node in cfg.logger.values()] == loggers
     if option == "wandb":
         assert cfg.logger.wandb.offline is True and cfg.logger.wandb.save_dir == "/run"
+
+
+def test_a_logger_whose_package_is_missing_is_one_line_naming_the_pip_command_before_the_run(tmp_path, small_names):
+    assert importlib.util.find_spec("comet_ml") is None  # in no extra: absent, as a user's missing extra would be
+    cfg = compose_train("+logger.comet._target_=pytorch_lightning.loggers.CometLogger", f"data.path={small_names}",
+                        f"paths.output_dir={tmp_path / 'run'}")
+    with pytest.raises(UserError, match=r"^logger comet needs the comet_ml package: pip install comet-ml$"):
+        train(cfg)
+    assert not list((tmp_path / "run").glob("*/*"))  # nothing trained, nothing logged

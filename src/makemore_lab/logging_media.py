@@ -26,17 +26,22 @@ log = logging.getLogger(__name__)
 
 MEDIA = ("histograms", "images", "text")
 KEEPS = {TensorBoardLogger: set(MEDIA), WandbLogger: set(MEDIA), MLFlowLogger: {"images", "text"}}
-EXTRAS = {"MLFlowLogger": ("mlflow", "mlflow"), "WandbLogger": ("wandb", "wandb")}  # class: (module, extra)
+# Lightning logger class: (the module it needs, how to install it); ours as this package's extras
+PACKAGES = {
+    "MLFlowLogger": ("mlflow", "pip install 'makemore-lab[mlflow]' (in a clone: pip install -e '.[mlflow]')"),
+    "WandbLogger": ("wandb", "pip install 'makemore-lab[wandb]' (in a clone: pip install -e '.[wandb]')"),
+    "CometLogger": ("comet_ml", "pip install comet-ml"),
+    "NeptuneLogger": ("neptune", "pip install neptune"),
+}
 
 
 def check_logger_packages(logger_cfg) -> None:
     """A chosen logger whose package is not installed: one line naming the pip command, before anything runs."""
     for name, node in (logger_cfg or {}).items():
         target = str((node or {}).get("_target_", ""))
-        module, extra = EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
+        module, install = PACKAGES.get(target.rsplit(".", 1)[-1], (None, None))
         if module and importlib.util.find_spec(module) is None:
-            raise UserError(f"logger {name} needs the {module} package: pip install 'makemore-lab[{extra}]' "
-                            f"(in a clone: pip install -e '.[{extra}]')")
+            raise UserError(f"logger {name} needs the {module} package: {install}")
 
 
 def kept(logger: Logger) -> set[str]:
