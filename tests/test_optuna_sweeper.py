@@ -9,7 +9,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from packaging.version import Version
 
-from hydra_plugins.makemore_optuna_sweeper.optuna_sweeper import OptunaSweeper, SweeperError
+from hydra_plugins.makemore_optuna_sweeper import optuna_sweeper
 
 from conftest import TINY, run_script
 from test_sweeps import check_rows_match_jobs, read_rows
@@ -82,9 +82,10 @@ def test_failed_trials_are_failed_in_the_study_and_the_search_goes_on(tmp_path, 
 
 
 def test_a_sampler_outside_optuna_is_refused_before_any_trial():
-    sweeper = OptunaSweeper(sampler=OmegaConf.create({"_target_": "os.system"}), direction="minimize", storage=None,
-                            study_name=None, n_trials=1, n_jobs=1)
-    with pytest.raises(SweeperError, match="sampler._target_ must be one of optuna.samplers, got 'os.system'"):
+    # through the module: Hydra's plugin scan re-executes it, which makes its classes anew
+    sweeper = optuna_sweeper.OptunaSweeper(sampler=OmegaConf.create({"_target_": "os.system"}), direction="minimize",
+                                           storage=None, study_name=None, n_trials=1, n_jobs=1)
+    with pytest.raises(optuna_sweeper.SweeperError, match="sampler._target_ must be one of optuna.samplers, got 'os.system'"):
         sweeper.build_sampler(trials_before=0)
 
 

@@ -100,9 +100,12 @@ class RunLoggers:
     def __bool__(self) -> bool:
         return bool(self.loggers)
 
+    def keep(self, media: str) -> bool:
+        """Whether any of the loggers keeps `media` (histograms, images, text): what only they need is not made."""
+        return any(media in kept(logger) for logger in self.loggers)
+
     def write(self, record: StepLog, step: int) -> None:
-        wanted = any("histograms" in kept(logger) for logger in self.loggers)
-        bins = {tag: histogram_bins(values) for tag, values in record.histograms.items()} if wanted else {}
+        bins = {tag: histogram_bins(values) for tag, values in record.histograms.items()} if self.keep("histograms") else {}
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 write_tensorboard(logger, record, bins, step)

@@ -85,7 +85,11 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
-        import optuna
+        try:
+            import optuna
+        except ImportError:
+            raise SweeperError("the Optuna sweeper needs optuna: pip install 'makemore-lab[optuna]' "
+                               "(in a clone: pip install -e '.[optuna]')") from None
 
         from hydra_plugins.makemore_optuna_sweeper._search_space import UnsupportedSweep, distribution
 

@@ -24,19 +24,21 @@ class SampleText(pl.Callback):
         self.clock = StepClock(
             after=self._after_step, next_due=lambda step: next_multiple(step + 1, self.every_n_steps) - 1
         )
-        self._loggers: RunLoggers | list = []
+        self._loggers: RunLoggers | None = None
+        self._sampling = False  # whether a logger of the run keeps text (CSV alone does not: nothing to sample for)
         self._trainer = self._module = None
         self._written_step = -1
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._loggers = RunLoggers(trainer)
-        if self._loggers:
+        self._sampling = self._loggers.keep("text")
+        if self._sampling:
             self._trainer, self._module = trainer, pl_module
             self.clock.start(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.clock.stop()
-        if self._loggers and trainer.global_step != self._written_step:
+        if self._sampling and trainer.global_step != self._written_step:
             self._write(trainer.global_step)
 
     def on_exception(self, trainer, pl_module, exception) -> None:

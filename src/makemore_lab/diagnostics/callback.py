@@ -178,7 +178,8 @@ class Diagnostics(pl.Callback):
         if not self._loggers:
             return
         maps = {}
-        if (len(self.history) - 1) % self.image_every == 0 or step == self._last_step:
+        due = (len(self.history) - 1) % self.image_every == 0 or step == self._last_step
+        if due and self._loggers.keep("images"):
             maps = {name: self.activations.saturation_map(name, m["activations"]) for name, m in layers.items()}
         self._loggers.write(step_log(layers, weights, maps), step)
 
