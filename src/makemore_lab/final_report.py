@@ -9,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, UserError
@@ -59,10 +60,11 @@ def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: 
     log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"])
     for logger in trainer.loggers:
         logger.log_metrics({"test/loss": losses["test"], "final/val_loss": losses["val"]}, step=trainer.global_step)
-        logger.log_hyperparams(
-            hparams_for_tensorboard(cfg, params, datamodule.block_size),
-            metrics={"hparams/val_loss": losses["val"], "hparams/test_loss": losses["test"]},
-        )
+        hparams = hparams_for_tensorboard(cfg, params, datamodule.block_size)
+        if isinstance(logger, TensorBoardLogger):  # the HParams tab's metrics; the other loggers take params only
+            logger.log_hyperparams(hparams, metrics={"hparams/val_loss": losses["val"], "hparams/test_loss": losses["test"]})
+        else:
+            logger.log_hyperparams(hparams)
         logger.save()
     return {f"{split}_loss": loss for split, loss in losses.items()}
 

@@ -3,7 +3,7 @@
 A single run (`python train.py ...`) fails as usual: one line on stderr, a non-zero exit. In a multirun (`-m`,
 with any launcher: basic, joblib, submitit) a job that fails — a bad value, a crash, a divergence, a model over
 the parameter budget — writes `failure.json` (its one-line reason) in its job dir, logs the reason, and returns
-+inf, so the launcher goes on to the next job, an Optuna sweeper ranks the trial last (its plugin crashes on nan),
++inf, so the launcher goes on to the next job, the Optuna sweeper tells the study the trial failed,
 and the sweep summary lists the job as failed with the reason.
 
 The same sweep run again into its own sweep dir (run_dir.check_sweep_dir admits only that) continues it: a job that

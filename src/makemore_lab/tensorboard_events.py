@@ -1,14 +1,12 @@
-"""Writing to TensorBoard from callbacks that count their own steps: the run's writers, and one event per step.
+"""One TensorBoard event per step: the values SummaryWriter.add_scalar & co. would write, batched.
 
-Callbacks that work per optimizer step (see step_hooks.py) write straight to TensorBoard's SummaryWriter, against
-their own step count, instead of `pl_module.log` (which logs per Lightning batch). Rank 0 only.
+Callbacks that work per optimizer step (see step_hooks.py) write against their own step count, through the run's
+loggers (logging_media.py), which hands a TensorBoard logger's share to `SummaryBatch`.
 """
 
 import threading
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import summary
 
@@ -32,19 +30,27 @@ def quiet_writer_thread_disk_errors() -> None:
     threading.excepthook = hook
 
 
-def tensorboard_writers(trainer: pl.Trainer) -> list:
-    """The SummaryWriters of the run's TensorBoard loggers; none on ranks other than 0."""
-    if not trainer.is_global_zero:
-        return []
-    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+def histogram_bins(values: torch.Tensor, bins: int = 30) -> tuple:
+    """(low, high, count, sum, sum of squares, right edges, counts) of a tensor's values, binned by torch on the
+    values' device: numpy's binning costs ~5x more, and bincount (unlike histc) is fast on the CPU and allowed under
+    deterministic CUDA."""
+    values = values.detach().float().flatten()
+    low, high, total, squares = torch.stack([values.min(), values.max(), values.sum(), values.square().sum()]).tolist()
+    if not high > low:  # all equal: one bucket
+        edges, counts = [high], [values.numel()]
+    else:
+        index = ((values - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
+        counts = torch.bincount(index, minlength=bins).tolist()
+        edges = [low + (high - low) * (i + 1) / bins for i in range(bins)]  # right edges, as TensorBoard wants
+    return low, high, values.numel(), total, squares, edges, counts
 
 
 class SummaryBatch:
-    """One step's scalars, histograms and images, written to TensorBoard as a single event.
+    """One step's scalars, histograms, images and text, written to TensorBoard as a single event.
 
     SummaryWriter.add_scalar & co. write an event each, and an event's fixed cost (a hand-off to the writer
     thread, a CRC computed in pure Python) outweighs a small value's: one event for a measured step's ~20 values
-    costs a third of ~20 events. The values are those add_scalar, add_histogram and add_image would write.
+    costs a third of ~20 events. The values are those add_scalar, add_histogram, add_image and add_text would write.
     """
 
     def __init__(self):
@@ -53,22 +59,16 @@ class SummaryBatch:
     def scalar(self, tag: str, value: float) -> None:
         self.values.extend(summary.scalar(tag, value).value)
 
-    def histogram(self, tag: str, values: torch.Tensor, bins: int = 30) -> None:
-        """Binned by torch on the values' device: numpy's binning costs ~5x more, and bincount (unlike histc) is
-        fast on the CPU and allowed under deterministic CUDA."""
-        values = values.detach().float().flatten()
-        low, high, total, squares = torch.stack([values.min(), values.max(), values.sum(), values.square().sum()]).tolist()
-        if not high > low:  # all equal: one bucket
-            edges, counts = [high], [values.numel()]
-        else:
-            index = ((values - low) * (bins / (high - low))).long().clamp_(0, bins - 1)
-            counts = torch.bincount(index, minlength=bins).tolist()
-            edges = [low + (high - low) * (i + 1) / bins for i in range(bins)]  # right edges, as TensorBoard wants
-        self.values.extend(summary.histogram_raw(tag, low, high, values.numel(), total, squares, edges, counts).value)
+    def histogram(self, tag: str, bins: tuple) -> None:
+        """`bins` as histogram_bins returns them."""
+        self.values.extend(summary.histogram_raw(tag, *bins).value)
 
-    def image(self, tag: str, image: torch.Tensor) -> None:
-        """A (height, width) image: uint8 in [0, 255] or float in [0, 1]."""
-        self.values.extend(summary.image(tag, image, dataformats="HW").value)
+    def image(self, tag: str, image, dataformats: str = "HW") -> None:
+        """An image: uint8 in [0, 255] or float in [0, 1], laid out as `dataformats` says (HW, HWC)."""
+        self.values.extend(summary.image(tag, image, dataformats=dataformats).value)
+
+    def text(self, tag: str, text: str) -> None:
+        self.values.extend(summary.text(tag, text).value)
 
     def write(self, writer, step: int) -> None:
         if self.values:

@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import config_schema, final_report, lightning_flags, resume, sweep_policy, tensorboard_events, threads
+from makemore_lab import (config_schema, final_report, lightning_flags, logging_media, resume, sweep_policy,
+                          tensorboard_events, threads)
 from makemore_lab.engine import StepPlan
 from makemore_lab.errors import OverParamBudget, UserError, exit_on_user_error
 from makemore_lab.models import scores_every_position
@@ -88,6 +89,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def train_in_run_dir(cfg: DictConfig) -> dict:
+    logging_media.check_logger_packages(cfg.get("logger"))
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
 
@@ -125,11 +127,16 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                 **plan.trainer_arguments(cfg.trainer))
-    with resume.sigint_restored():
-        segment = resume.fit(trainer, module, datamodule, cfg.get("ckpt_path"), out_dir)
-        if not trainer.is_global_zero:
-            return {}
-        return final_report.report(cfg, trainer, module, datamodule, segment)
+    if trainer.is_global_zero:
+        logging_media.log_what_is_skipped(loggers)
+    try:
+        with resume.sigint_restored():
+            segment = resume.fit(trainer, module, datamodule, cfg.get("ckpt_path"), out_dir)
+            if not trainer.is_global_zero:
+                return {}
+            return final_report.report(cfg, trainer, module, datamodule, segment)
+    finally:
+        logging_media.finish(loggers if trainer.is_global_zero else [])
 
 
 @exit_on_user_error

@@ -1,4 +1,4 @@
-"""What the model writes as it learns: generated items as TensorBoard text, every N optimizer steps."""
+"""What the model writes as it learns: generated items as text for the run's loggers, every N optimizer steps."""
 
 import pytorch_lightning as pl
 import torch
@@ -6,7 +6,7 @@ import torch
 from makemore_lab.config_schema import check, positive_int
 from makemore_lab.sampling import generate
 from makemore_lab.step_hooks import StepClock, network, next_multiple
-from makemore_lab.tensorboard_events import tensorboard_writers
+from makemore_lab.logging_media import RunLoggers, StepLog
 
 
 class SampleText(pl.Callback):
@@ -24,19 +24,21 @@ class SampleText(pl.Callback):
         self.clock = StepClock(
             after=self._after_step, next_due=lambda step: next_multiple(step + 1, self.every_n_steps) - 1
         )
-        self._writers = []
+        self._loggers: RunLoggers | None = None
+        self._sampling = False  # whether a logger of the run keeps text (CSV alone does not: nothing to sample for)
         self._trainer = self._module = None
         self._written_step = -1
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._writers = tensorboard_writers(trainer)
-        if self._writers:
+        self._loggers = RunLoggers(trainer)
+        self._sampling = self._loggers.keep("text")
+        if self._sampling:
             self._trainer, self._module = trainer, pl_module
             self.clock.start(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.clock.stop()
-        if self._writers and trainer.global_step != self._written_step:
+        if self._sampling and trainer.global_step != self._written_step:
             self._write(trainer.global_step)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
@@ -51,7 +53,8 @@ class SampleText(pl.Callback):
         generator = torch.Generator().manual_seed(self.seed)
         samples = generate(network(self._module), data.vocab, self.num_samples, data.block_size, generator)
         text = "\n".join(f"    {s}" for s in samples)  # indented: a Markdown code block, one item a line
-        for writer in self._writers:
-            writer.add_text("samples", text, step)
+        record = StepLog()
+        record.text("samples", text)
+        self._loggers.write(record, step)
         self._written_step = step
 

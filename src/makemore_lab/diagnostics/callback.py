@@ -14,7 +14,7 @@ from makemore_lab.diagnostics.health import HealthRules
 from makemore_lab.diagnostics.initial_loss import check_initial_loss
 from makemore_lab.diagnostics.weights import WeightUpdateRatios
 from makemore_lab.step_hooks import StepClock, network, next_multiple
-from makemore_lab.tensorboard_events import SummaryBatch, tensorboard_writers
+from makemore_lab.logging_media import RunLoggers, StepLog
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ LAYER_STATS = ("kind", "mean", "std", "saturation", "dead", "dead_units", "units
 class Diagnostics(pl.Callback):
     """Lecture 3's training-health diagnostics, as one callback (`configs/callbacks/diagnostics.yaml`).
 
-    Measures optimizer steps 0, n, 2n, ... and the last one, and writes to TensorBoard, at that step:
+    Measures optimizer steps 0, n, 2n, ... and the last one, and writes to the run's loggers (TensorBoard by
+    default; logging_media.py: every logger gets the scalars, those that can the rest), at that step:
 
     - per nonlinearity layer L (named as in the network, e.g. `act`, `layers.2`, `cell.act`): scalars
       activation_mean/L, activation_std/L, saturation/L (fraction of outputs in the flat part), dead/L (fraction
@@ -40,9 +41,9 @@ class Diagnostics(pl.Callback):
       a warning when the network starts confidently wrong. Reads the step-0 loss from `pl_module.initial_loss`
       and V from the datamodule's `vocab_size`; a run that does not start at step 0 is not checked.
     - health_report: at the end, lecture 3's rules judged where the lecture judges them (health.py), printed,
-      in TensorBoard (text `health`) and in summary.json (`health`, through `summary_fields()`); `thresholds`
+      in the loggers (text `health`) and in summary.json (`health`, through `summary_fields()`); `thresholds`
       overrides the lecture's values (health.THRESHOLDS).
-    - figures: at the end, the lecture's four figures as `<figures_dir>/<figure>.png` and TensorBoard images
+    - figures: at the end, the lecture's four figures as `<figures_dir>/<figure>.png` and the loggers' images
       `figures/<figure>` (figures.py).
 
     Only the measured steps pay: forward hooks are attached after the step before a measured one and removed
@@ -93,7 +94,7 @@ class Diagnostics(pl.Callback):
         self.activations: ActivationStats | None = None
         self.weights: WeightUpdateRatios | None = None
         self.output_weights: set[str] = set()
-        self._writers = []
+        self._loggers: RunLoggers | list = []
         self._last_step = -1
         self._lr = None
         self._trainer = self._module = None
@@ -121,7 +122,7 @@ class Diagnostics(pl.Callback):
         head = getattr(net, "lm_head", None)
         head_params = {id(p) for p in head.parameters()} if head is not None else set()
         self.output_weights = {name for name in self.weights.weights if id(self.weights.weights[name]) in head_params}
-        self._writers = tensorboard_writers(trainer)
+        self._loggers = RunLoggers(trainer)
         self._last_step = trainer.max_steps - 1
         self.clock.start(trainer)
         if self.measures(self.clock.step):
@@ -135,7 +136,7 @@ class Diagnostics(pl.Callback):
             self._report(trainer, pl_module)
         if self.figures and self.last:
             directory = Path(self.figures_dir or Path(trainer.default_root_dir) / "figures")
-            self.figure_paths = save_figures(self, directory, self._writers, trainer.global_step, self.figures_dpi)
+            self.figure_paths = save_figures(self, directory, self._loggers, trainer.global_step, self.figures_dpi)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._stop()
@@ -183,13 +184,13 @@ class Diagnostics(pl.Callback):
             "weights": {name: {k: w[k] for k in ("grad_data", "update_data")} for name, w in weights.items()},
         })
         self.last = {"step": step, "layers": layers, "weights": weights}
-        if not self._writers:
+        if not self._loggers:
             return
         maps = {}
-        if (len(self.history) - 1) % self.image_every == 0 or step == self._last_step:
+        due = (len(self.history) - 1) % self.image_every == 0 or step == self._last_step
+        if due and self._loggers.keep("images"):
             maps = {name: self.activations.saturation_map(name, m["activations"]) for name, m in layers.items()}
-        for writer in self._writers:
-            write(writer, step, layers, weights, maps)
+        self._loggers.write(step_log(layers, weights, maps), step)
 
     def _check_initial_loss(self) -> None:
         loss, vocab_size = self._loss_and_vocab()
@@ -198,9 +199,11 @@ class Diagnostics(pl.Callback):
         tolerance = self.health.initial_loss_tolerance if self.health else HealthRules().initial_loss_tolerance
         ok, message = check_initial_loss(loss, vocab_size, tolerance)
         self.initial_loss = {"ok": ok, "initial_loss": loss, "expected": math.log(vocab_size), "message": message}
-        for writer in self._writers:
-            writer.add_scalar("initial_loss/measured", loss, 0)
-            writer.add_scalar("initial_loss/expected", math.log(vocab_size), 0)
+        if self._loggers:
+            record = StepLog()
+            record.scalar("initial_loss/measured", loss)
+            record.scalar("initial_loss/expected", math.log(vocab_size))
+            self._loggers.write(record, 0)
         if not ok:
             log.warning(message)
 
@@ -215,12 +218,14 @@ class Diagnostics(pl.Callback):
         self.verdict = self.health.judge(self.history, loss, vocab_size, self.output_weights)
         self.verdict["measured_every_n_steps"] = self.every_n_steps
         print(self.health.text(self.verdict), flush=True)
-        for writer in self._writers:
-            writer.add_text("health", self.health.text(self.verdict, markdown=True), trainer.global_step)
+        if self._loggers:
+            record = StepLog()
+            record.text("health", self.health.text(self.verdict, markdown=True))
+            self._loggers.write(record, trainer.global_step)
 
 
-def write(writer, step: int, layers: dict, weights: dict, saturation_maps: dict) -> None:
-    batch = SummaryBatch()
+def step_log(layers: dict, weights: dict, saturation_maps: dict) -> StepLog:
+    batch = StepLog()
     for name, m in layers.items():
         batch.scalar(f"activation_mean/{name}", m["mean"])
         batch.scalar(f"activation_std/{name}", m["std"])
@@ -235,4 +240,4 @@ def write(writer, step: int, layers: dict, weights: dict, saturation_maps: dict)
     for name, w in weights.items():
         batch.scalar(f"grad_data/{name}", w["grad_data"])
         batch.scalar(f"update_data/{name}", w["update_data"])
-    batch.write(writer, step)
+    return batch

@@ -16,22 +16,24 @@ from PIL import Image
 BINS = 100
 
 
-def save_figures(diagnostics, directory: Path, writers: list, step: int, dpi: int = 100) -> list[Path]:
-    """Draw the figures from `diagnostics` (its `last` and `history`), save `<directory>/<figure>.png` and add
-    them to the TensorBoard writers as images `figures/<figure>` at `step`; the PNG paths."""
+def save_figures(diagnostics, directory: Path, loggers, step: int, dpi: int = 100) -> list[Path]:
+    """Draw the figures from `diagnostics` (its `last` and `history`), save `<directory>/<figure>.png` and give
+    them to the run's loggers (logging_media.RunLoggers) as images `figures/<figure>` at `step`; the PNG paths."""
+    from makemore_lab.logging_media import StepLog
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # loaded only when there is something to draw
 
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, record = [], StepLog()
     for name, figure in draw(diagnostics, dpi).items():
         canvas = FigureCanvasAgg(figure)
-        canvas.draw()  # rendered once, for the file and for TensorBoard
+        canvas.draw()  # rendered once, for the file and for the loggers
         rgb = np.asarray(canvas.buffer_rgba())[..., :3]
         path = directory / f"{name}.png"
         Image.fromarray(rgb).save(path)
         paths.append(path)
-        for writer in writers:
-            writer.add_image(f"figures/{name}", rgb, step, dataformats="HWC")
+        record.image(f"figures/{name}", rgb, dataformats="HWC")
+    if loggers:
+        loggers.write(record, step)
     return paths
 
 

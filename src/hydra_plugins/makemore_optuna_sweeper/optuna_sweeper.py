@@ -1,0 +1,185 @@
+"""`hydra/sweeper=optuna`: Optuna's ask-and-tell loop as a Hydra sweeper, on optuna >= 4 (docs/optuna.md).
+
+Why ours: hydra-optuna-sweeper (even its latest release) requires optuna < 3, and with it SQLAlchemy < 2. This one
+keeps its config keys (params, n_trials, n_jobs, sampler, direction, storage, study_name) and its
+optimization_results.yaml. Each batch of `n_jobs` trials is asked of the study at once and launched as one launcher
+batch (a parallel launcher runs them together); job dir N is the study's trial N, so a resumed study's new trials
+land beside the old ones. optuna itself is imported only when a sweep starts: Hydra imports this module on every
+run to find its plugins.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.errors import CompactHydraException
+from hydra.plugins.sweeper import Sweeper
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "optimization_results.yaml"
+
+
+@dataclass
+class TPESamplerConf:
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 10  # random trials before TPE starts modelling
+
+
+@dataclass
+class RandomSamplerConf:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: Optional[int] = None
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.makemore_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    _recursive_: bool = False  # the sweeper builds the sampler itself (checked, and reseeded on resume)
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING
+    direction: str = "minimize"
+    storage: Optional[str] = None  # e.g. sqlite:///study.db: the study persists, and the same command resumes it
+    study_name: Optional[str] = None  # default: the hparams_search option's name
+    n_trials: int = 20  # trials this sweep adds to the study
+    n_jobs: int = 1  # trials asked at once and launched as one batch
+    params: Optional[dict[str, str]] = None  # key: Hydra sweep syntax (choice, range, interval, tag(log, ...))
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="makemore_lab")
+ConfigStore.instance().store(group="hydra/sweeper/sampler", name="tpe", node=TPESamplerConf, provider="makemore_lab")
+ConfigStore.instance().store(group="hydra/sweeper/sampler", name="random", node=RandomSamplerConf, provider="makemore_lab")
+
+
+class SweeperError(CompactHydraException):
+    """A bad sweeper setting: Hydra prints it as one line and exits non-zero."""
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, sampler: DictConfig, direction: str, storage: str | None, study_name: str | None,
+                 n_trials: int, n_jobs: int, params: dict | None = None):
+        super().__init__()
+        if direction not in ("minimize", "maximize"):
+            raise SweeperError(f"hydra.sweeper.direction must be minimize or maximize, got {direction!r}")
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+            if value < 1:
+                raise SweeperError(f"hydra.sweeper.{key} must be a positive integer, got {value}")
+        self.sampler, self.direction, self.storage = sampler, direction, storage
+        self.study_name, self.n_trials, self.n_jobs = study_name, n_trials, n_jobs
+        self.params = dict(params or {})
+        self.config = self.launcher = self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> list[list[JobReturn]]:
+        try:
+            import optuna
+        except ImportError:
+            raise SweeperError("the Optuna sweeper needs optuna: pip install 'makemore-lab[optuna]' "
+                               "(in a clone: pip install -e '.[optuna]')") from None
+
+        from hydra_plugins.makemore_optuna_sweeper._search_space import UnsupportedSweep, distribution
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        # the config's params first: the command line's value for the same key wins
+        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        space, fixed = {}, {}
+        for override in overrides:
+            key = override.get_key_element()
+            space.pop(key, None)
+            fixed.pop(key, None)
+            try:
+                if override.is_sweep_override():
+                    space[key] = distribution(override)
+                else:
+                    fixed[key] = override.input_line
+            except (UnsupportedSweep, ValueError) as err:
+                raise SweeperError(f"hydra.sweeper.params: {err}") from None
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        study = self._open_study(optuna)
+        log.info("study %r: %d trials before this sweep, %d to run, %d at a time; searching %s",
+                 study.study_name, len(study.trials), self.n_trials, self.n_jobs, ", ".join(space) or "nothing")
+
+        returns = []
+        for start in range(0, self.n_trials, self.n_jobs):
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - start))]
+            batch = [[*fixed.values(), *(f"{key}={trial.params[key]}" for key in space)] for trial in trials]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            for trial, result in zip(trials, results):
+                value = trial_value(result)
+                if value is None:  # a failed job (sweep_policy returns +inf), a crash, or no number: Optuna's FAIL
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(trial, value)
+            returns.append(results)
+        self._write_results(study, sweep_dir)
+        return returns
+
+    def _open_study(self, optuna):
+        """Create the study, or load it from `storage`. A resumed study's sampler seed is offset by its trial count,
+        so that a seeded sampler does not propose the first sweep's random trials again."""
+        name = self.study_name or self.config.hydra.runtime.choices.get("hparams_search") or "makemore"
+        before = 0
+        if self.storage:
+            try:
+                before = len(optuna.load_study(study_name=name, storage=self.storage).trials)
+            except KeyError:  # no such study yet
+                pass
+        study = optuna.create_study(study_name=name, storage=self.storage, sampler=self.build_sampler(before),
+                                    direction=self.direction, load_if_exists=True)
+        if study.direction.name.lower() != self.direction:
+            raise SweeperError(f"study {name!r} in {self.storage} was created to {study.direction.name.lower()}, "
+                               f"not to {self.direction}: use another hydra.sweeper.study_name")
+        return study
+
+    def build_sampler(self, trials_before: int):
+        target = self.sampler.get("_target_", "")
+        if not str(target).startswith("optuna.samplers."):  # a config names a class: only Optuna's samplers
+            raise SweeperError(f"hydra.sweeper.sampler._target_ must be one of optuna.samplers, got {target!r}")
+        seed = self.sampler.get("seed")
+        try:
+            return instantiate(self.sampler, **({"seed": seed + trials_before} if seed is not None else {}))
+        except Exception as err:
+            raise SweeperError(f"bad hydra.sweeper.sampler: {err.__cause__ or err}") from None
+
+    def _write_results(self, study, sweep_dir: Path) -> None:
+        completed = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+        if not completed:
+            log.warning("no trial of study %r finished: no %s", study.study_name, RESULTS_FILE)
+            return
+        best = study.best_trial
+        results = {"name": "optuna", "study_name": study.study_name, "storage": self.storage,
+                   "n_trials": len(study.trials), "best_trial": best.number,
+                   "best_params": best.params, "best_value": best.value}
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+        log.info("best of %d trials: trial %d, value %.4f, %s", len(study.trials), best.number, best.value,
+                 " ".join(f"{k}={v}" for k, v in best.params.items()))
+
+
+def trial_value(result: JobReturn) -> float | None:
+    """The job's return value as Optuna's objective; None for a failed job or a non-finite value."""
+    try:
+        value = result.return_value  # raises the job's exception if it failed
+    except Exception as err:
+        log.error("a trial's job failed: %s: %s", type(err).__name__, err)
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
