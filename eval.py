@@ -1,15 +1,9 @@
-"""Loss of a checkpoint on its val and test splits: `python eval.py ckpt_path=...`."""
+"""Loss of a checkpoint on its val and test splits: `python eval.py ckpt_path=...`.
 
-import hydra
-from omegaconf import DictConfig
+The same app as the installed `makemore-eval` (src/makemore_lab/cli.py).
+"""
 
-from makemore_lab.evaluate import run
-
-
-@hydra.main(version_base="1.3", config_path="pkg://makemore_lab.configs", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
+from makemore_lab.cli import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate()
