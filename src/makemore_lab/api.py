@@ -186,7 +186,7 @@ class Run:
     """A finished run, read back from its run dir."""
 
     def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir).resolve()  # absolute: a notebook may change its directory later
         if not (self.run_dir / "summary.json").is_file():
             raise UserError(f"{self.run_dir} holds no finished run (no summary.json)")
 
@@ -293,7 +293,7 @@ class SweepTable:
     def __init__(self, sweep_dir: str | Path):
         from makemore_lab.sweep_summary import read_jobs, summary_rows
 
-        self.sweep_dir = Path(sweep_dir)
+        self.sweep_dir = Path(sweep_dir).resolve()
         self.rows = summary_rows(read_jobs(self.sweep_dir))[1]
 
     def __len__(self) -> int:
