@@ -9,6 +9,7 @@ the venv's path (checked), so the configs and names.txt the runs use are the one
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,10 +29,16 @@ PACKAGE = ROOT / "src" / "makemore_lab"
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy of what the wheel is made of: setuptools reuses a build/ dir, whose stale files would
+    # otherwise end up in the wheel, and the checkout stays as it was.
+    source = tmp_path_factory.mktemp("source")
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     dist = tmp_path_factory.mktemp("dist")
     # --no-build-isolation: the installed setuptools builds it, offline
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(ROOT)], check=True, capture_output=True, text=True)
+                    str(source)], check=True, capture_output=True, text=True)
     [built] = dist.glob("makemore_lab-*.whl")
     return built
 

@@ -33,7 +33,7 @@ def train(*overrides: str, config_dir: str | Path | None = None) -> "Run":
 
     cfg = compose("train", overrides, config_dir)
     run_dir = Path(cfg.hydra.run.dir)  # resolved once: its ${now:...} would change on every access
-    with job(cfg, run_dir, overrides) as task_cfg:
+    with HydraJob(cfg, run_dir, overrides) as task_cfg:
         train_config(task_cfg)
     return Run(run_dir)
 
@@ -53,7 +53,7 @@ def sweep(*overrides: str, config_dir: str | Path | None = None) -> "SweepTable"
     for num, job_overrides in enumerate(grid):
         cfg = compose("train", [*job_overrides, f"hydra.sweep.dir={sweep_dir}"], config_dir)
         cfg.hydra.job.num = num  # the sweep subdir is ${hydra.job.num}
-        with job(cfg, sweep_dir / str(cfg.hydra.sweep.subdir), job_overrides, RunMode.MULTIRUN) as task_cfg:
+        with HydraJob(cfg, sweep_dir / str(cfg.hydra.sweep.subdir), job_overrides, RunMode.MULTIRUN) as task_cfg:
             sweep_policy.run_job(train_config, task_cfg)
     write_summary(sweep_dir)
     return SweepTable(sweep_dir)
@@ -108,7 +108,7 @@ def expand_grid(overrides) -> list[list[str]]:
     return [list(combination) for combination in itertools.product(*axes)] or [[]]
 
 
-class job:
+class HydraJob:
     """What Hydra does around one job of a CLI run, for a config composed in-process: the job's HydraConfig (the
     resume command and sweep_policy read it), .hydra/{config,hydra,overrides}.yaml, and the CLI's logging
     (console and <run dir>/train.log) for the job's duration, the caller's logging handlers restored after it."""
