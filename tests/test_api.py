@@ -106,3 +106,15 @@ def test_the_jobs_hydra_config_holds_its_overrides(api_run):
     _, run = api_run
     overrides = (run.run_dir / ".hydra" / "hydra.yaml").read_text()
     assert re.search(r"task:\n(\s+- .+\n)+", overrides) and "trainer.log_every_n_steps=5" in overrides
+
+
+def test_config_dir_adds_a_users_preset_as_config_dir_does_on_the_command_line(tmp_path, monkeypatch, small_names):
+    (tmp_path / "my_configs" / "experiment").mkdir(parents=True)
+    (tmp_path / "my_configs" / "experiment" / "narrow.yaml").write_text("# @package _global_\nmodel:\n  n_hidden: 7\n")
+    monkeypatch.chdir(tmp_path)
+    run = makemore_lab.train(*TINY, f"data.path={small_names}", "callbacks=none", "experiment=narrow",
+                             config_dir="my_configs")
+    assert run.config.model.n_hidden == 7
+    assert run.net.hidden.out_features == 7  # the trained network is the preset's
+    with pytest.raises(UserError, match="config dir not found"):
+        makemore_lab.train(*TINY, config_dir="no_such_dir")
