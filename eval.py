@@ -1,9 +1,9 @@
-"""Loss of a checkpoint on its val and test splits: `python eval.py ckpt_path=...`."""
+"""Loss of a checkpoint on its val and test splits: `python eval.py ckpt_path=...`.
 
-from makemore_lab.hydra_app import entry_point
-from makemore_lab.evaluate import run
+The same app as the installed `makemore-eval` (src/makemore_lab/cli.py).
+"""
 
-main = entry_point("eval", run)  # Hydra's own errors in one line too (src/makemore_lab/hydra_app.py)
+from makemore_lab.cli import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate()

@@ -1,9 +1,9 @@
-"""Generate items from a checkpoint: `python sample.py ckpt_path=... num_samples=20 temperature=0.8`."""
+"""Generate items from a checkpoint: `python sample.py ckpt_path=... num_samples=20 temperature=0.8`.
 
-from makemore_lab.hydra_app import entry_point
-from makemore_lab.sample import run
+The same app as the installed `makemore-sample` (src/makemore_lab/cli.py).
+"""
 
-main = entry_point("sample", run)  # Hydra's own errors in one line too (src/makemore_lab/hydra_app.py)
+from makemore_lab.cli import sample
 
 if __name__ == "__main__":
-    main()
+    sample()

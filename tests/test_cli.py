@@ -27,6 +27,13 @@ def test_train_writes_a_complete_run_dir(trained_run):
     assert "samples:" in result.stdout and "final loss" in result.stdout + result.stderr
 
 
+def test_the_console_shows_no_advertisement_or_third_party_deprecation(trained_run):
+    _, result = trained_run
+    console = result.stdout + result.stderr
+    assert "💡 Tip" not in console and "litlogger" not in console  # Lightning's (src/makemore_lab/console.py)
+    assert "LeafSpec" not in console and "FutureWarning" not in console
+
+
 def test_sample_prints_exactly_n_items_and_is_seeded(trained_run):
     run_dir, _ = trained_run
     ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"

@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from makemore_lab import (config_schema, final_report, lightning_flags, logging_media, resume, sweep_policy,
                           tensorboard_events, threads)
+from makemore_lab.console import quiet_third_party_messages
 from makemore_lab.engine import StepPlan
 from makemore_lab.errors import OverParamBudget, UserError, exit_on_user_error
 from makemore_lab.models import scores_every_position
@@ -84,6 +85,7 @@ def check_final_weights(cfg: DictConfig, callbacks: list) -> None:
 def train(cfg: DictConfig) -> dict:
     config_schema.validate(cfg, config_schema.TRAIN_RULES)
     lightning_flags.check_devices(cfg.trainer)
+    quiet_third_party_messages()
     with RunDirLock(cfg.paths.output_dir, resuming=bool(cfg.get("ckpt_path"))):
         return train_in_run_dir(cfg)
 
