@@ -122,9 +122,9 @@ def populations(members: list[Member], device: torch.device) -> list[list[Member
             for member in group:
                 with member.logging_to_train_log():
                     member.fail(UserError(
-                        f"{member.cfg.model_name}: one member needs about {need / memory.GB:.2f} GB (weights, "
+                        f"{member.cfg.model_name}: one member needs about {need / memory.GB:.3g} GB (weights, "
                         f"gradients, optimizer state, activations), more than the population memory budget "
-                        f"{budget / memory.GB:.2f} GB (population_max_memory_gb)"))
+                        f"{budget / memory.GB:.3g} GB (population_max_memory_gb)"))
             continue
         result += memory.cut(group, need, budget)
     return result

@@ -59,11 +59,14 @@ class Member:
         handler = logging.FileHandler(self.out_dir / "train.log")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root = logging.getLogger()
+        level = root.level
         root.addHandler(handler)
+        root.setLevel(min(level or logging.INFO, logging.INFO))  # INFO, as Hydra's job logging has it in a solo run
         try:
             yield
         finally:
             root.removeHandler(handler)
+            root.setLevel(level)
             handler.close()
 
     def set_up(self, device: torch.device) -> None:
