@@ -132,26 +132,32 @@ def test_refusals_are_one_line(compose_train):
     assert "32-bit" in population_refusal(compose_train("trainer.precision=bf16-mixed"))
 
 
+POPULATION = ["model=mlp", "model.n_hidden=16", "schedule=constant", "trainer.val_check_interval=50", *QUIET]
+# The interrupted population runs as a user's would: in its own process, stopped by a real SIGTERM.
 POPULATION_SCRIPT = """
 import sys
 from hydra import compose, initialize_config_dir
 from makemore_lab.configs import CONFIG_DIR
 from makemore_lab.errors import exit_on_user_error
 from makemore_lab.population import train_population
-out, data, steps, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+out, data, *overrides = sys.argv[1:]
 with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-    cfgs = [compose("train", overrides=[f"paths.output_dir={out}/{i}", f"data.path={data}", f"trainer.max_steps={steps}",
-            "model=mlp", "model.n_hidden=16", "schedule=constant", "trainer.val_check_interval=50", "threads=1",
-            "trainer.accelerator=cpu", "~callbacks.diagnostics", "~callbacks.sample_text", "~callbacks.progress_bar",
-            f"optimizer.lr={0.05 * (i + 1)}", f"seed={i}", *extra]) for i in range(2)]
+    cfgs = [compose("train", overrides=[f"paths.output_dir={out}/{i}", f"data.path={data}", "threads=1",
+            "trainer.accelerator=cpu", "trainer.max_steps=1000000", f"optimizer.lr={0.05 * (i + 1)}", f"seed={i}",
+            *overrides]) for i in range(2)]
 exit_on_user_error(train_population)(cfgs)
 """
 
 
-def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(small_names, tmp_path):
+def population_cfgs(compose_train, out: Path, data: Path, steps: int, *extra: str):
+    return [compose_train(f"paths.output_dir={out / str(i)}", f"data.path={data}", f"trainer.max_steps={steps}",
+                          f"optimizer.lr={0.05 * (i + 1)}", f"seed={i}", *POPULATION, *extra) for i in range(2)]
+
+
+def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(compose_train, small_names, tmp_path):
     script = tmp_path / "population.py"
     script.write_text(POPULATION_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(small_names), "1000000"],
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(small_names), *POPULATION],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     log = tmp_path / "run" / "1" / "train.log"
     deadline = time.monotonic() + 120
@@ -163,15 +169,12 @@ def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(s
     assert "Resume with: python train.py -m" in stderr and "ckpt_path=${paths.output_dir}" in stderr
     stopped = read_checkpoint(tmp_path / "run" / "0" / "checkpoints" / "last.ckpt")["global_step"]
     assert read_checkpoint(tmp_path / "run" / "1" / "checkpoints" / "last.ckpt")["global_step"] == stopped
+    # Resumed to `end` (the schedule is constant, so max_steps does not change the lr) against a straight run.
     end = stopped + 30
-    resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(small_names), str(end),
-                              "ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    straight = subprocess.run([sys.executable, str(script), str(tmp_path / "straight"), str(small_names), str(end)],
-                              capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr
+    resumed = train_population(population_cfgs(compose_train, tmp_path / "run", small_names, end,
+                                               "ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"))
+    train_population(population_cfgs(compose_train, tmp_path / "straight", small_names, end))
     for i in range(2):
-        summary = json.loads((tmp_path / "run" / str(i) / "summary.json").read_text())
-        assert summary["steps"] == end and summary["resumed_from_step"] == stopped
+        assert resumed[i]["steps"] == end and resumed[i]["resumed_from_step"] == stopped
         ours, theirs = weights(tmp_path / "run" / str(i)), weights(tmp_path / "straight" / str(i))
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
