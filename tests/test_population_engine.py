@@ -178,3 +178,14 @@ def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(c
         assert resumed[i]["steps"] == end and resumed[i]["resumed_from_step"] == stopped
         ours, theirs = weights(tmp_path / "run" / str(i)), weights(tmp_path / "straight" / str(i))
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("model", ["bigram", "bow", "gru", "lstm"])
+def test_the_other_models_train_in_a_population(compose_train, small_names, tmp_path, model):
+    """The exactness test covers five models; the other four run through the same vmapped code."""
+    tiny = [] if model == "bigram" else ["model.n_hidden=8", "model.n_embd=8"]
+    cfgs = [compose_member(compose_train, tmp_path, str(i), f"model={model}", f"data.path={small_names}",
+                           f"seed={i}", *QUIET, *tiny) for i in range(2)]
+    results = train_population(cfgs)
+    assert all(r["steps"] == 20 and math.isfinite(r["val_loss"]) for r in results)
+    assert results[0]["val_loss"] != results[1]["val_loss"]
