@@ -7,6 +7,7 @@ as `train(cfg)` would train it alone; `population_refusal(cfg)` says in one line
 
 import json
 import logging
+import traceback
 from pathlib import Path
 
 import torch
@@ -67,6 +68,11 @@ def train_population(cfgs: list[DictConfig]) -> list[dict | BaseException]:
                 if member.active:
                     member.release()
             raise
+        except Exception as err:  # a crash ends this population's members, not the sweep (as sweep_policy does)
+            log.debug("population crashed:\n%s", traceback.format_exc())
+            for member in group:
+                if member.active:
+                    member.fail(err)
     return [m.result for m in members]
 
 
@@ -82,7 +88,8 @@ def set_up(member: Member, device: torch.device) -> None:
             if done is not None:
                 member.result = done
                 member.release()
-        except UserError as err:
+        except Exception as err:  # UserError or a crash: this member's result, the others go on
+            log.debug("member set-up failed:\n%s", traceback.format_exc())
             member.fail(err)
 
 

@@ -74,6 +74,12 @@ class Member:
         step). A UserError here ends this member alone."""
         cfg = self.cfg
         config_schema.validate(cfg, config_schema.TRAIN_RULES)
+        own_last = self.out_dir / "checkpoints" / "last.ckpt"
+        if cfg.get("ckpt_path") and Path(cfg.ckpt_path) == own_last and not own_last.exists():
+            # The population's resume command names every job's own last.ckpt; a job that had not started when the
+            # population stopped (a later population of the sweep) has none yet: it starts afresh.
+            logging.getLogger(__name__).info("no %s yet: this job starts from step 0", own_last)
+            cfg.ckpt_path = None
         self.lock = RunDirLock(self.out_dir, resuming=bool(cfg.get("ckpt_path"))).__enter__()
         callbacks, _, self.datamodule, self.module = build_run(cfg)
         self.module.net.to(device)
