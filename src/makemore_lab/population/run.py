@@ -48,6 +48,8 @@ class Population:
         clip = [m.cfg.trainer.get("gradient_clip_val") or math.inf for m in members]
         self.clip_values = torch.tensor(clip, device=device)
         self.clip_algorithm = first.trainer.get("gradient_clip_algorithm") or "norm"
+        self.plain_sgd = all(is_plain_sgd(m.optimizer) for m in members)
+        self._sgd_rates: tuple | None = None
         self.stop_signal: str | None = None
 
     def loss(self, net, x, y):
@@ -83,10 +85,30 @@ class Population:
         losses = self.stacked.losses(self.loss, x, y, shared_data=len(self.streams) == 1)
         losses.sum().backward()  # member i's loss depends on member i's weights only: each gets its own gradient
         self.clip()
+        if self.plain_sgd:
+            self.sgd_step()
+        else:
+            for member in active:
+                member.optimizer.step()
         for member in active:
-            member.optimizer.step()
             member.module.engine.set_lr(member.optimizer, step + 1)
         return losses.detach()
+
+    def sgd_step(self) -> None:
+        """All members' torch SGD steps without momentum as one op per stacked tensor: p -= lr * (g + wd * p),
+        torch's SGD arithmetic with each member's own lr and weight decay (a stopped member's lr is 0). The lecture
+        sweep's case; a member loop of SGD steps costs a quarter of a 16-member population step. Torch's SGD keeps
+        no state without momentum, so the members' optimizer state_dicts are what stepping them would leave."""
+        rates = tuple((g["lr"] if m.active else 0.0, g["weight_decay"])
+                      for m in self.members for g in m.optimizer.param_groups)
+        if rates != self._sgd_rates:  # set once per schedule change, not per step
+            self._sgd_rates = rates
+            self._lr, self._wd = torch.tensor(rates, device=self.device).T
+        decay = bool(self._wd.any())
+        for stacked in self.stacked.params.values():
+            shape = (-1, *[1] * (stacked.dim() - 1))
+            update = stacked.grad + self._wd.view(shape) * stacked.detach() if decay else stacked.grad
+            stacked.detach().sub_(update * self._lr.view(shape))
 
     def fit(self) -> None:
         """Train until max_steps, every member stopped, or a signal; every member's result is set at the end."""
@@ -199,6 +221,11 @@ class Population:
             f"member's checkpoint saved. Resume with: {resume_command([m.out_dir for m in self.members])}",
             exit_code=code,
         )
+
+
+def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    return type(optimizer) is torch.optim.SGD and all(
+        not g["momentum"] and not g["maximize"] for g in optimizer.param_groups)
 
 
 def resume_command(out_dirs: list[Path]) -> str:
