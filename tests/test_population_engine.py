@@ -43,20 +43,30 @@ def compose_member(compose_train, tmp_path, name: str, *overrides: str):
 
 @pytest.mark.parametrize("model", sorted(TINY_MODELS))
 def test_members_train_exactly_as_their_solo_runs(compose_train, small_names, tmp_path, model):
+    assert_members_match_solo_runs(compose_train, small_names, tmp_path, model, MEMBERS)
+
+
+def test_plain_sgd_members_step_together_exactly(compose_train, small_names, tmp_path):
+    """Members all on SGD without momentum take the engine's one-op-per-tensor step: still their solo runs."""
+    members = [["optimizer.lr=0.2", "seed=1"], ["optimizer.lr=0.05", "optimizer.weight_decay=0.01", "data.seed=3"]]
+    assert_members_match_solo_runs(compose_train, small_names, tmp_path, "mlp", members)
+
+
+def assert_members_match_solo_runs(compose_train, small_names, tmp_path, model, member_overrides):
     common = [f"model={model}", f"data.path={small_names}", "trainer.max_steps=100", "trainer.val_check_interval=50",
               *QUIET, *TINY_MODELS[model]]
-    members = [compose_member(compose_train, tmp_path, f"member{i}", *common, *m) for i, m in enumerate(MEMBERS)]
+    members = [compose_member(compose_train, tmp_path, f"member{i}", *common, *m) for i, m in enumerate(member_overrides)]
     results = train_population(members)
-    for i, overrides in enumerate(MEMBERS):
+    for i, overrides in enumerate(member_overrides):
         solo = train(compose_member(compose_train, tmp_path, f"solo{i}", *common, *overrides))
-        assert results[i]["population_size"] == 2 and results[i]["steps"] == 100
+        assert results[i]["population_size"] == len(members) and results[i]["steps"] == 100
         assert results[i]["val_loss"] == pytest.approx(solo["val_loss"], abs=1e-4)
         assert results[i]["initial_loss"] == pytest.approx(solo["initial_loss"], abs=1e-5)
         ours, theirs = weights(tmp_path / f"member{i}"), weights(tmp_path / f"solo{i}")
         assert ours.keys() == theirs.keys()
         for key in ours:
             a, b = ours[key], theirs[key]
-            if model == "transformer" and key.endswith("attn.qkv.bias") and "adamw" in overrides[0]:
+            if model == "transformer" and key.endswith("attn.qkv.bias") and "optimizer=adamw" in overrides:
                 # The key bias adds q.b to every score of a row: softmax cancels it, its true gradient is 0, and
                 # Adam turns the ~1e-9 float noise left there (different in any two kernels) into lr-sized steps
                 # that change no output. The query and value biases are compared.
