@@ -86,10 +86,11 @@ def print_samples(net, datamodule, num_samples: int, seed: int) -> list[str]:
     return samples
 
 
-def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment) -> dict:
+def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, extra: dict | None = None) -> dict:
     """The run's summary.json (written last: its presence means the run finished), returned as a dict.
 
-    `segment` is the fit just done (a resumed run reports its own steps and time, not the whole run's).
+    `segment` is the fit just done (a resumed run reports its own steps and time, not the whole run's); `extra`
+    adds fields (a population member's `population_size`).
     """
     net, params = module.net, sum(p.numel() for p in module.net.parameters())
     final_step = load_best_weights(trainer, net) if cfg.final_weights == "best" else trainer.global_step
@@ -115,6 +116,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment) ->
     }
     if segment.resumed_from_step:
         summary["resumed_from_step"] = segment.resumed_from_step
+    summary.update(extra or {})
     for callback in trainer.callbacks:  # callbacks that measure something add it here (e.g. the diagnostics' `health`)
         if hasattr(callback, "summary_fields"):
             summary.update(callback.summary_fields())

@@ -75,14 +75,17 @@ class CharLM(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.first_step = self.global_step
-        optimizer = self.optimizers().optimizer
+        self.start_optimizer(self.optimizers().optimizer, self.global_step)
+
+    def start_optimizer(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """The config's base lr (a resumed run restored the checkpoint's), then the lr of `step`."""
         configured = getattr(self.optimizer_factory, "keywords", {}).get("lr")
         for group in optimizer.param_groups:  # a resumed run restored the checkpoint's base lr: the config's wins
             if configured is not None and group["initial_lr"] != configured:
                 log.info("optimizer.lr %g (the checkpoint's) -> %g (this run's config), from step %d",
-                         group["initial_lr"], configured, self.global_step)
+                         group["initial_lr"], configured, step)
                 group["initial_lr"] = configured
-        self.engine.set_lr(optimizer, self.global_step)  # the first (or resumed) step's lr
+        self.engine.set_lr(optimizer, step)  # the first (or resumed) step's lr
 
     def validation_step(self, batch, batch_idx):
         loss, scored = batch_loss(self.net, batch)
@@ -91,10 +94,13 @@ class CharLM(pl.LightningModule):
         self.log("step", float(self.global_step), batch_size=scored)
 
     def configure_optimizers(self):
+        return self.make_optimizer(self.trainer.max_steps)
+
+    def make_optimizer(self, total_steps: int) -> torch.optim.Optimizer:
+        """The optimizer over the net's parameters, and the schedule completed with the run's total steps."""
         optimizer = self.optimizer_factory(params=self.parameters())
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])  # the base rate; saved with the optimizer state
-        total_steps = self.trainer.max_steps
         self.engine.lr_multiplier = self.schedule_factory(total_steps=total_steps) if self.schedule_factory else constant(total_steps)
         return optimizer
 

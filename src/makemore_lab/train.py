@@ -90,11 +90,11 @@ def train(cfg: DictConfig) -> dict:
         return train_in_run_dir(cfg)
 
 
-def train_in_run_dir(cfg: DictConfig) -> dict:
+def build_run(cfg: DictConfig) -> tuple[list, StepPlan, object, CharLM]:
+    """(callbacks, plan, datamodule, module): what a run trains, built in the order that fixes its initial weights
+    (seed, then the data module, then the net). A population member is built by this same function."""
     logging_media.check_logger_packages(cfg.get("logger"))
     pl.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
-
     nodes = {name: c for name, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c}
     callbacks = [build(c, "callbacks") for c in nodes.values()]
     lightning_flags.check_callbacks(nodes)
@@ -124,7 +124,13 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
     schedule = build_partial(cfg.schedule, "schedule", total_steps=cfg.trainer.max_steps) if cfg.get("schedule") else None
     module = CharLM(net, optimizer, schedule, cfg.data.batch_size, checkpoint_meta,
                     all_positions=datamodule.train_on == "items", plan=plan)
+    return callbacks, plan, datamodule, module
 
+
+
+def train_in_run_dir(cfg: DictConfig) -> dict:
+    callbacks, plan, datamodule, module = build_run(cfg)
+    out_dir = Path(cfg.paths.output_dir)
     tensorboard_events.quiet_writer_thread_disk_errors()
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,

@@ -1,0 +1,106 @@
+"""Steps per second of one population of N members against one model alone, per model (the engine's step only).
+
+    python scripts/benchmark_population_step.py                       # mlp and wavenet, N = 16
+    python scripts/benchmark_population_step.py --models mlp rnn --members 4 16 64 --threads 2
+
+The population is trained by the engine itself (train_population's Population.step: vmapped forward, one
+backward, per-member clipping and optimizer steps, one lr per member as a sweep has); the single model by the
+solo engine's fast path (engine.StepEngine, what `python train.py` runs between Lightning batches). Both draw
+the same minibatches and are timed over the same steps after a warm-up; the best of --repeats is kept.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from makemore_lab.configs import CONFIG_DIR
+from makemore_lab.population.member import Member
+from makemore_lab.population.run import Population
+
+
+def member_cfg(model: str, lr: float, out: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        return compose("train", overrides=[f"model={model}", f"optimizer.lr={lr}", f"paths.output_dir={out}",
+                                           "trainer.accelerator=cpu", "logger=none", "threads=1"])
+
+
+def population(model: str, size: int, out: Path) -> Population:
+    base_lr = member_cfg(model, 1.0, out / "probe").optimizer.lr
+    members = [Member(member_cfg(model, base_lr * (0.5 + i / size), out / str(i)), out / str(i)) for i in range(size)]
+    for member in members:
+        member.set_up(torch.device("cpu"))
+    return Population(members, torch.device("cpu"))
+
+
+def rate(run_steps, steps: int, warmup: int, repeats: int) -> float:
+    run_steps(warmup)
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_steps(steps)
+        best = max(best, steps / (time.perf_counter() - start))
+    return best
+
+
+def population_steps(pop: Population):
+    def run(count: int) -> None:
+        xs, ys = pop.minibatches(0, count)
+        for j in range(count):
+            pop.step(xs[j], ys[j], j, pop.members)
+    return run
+
+
+def solo_steps(pop: Population):
+    """One member alone, stepped as the solo engine steps it (loss, zero_grad, backward, step, set_lr)."""
+    member = pop.members[0]
+    net = type(member.net)(**{k: v for k, v in member.cfg.model.items() if k != "_target_"},
+                           vocab_size=member.datamodule.vocab_size, block_size=member.datamodule.block_size)
+    optimizer = member.module.optimizer_factory(params=net.parameters())
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+
+    def run(count: int) -> None:
+        xs, ys = pop.minibatches(0, count)
+        for j in range(count):
+            loss = pop.loss(net, xs[j], ys[j])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            member.module.engine.set_lr(optimizer, j + 1)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["mlp", "wavenet"])
+    parser.add_argument("--members", nargs="+", type=int, default=[16])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch threads {args.threads}; steps/s, best of {args.repeats} x {args.steps} steps")
+    print("| model | members | one model steps/s | population steps/s | population step / one step | sweep time / one run |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            for size in args.members:
+                pop = population(model, size, Path(tmp) / f"{model}{size}")
+                torch.set_num_threads(args.threads)  # after set_up: threads=1 in the member configs
+                solo = rate(solo_steps(pop), args.steps, args.warmup, args.repeats)
+                together = rate(population_steps(pop), args.steps, args.warmup, args.repeats)
+                # N solo runs take N / solo; the population takes 1 / together for all N.
+                print(f"| {model} | {size} | {solo:.0f} | {together:.0f} | {solo / together:.2f}x | "
+                      f"{solo / together:.2f}x (vs {size}x one after another) |", flush=True)
+                for member in pop.members:
+                    member.release()
+
+
+if __name__ == "__main__":
+    main()

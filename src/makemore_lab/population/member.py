@@ -1,0 +1,173 @@
+"""One member of a population: a solo run's pieces (built by train.build_run, the same code), in its own job dir.
+
+A member owns what a solo run owns: its config, its run-dir lock, its data module, its CharLM (net, schedule,
+checkpoint metadata, initial loss), its torch optimizer, its loggers and its train.log. The population only
+decides *when* its optimizer steps; everything a job dir holds is written here, through the solo code paths.
+"""
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from makemore_lab import config_schema, final_report
+from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
+from makemore_lab.checkpoint import net_state_dict, read_checkpoint
+from makemore_lab.resume import Segment
+from makemore_lab.run_dir import RunDirLock
+from makemore_lab.train import build, build_run
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
+
+
+@dataclass
+class Member:
+    cfg: DictConfig
+    out_dir: Path
+    lock: RunDirLock | None = None
+    datamodule: object = None
+    module: object = None  # CharLM
+    optimizer: torch.optim.Optimizer | None = None
+    loggers: list = field(default_factory=list)
+    start_step: int = 0
+    last_every_seconds: float | None = None  # the last_checkpoint callback's cadence (None: no such callback)
+    best_monitor: ModelCheckpoint | None = None  # the model_checkpoint callback's settings (None: not configured)
+    best_path: str = ""
+    best_val: float = float("inf")
+    stale_validations: int = 0  # validations since the best one (early stopping)
+    result: dict | BaseException | None = None  # set when the member is done: its summary or what ended it
+
+    @property
+    def active(self) -> bool:
+        return self.result is None
+
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.module.net
+
+    @contextlib.contextmanager
+    def logging_to_train_log(self):
+        """This member's log lines (and the package's, while it works for this member) go to its train.log."""
+        handler = logging.FileHandler(self.out_dir / "train.log")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(handler)
+        root.setLevel(min(level or logging.INFO, logging.INFO))  # INFO, as Hydra's job logging has it in a solo run
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+            handler.close()
+
+    def set_up(self, device: torch.device) -> None:
+        """Build the member as train() builds a solo run; on resume, load its checkpoint (weights, optimizer state,
+        step). A UserError here ends this member alone."""
+        cfg = self.cfg
+        config_schema.validate(cfg, config_schema.TRAIN_RULES)
+        own_last = self.out_dir / "checkpoints" / "last.ckpt"
+        if cfg.get("ckpt_path") and Path(cfg.ckpt_path) == own_last and not own_last.exists():
+            # The population's resume command names every job's own last.ckpt; a job that had not started when the
+            # population stopped (a later population of the sweep) has none yet: it starts afresh.
+            logging.getLogger(__name__).info("no %s yet: this job starts from step 0", own_last)
+            cfg.ckpt_path = None
+        self.lock = RunDirLock(self.out_dir, resuming=bool(cfg.get("ckpt_path"))).__enter__()
+        callbacks, _, self.datamodule, self.module = build_run(cfg)
+        self.module.net.to(device)
+        self.optimizer = self.module.make_optimizer(cfg.trainer.max_steps)
+        for callback in callbacks:
+            if isinstance(callback, LastCheckpoint):
+                self.last_every_seconds = callback.every_seconds
+            elif isinstance(callback, ModelCheckpoint) and callback.monitor == "val/loss":
+                self.best_monitor = callback
+        if cfg.get("ckpt_path"):
+            self._load(cfg.ckpt_path)
+        self.module.start_optimizer(self.optimizer, self.start_step)
+        self.loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+
+    def _load(self, ckpt_path: str) -> None:
+        checkpoint = read_checkpoint(ckpt_path)
+        self.net.load_state_dict(net_state_dict(checkpoint))
+        self.optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+        self.module.on_load_checkpoint(checkpoint)
+        self.start_step = checkpoint["global_step"]
+        state = checkpoint.get("population_member", {})  # a solo run's checkpoint has none: start the counts afresh
+        self.best_path, self.best_val = state.get("best_path", ""), state.get("best_val", float("inf"))
+        self.stale_validations = state.get("stale_validations", 0)
+        logging.getLogger(__name__).info("resumed from %s at step %d", ckpt_path, self.start_step)
+
+    def finished_summary(self) -> dict | None:
+        """A resumed population's member that had already finished (stopped early): its summary, not a rerun."""
+        path = self.out_dir / "summary.json"
+        return json.loads(path.read_text()) if self.cfg.get("ckpt_path") and path.is_file() else None
+
+    def save(self, path: Path, step: int) -> None:
+        """A plain single-model checkpoint, as a solo run's (the keys sample.py, eval.py and a resume read), written
+        to a temporary file and moved into place so that a kill mid-save never leaves a truncated file."""
+        checkpoint = {
+            "epoch": 0,
+            "global_step": step,
+            "pytorch-lightning_version": pl.__version__,
+            "state_dict": self.module.state_dict(),
+            "optimizer_states": [self.optimizer.state_dict()],
+            "lr_schedulers": [],
+            "population_member": {"best_path": self.best_path, "best_val": self.best_val,
+                                  "stale_validations": self.stale_validations},
+        }
+        self.module.on_save_checkpoint(checkpoint)  # the model config and vocabulary: what rebuilds the net alone
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+    def save_last(self, step: int) -> None:
+        self.save(self.out_dir / "checkpoints" / "last.ckpt", step)
+
+    def validated(self, val_loss: float, step: int) -> bool:
+        """Record a validation (its log entry, the best checkpoint); returns whether the member should stop early."""
+        for logger in self.loggers:
+            logger.log_metrics({"val/loss": val_loss, "step": float(step)}, step=step)
+        improved = val_loss < self.best_val
+        self.best_val = min(self.best_val, val_loss)
+        self.stale_validations = 0 if improved else self.stale_validations + 1
+        if improved and self.best_monitor is not None:
+            old, name = self.best_path, self.best_monitor.filename.format(step=step) + ".ckpt"
+            self.best_path = str(Path(self.best_monitor.dirpath) / name)
+            self.save(Path(self.best_path), step)
+            if old and old != self.best_path:
+                Path(old).unlink(missing_ok=True)  # save_top_k=1, as the solo run's ModelCheckpoint keeps
+        patience = self.cfg.get("early_stopping_patience")
+        return patience is not None and self.stale_validations >= patience
+
+    def finish(self, step: int, seconds: float, population_size: int) -> None:
+        """The solo run's end: last.ckpt, then final_report's exact losses, samples, hparams and summary.json.
+        `seconds` is the population's wall time: the member's steps/s is honest about sharing the machine."""
+        self.save_last(step)
+        # final_report reads these from the Trainer of a solo run; a member has no Trainer of its own.
+        trainer_view = SimpleNamespace(loggers=self.loggers, global_step=step, callbacks=[],
+                                       checkpoint_callback=SimpleNamespace(best_model_path=self.best_path))
+        segment = Segment(step - self.start_step, seconds, self.start_step)
+        self.result = final_report.report(self.cfg, trainer_view, self.module, self.datamodule, segment,
+                                          extra={"population_size": population_size})
+        self.release()
+
+    def fail(self, error: BaseException) -> None:
+        self.result = error
+        logging.getLogger(__name__).error("%s", error)
+        self.release()
+
+    def release(self) -> None:
+        for logger in self.loggers:
+            logger.save()
+        if self.lock is not None:
+            self.lock.__exit__()
+            self.lock = None

@@ -1,0 +1,238 @@
+"""The population's training loop: every member's optimizer step at once, each as its solo run would make it.
+
+Per optimizer step: each data seed's minibatch (the data module's stream, a pure function of (data.seed, rank 0,
+step), so members with one data seed share it and each matches its solo run's); one vmapped forward and one
+backward for all members (stacked.StackedNets); per-member clipping; then each member's own torch optimizer
+steps its own Parameters (rows of the stacked weights) and sets its own next lr (the engine's StepEngine.set_lr).
+Host syncs happen once per chunk of steps (the divergence check), not per step.
+"""
+
+import logging
+import math
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from makemore_lab.data.batches import MinibatchStream
+from makemore_lab.errors import TrainingDiverged, TrainingInterrupted
+from makemore_lab.losses import split_loss, training_loss
+from makemore_lab.population.member import Member
+from makemore_lab.population.stacked import StackedNets
+from makemore_lab.resume import hydra_quote
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK = 200  # steps between host syncs, as steps_per_call for a solo run
+
+
+class Population:
+    def __init__(self, members: list[Member], device: torch.device):
+        self.members, self.device = members, device
+        first = members[0].cfg
+        self.max_steps = first.trainer.max_steps
+        self.val_every, self.log_every = first.trainer.val_check_interval, first.trainer.log_every_n_steps
+        self.all_positions = members[0].datamodule.train_on == "items"
+        self.batch_size = first.data.batch_size
+        self.stacked = StackedNets([m.net for m in members])
+        # One minibatch stream per data seed; `feeds[i]` is member i's.
+        seeds = sorted({m.datamodule.seed for m in members})
+        examples = members[0].datamodule.train_examples  # the same split for every member (one population key)
+        self.examples = examples
+        self.streams = [MinibatchStream(len(examples), self.batch_size, 1, 0, seed) for seed in seeds]
+        self.feeds = torch.tensor([seeds.index(m.datamodule.seed) for m in members], device=device)
+        clip = [m.cfg.trainer.get("gradient_clip_val") or math.inf for m in members]
+        self.clip_values = torch.tensor(clip, device=device)
+        self.clip_algorithm = first.trainer.get("gradient_clip_algorithm") or "norm"
+        self.plain_sgd = all(is_plain_sgd(m.optimizer) for m in members)
+        self._sgd_rates: tuple | None = None
+        self.stop_signal: str | None = None
+
+    def loss(self, net, x, y):
+        return training_loss(net, x, y, self.all_positions)
+
+    def minibatches(self, step: int, count: int):
+        """(x, y) of `count` steps from `step`: (count, B, ...) shared, or (count, N, B, ...), one row per member."""
+        gathered = [self.examples[stream.minibatches(step, count)] for stream in self.streams]
+        x, y = (torch.stack([g[i].view(count, self.batch_size, *g[i].shape[1:]) for g in gathered], dim=1).to(self.device)
+                for i in (0, 1))
+        if len(self.streams) == 1:
+            return x[:, 0], y[:, 0]
+        return x[:, self.feeds], y[:, self.feeds]
+
+    def clip(self) -> None:
+        """trainer.gradient_clip_val per member (torch's clip_grad_norm_ / clip_grad_value_ arithmetic, each member
+        over its own gradients: never one norm across members)."""
+        if not torch.isfinite(self.clip_values).any():
+            return
+        grads = self.stacked.grads()
+        shaped = lambda t, g: t.view(-1, *[1] * (g.dim() - 1))
+        if self.clip_algorithm == "value":
+            for g in grads:
+                g.clamp_(-shaped(self.clip_values, g), shaped(self.clip_values, g))
+            return
+        norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (N,)
+        coef = (self.clip_values / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(shaped(coef, g))
+
+    def step(self, x, y, step: int, active: list[Member]) -> torch.Tensor:
+        self.stacked.zero_grad()
+        losses = self.stacked.losses(self.loss, x, y, shared_data=len(self.streams) == 1)
+        losses.sum().backward()  # member i's loss depends on member i's weights only: each gets its own gradient
+        self.clip()
+        if self.plain_sgd:
+            self.sgd_step()
+        else:
+            for member in active:
+                member.optimizer.step()
+        for member in active:
+            member.module.engine.set_lr(member.optimizer, step + 1)
+        return losses.detach()
+
+    def sgd_step(self) -> None:
+        """All members' torch SGD steps without momentum as one op per stacked tensor: p -= lr * (g + wd * p),
+        torch's SGD arithmetic with each member's own lr and weight decay (a stopped member's lr is 0). The lecture
+        sweep's case; a member loop of SGD steps costs a quarter of a 16-member population step. Torch's SGD keeps
+        no state without momentum, so the members' optimizer state_dicts are what stepping them would leave."""
+        rates = tuple((g["lr"] if m.active else 0.0, g["weight_decay"])
+                      for m in self.members for g in m.optimizer.param_groups)
+        if rates != self._sgd_rates:  # set once per schedule change, not per step
+            self._sgd_rates = rates
+            self._lr, self._wd = torch.tensor(rates, device=self.device).T
+        decay = bool(self._wd.any())
+        for stacked in self.stacked.params.values():
+            shape = (-1, *[1] * (stacked.dim() - 1))
+            update = stacked.grad + self._wd.view(shape) * stacked.detach() if decay else stacked.grad
+            stacked.detach().sub_(update * self._lr.view(shape))
+
+    def fit(self) -> None:
+        """Train until max_steps, every member stopped, or a signal; every member's result is set at the end."""
+        step = self.members[0].start_step
+        started = last_save = time.perf_counter()
+        with self.signals_stop_cleanly():
+            while step < self.max_steps and self.active and not self.stop_signal:
+                count = min(MAX_CHUNK - step % MAX_CHUNK, self.max_steps - step, *self.until_next_event(step))
+                xs, ys = self.minibatches(step, count)
+                active = self.active
+                losses = torch.stack([self.step(xs[j], ys[j], step + j, active) for j in range(count)])  # (count, N)
+                if step == 0:
+                    for member, loss in zip(self.members, losses[0].tolist()):
+                        member.module.initial_loss = loss
+                self.stop_diverged(losses, step)
+                step += count
+                if step % self.log_every == 0:
+                    self.log_training(losses[-1], step)
+                if step % self.val_every == 0:
+                    self.validate(step, time.perf_counter() - started)
+                    last_save = time.perf_counter()
+                elif self.checkpoint_due(time.perf_counter() - last_save):
+                    for member in self.active:
+                        member.save_last(step)
+                    last_save = time.perf_counter()
+        seconds = time.perf_counter() - started
+        if self.stop_signal:
+            self.interrupted(step)
+        for member in self.active:
+            with member.logging_to_train_log():
+                member.finish(step, seconds, len(self.members))
+
+    @property
+    def active(self) -> list[Member]:
+        return [m for m in self.members if m.active]
+
+    def until_next_event(self, step: int) -> tuple[int, int]:
+        return self.val_every - step % self.val_every, self.log_every - step % self.log_every
+
+    def checkpoint_due(self, since_save: float) -> bool:
+        cadences = [m.last_every_seconds for m in self.active if m.last_every_seconds]
+        return bool(cadences) and since_save >= min(cadences)
+
+    def stop_diverged(self, losses: torch.Tensor, first_step: int) -> None:
+        """A member whose loss became non-finite stops alone (one check per chunk: one host sync)."""
+        finite = torch.isfinite(losses).all(dim=0).tolist()
+        for i, member in enumerate(self.members):
+            if member.active and not finite[i]:
+                bad = int((~torch.isfinite(losses[:, i])).nonzero()[0])
+                last = member.out_dir / "checkpoints" / "last.ckpt"
+                kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved before it"
+                with member.logging_to_train_log():
+                    member.fail(TrainingDiverged(
+                        f"the loss became {losses[bad, i].item()} at step {first_step + bad}: training diverged "
+                        f"(a lower optimizer.lr usually helps); {kept}"))
+
+    def log_training(self, last_losses: torch.Tensor, step: int) -> None:
+        for member, loss in zip(self.members, last_losses.tolist()):
+            if member.active:
+                lr = member.optimizer.param_groups[0]["lr"]
+                for logger in member.loggers:
+                    logger.log_metrics({"train/loss": loss, "lr": lr, "step": float(step)}, step=step)
+
+    def validate(self, step: int, seconds: float) -> None:
+        """Each member's exact val loss (split_loss, eval mode: its own BatchNorm statistics), its best checkpoint,
+        last.ckpt, and early stopping where its config asks for it."""
+        for member in self.active:
+            with member.logging_to_train_log():
+                val = split_loss(member.net, member.datamodule, "val")
+                log.info("step %d: val loss %.4f", step, val)
+                stop = member.validated(val, step)
+                member.save_last(step)
+                if stop and step < self.max_steps:
+                    log.info("early stopping: no better val loss in %d validations", member.stale_validations)
+                    member.finish(step, seconds, len(self.members))
+
+    def signals_stop_cleanly(self):
+        """Ctrl-C or SIGTERM: stop after the current chunk and save every member (a second Ctrl-C aborts)."""
+        population = self
+
+        class Handlers:
+            def __enter__(self):
+                self.previous = {}
+                if threading.current_thread() is not threading.main_thread():
+                    return self
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    self.previous[signum] = signal.signal(signum, self.request_stop)
+                return self
+
+            def request_stop(self, signum, frame):
+                if population.stop_signal:
+                    raise TrainingInterrupted("aborted by a second signal; the last saved checkpoints are kept")
+                population.stop_signal = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+                print(f"\n{population.stop_signal}: stopping the population after the current steps and saving "
+                      "every member", file=sys.stderr, flush=True)
+
+            def __exit__(self, *exc):
+                for signum, handler in self.previous.items():
+                    signal.signal(signum, handler)
+
+        return Handlers()
+
+    def interrupted(self, step: int) -> None:
+        for member in self.active:
+            member.save_last(step)
+            member.release()
+        code = 143 if self.stop_signal == "SIGTERM" else 130
+        raise TrainingInterrupted(
+            f"{self.stop_signal}: population of {len(self.members)} stopped at step {step} of {self.max_steps}; every "
+            f"member's checkpoint saved. Resume with: {resume_command([m.out_dir for m in self.members])}",
+            exit_code=code,
+        )
+
+
+def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    return type(optimizer) is torch.optim.SGD and all(
+        not g["momentum"] and not g["maximize"] for g in optimizer.param_groups)
+
+
+def resume_command(out_dirs: list[Path]) -> str:
+    """The multirun command again, in the same sweep dir, each job resuming from its own last.ckpt."""
+    sweep_dir = Path(*Path(out_dirs[0]).parts[:-1]) if len({Path(d).parent for d in out_dirs}) == 1 else None
+    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "ckpt_path="))]
+    if "-m" not in args and "--multirun" not in args:
+        args.insert(0, "-m")
+    extra = [f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}"] if sweep_dir else []
+    return shlex.join(["python", "train.py", *args, *extra, "ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"])

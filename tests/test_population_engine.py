@@ -1,0 +1,201 @@
+"""The population engine: members train exactly as their solo runs, each in its own job dir, isolated from the rest."""
+
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, read_scalars, run_script
+from makemore_lab.checkpoint import net_state_dict, read_checkpoint
+from makemore_lab.errors import TrainingDiverged, UserError
+from makemore_lab.population import population_refusal, train_population
+from makemore_lab.train import train
+
+QUIET = ["~callbacks.diagnostics", "~callbacks.sample_text", "~callbacks.progress_bar"]
+TINY_MODELS = {  # tiny widths: the comparison is about the mechanism, not the model's size
+    "mlp": ["model.n_hidden=16"],
+    "mlp_bn": ["model.n_hidden=8", "model.n_layers=2"],
+    "wavenet": ["model.n_hidden=8", "model.n_embd=4"],
+    "rnn": ["model.n_hidden=8", "model.n_embd=8"],
+    "transformer": ["model.n_embd=8", "model.n_head=2", "model.n_layer=1"],
+}
+# Two members that differ in everything a sweep varies: optimizer and lr, initial weights, minibatch order.
+MEMBERS = [
+    ["optimizer=sgd", "optimizer.lr=0.2", "seed=1", "data.seed=0", "trainer.gradient_clip_val=0.5"],
+    ["optimizer=adamw", "optimizer.lr=0.01", "seed=2", "data.seed=1"],
+]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return net_state_dict(read_checkpoint(run_dir / "checkpoints" / "last.ckpt"))
+
+
+def compose_member(compose_train, tmp_path, name: str, *overrides: str):
+    return compose_train(*overrides, f"paths.output_dir={tmp_path / name}")
+
+
+@pytest.mark.parametrize("model", sorted(TINY_MODELS))
+def test_members_train_exactly_as_their_solo_runs(compose_train, small_names, tmp_path, model):
+    assert_members_match_solo_runs(compose_train, small_names, tmp_path, model, MEMBERS)
+
+
+def test_plain_sgd_members_step_together_exactly(compose_train, small_names, tmp_path):
+    """Members all on SGD without momentum take the engine's one-op-per-tensor step: still their solo runs."""
+    members = [["optimizer.lr=0.2", "seed=1"], ["optimizer.lr=0.05", "optimizer.weight_decay=0.01", "data.seed=3"]]
+    assert_members_match_solo_runs(compose_train, small_names, tmp_path, "mlp", members)
+
+
+def assert_members_match_solo_runs(compose_train, small_names, tmp_path, model, member_overrides):
+    common = [f"model={model}", f"data.path={small_names}", "trainer.max_steps=100", "trainer.val_check_interval=50",
+              *QUIET, *TINY_MODELS[model]]
+    members = [compose_member(compose_train, tmp_path, f"member{i}", *common, *m) for i, m in enumerate(member_overrides)]
+    results = train_population(members)
+    for i, overrides in enumerate(member_overrides):
+        solo = train(compose_member(compose_train, tmp_path, f"solo{i}", *common, *overrides))
+        assert results[i]["population_size"] == len(members) and results[i]["steps"] == 100
+        assert results[i]["val_loss"] == pytest.approx(solo["val_loss"], abs=1e-4)
+        assert results[i]["initial_loss"] == pytest.approx(solo["initial_loss"], abs=1e-5)
+        ours, theirs = weights(tmp_path / f"member{i}"), weights(tmp_path / f"solo{i}")
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            a, b = ours[key], theirs[key]
+            if model == "transformer" and key.endswith("attn.qkv.bias") and "optimizer=adamw" in overrides:
+                # The key bias adds q.b to every score of a row: softmax cancels it, its true gradient is 0, and
+                # Adam turns the ~1e-9 float noise left there (different in any two kernels) into lr-sized steps
+                # that change no output. The query and value biases are compared.
+                width = a.numel() // 3
+                a, b = torch.cat([a[:width], a[2 * width:]]), torch.cat([b[:width], b[2 * width:]])
+            assert torch.allclose(a, b, atol=1e-4), f"{model} member {i}: {key}"
+
+
+def test_a_diverging_member_stops_alone_and_the_others_are_plain_runs(compose_train, small_names, tmp_path):
+    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=40", "trainer.val_check_interval=20",
+              "trainer.log_every_n_steps=10", "callbacks=default", "~callbacks.diagnostics", "~callbacks.sample_text"]
+    # SGD on these models does not overflow at any lr the schema allows; a weight decay of 1e30 overflows at once.
+    cfgs = [compose_member(compose_train, tmp_path, name, *common, lr)
+            for name, lr in (("ok0", "optimizer.lr=0.1"), ("bad", "optimizer.weight_decay=1e30"), ("ok1", "optimizer.lr=0.05"))]
+    results = train_population(cfgs)
+    assert isinstance(results[1], TrainingDiverged) and "at step" in str(results[1])
+    assert not (tmp_path / "bad" / "summary.json").exists()
+    for name, result in (("ok0", results[0]), ("ok1", results[2])):
+        run = tmp_path / name
+        assert json.loads((run / "summary.json").read_text())["population_size"] == 3
+        assert math.isfinite(result["val_loss"]) and result["steps"] == 40
+        assert result["steps_per_second"] == pytest.approx(40 / result["train_seconds"])
+        assert "final loss (nats)" in (run / "train.log").read_text()
+        best = list((run / "checkpoints").glob("best_step*.ckpt"))
+        assert len(best) == 1
+        scalars = read_scalars(run / "tensorboard")
+        assert len(scalars["train/loss"]) == 4 and len(scalars["val/loss"]) == 2 and "lr" in scalars
+        assert scalars["hparams/val_loss"] == [pytest.approx(result["val_loss"])]
+    # The job's checkpoints are plain single-model checkpoints: the entry points take them as they are.
+    evaluated = run_script("eval.py", f"ckpt_path={tmp_path / 'ok1' / 'checkpoints' / 'last.ckpt'}")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"{results[2]['val_loss']:.4f}" in evaluated.stdout
+    sampled = run_script("sample.py", f"ckpt_path={next((tmp_path / 'ok0' / 'checkpoints').glob('best_step*.ckpt'))}",
+                         "num_samples=3")
+    assert sampled.returncode == 0, sampled.stderr
+
+
+def test_batchnorm_members_keep_their_own_running_statistics(compose_train, small_names, tmp_path):
+    common = ["model=mlp_bn", f"data.path={small_names}", "trainer.max_steps=20", *QUIET, *TINY_MODELS["mlp_bn"]]
+    cfgs = [compose_member(compose_train, tmp_path, f"m{i}", *common, f"seed={i}", f"data.seed={i}") for i in range(2)]
+    train_population(cfgs)
+    a, b = weights(tmp_path / "m0"), weights(tmp_path / "m1")
+    assert not torch.equal(a["layers.1.running_mean"], b["layers.1.running_mean"])
+    assert a["layers.1.num_batches_tracked"] == 20
+
+
+def test_early_stopping_and_per_member_patience(compose_train, small_names, tmp_path):
+    """A member asks for early stopping with +early_stopping_patience; the lr=1e-6 one never improves after its
+    first validation, so it stops at its second, while the other trains on."""
+    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=60", "trainer.val_check_interval=10",
+              *QUIET, *TINY_MODELS["mlp"]]
+    stuck = compose_member(compose_train, tmp_path, "stuck", *common, "optimizer.lr=1e-9", "+early_stopping_patience=1")
+    learning = compose_member(compose_train, tmp_path, "learning", *common, "optimizer.lr=0.1")
+    results = train_population([stuck, learning])
+    assert results[0]["steps"] < 60 and results[1]["steps"] == 60
+
+
+def test_memory_budget_splits_or_refuses(compose_train, small_names, tmp_path):
+    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=10", *QUIET, *TINY_MODELS["mlp"]]
+    refused = train_population([compose_member(compose_train, tmp_path, f"r{i}", *common, "+population_max_memory_gb=1e-9")
+                                for i in range(2)])
+    assert all(isinstance(r, UserError) and "population memory budget" in str(r) for r in refused)
+    # A budget for two and a half members (the refusal says what one needs): four train as two populations of two.
+    need = float(re.search(r"needs about ([0-9.e-]+) GB", str(refused[0])).group(1))
+    split = train_population([compose_member(compose_train, tmp_path, f"s{i}", *common,
+                                             f"+population_max_memory_gb={2.5 * need}") for i in range(4)])
+    assert [r["population_size"] for r in split] == [2, 2, 2, 2]
+
+
+def test_refusals_are_one_line(compose_train):
+    assert population_refusal(compose_train("model=mlp")) is None
+    assert "DDP" in population_refusal(compose_train("trainer=ddp"))
+    assert "32-bit" in population_refusal(compose_train("trainer.precision=bf16-mixed"))
+
+
+POPULATION = ["model=mlp", "model.n_hidden=16", "schedule=constant", "trainer.val_check_interval=50", *QUIET]
+# The interrupted population runs as a user's would: in its own process, stopped by a real SIGTERM.
+POPULATION_SCRIPT = """
+import sys
+from hydra import compose, initialize_config_dir
+from makemore_lab.configs import CONFIG_DIR
+from makemore_lab.errors import exit_on_user_error
+from makemore_lab.population import train_population
+out, data, *overrides = sys.argv[1:]
+with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+    cfgs = [compose("train", overrides=[f"paths.output_dir={out}/{i}", f"data.path={data}", "threads=1",
+            "trainer.accelerator=cpu", "trainer.max_steps=1000000", f"optimizer.lr={0.05 * (i + 1)}", f"seed={i}",
+            *overrides]) for i in range(2)]
+exit_on_user_error(train_population)(cfgs)
+"""
+
+
+def population_cfgs(compose_train, out: Path, data: Path, steps: int, *extra: str):
+    return [compose_train(f"paths.output_dir={out / str(i)}", f"data.path={data}", f"trainer.max_steps={steps}",
+                          f"optimizer.lr={0.05 * (i + 1)}", f"seed={i}", *POPULATION, *extra) for i in range(2)]
+
+
+def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(compose_train, small_names, tmp_path):
+    script = tmp_path / "population.py"
+    script.write_text(POPULATION_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(small_names), *POPULATION],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    log = tmp_path / "run" / "1" / "train.log"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "val loss" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "Resume with: python train.py -m" in stderr and "ckpt_path=${paths.output_dir}" in stderr
+    stopped = read_checkpoint(tmp_path / "run" / "0" / "checkpoints" / "last.ckpt")["global_step"]
+    assert read_checkpoint(tmp_path / "run" / "1" / "checkpoints" / "last.ckpt")["global_step"] == stopped
+    # Resumed to `end` (the schedule is constant, so max_steps does not change the lr) against a straight run.
+    end = stopped + 30
+    resumed = train_population(population_cfgs(compose_train, tmp_path / "run", small_names, end,
+                                               "ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"))
+    train_population(population_cfgs(compose_train, tmp_path / "straight", small_names, end))
+    for i in range(2):
+        assert resumed[i]["steps"] == end and resumed[i]["resumed_from_step"] == stopped
+        ours, theirs = weights(tmp_path / "run" / str(i)), weights(tmp_path / "straight" / str(i))
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("model", ["bigram", "bow", "gru", "lstm"])
+def test_the_other_models_train_in_a_population(compose_train, small_names, tmp_path, model):
+    """The exactness test covers five models; the other four run through the same vmapped code."""
+    tiny = [] if model == "bigram" else ["model.n_hidden=8", "model.n_embd=8"]
+    cfgs = [compose_member(compose_train, tmp_path, str(i), f"model={model}", f"data.path={small_names}",
+                           f"seed={i}", *QUIET, *tiny) for i in range(2)]
+    results = train_population(cfgs)
+    assert all(r["steps"] == 20 and math.isfinite(r["val_loss"]) for r in results)
+    assert results[0]["val_loss"] != results[1]["val_loss"]
