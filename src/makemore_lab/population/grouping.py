@@ -92,7 +92,8 @@ def signature(leaves: dict) -> str:
 def differences(leaves: dict, other: dict) -> list[str]:
     """'model.n_hidden (300, not 200)' for each key that keeps `leaves` out of a group holding `other`."""
     out = []
-    for key in sorted(leaves.keys() | other.keys()):
+    keys = [*leaves, *(key for key in other if key not in leaves)]  # in config order; the model's name first
+    for key in sorted(keys, key=lambda key: key != "model_name"):
         if key not in other:
             out.append(f"{key} (only in this job)")
         elif key not in leaves:
