@@ -239,3 +239,23 @@ def test_optuna_trains_each_batch_of_trials_as_a_population_by_the_engine(tmp_pa
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert best.best_value == pytest.approx(float(rows[0]["val_loss"]))
     assert all(job_summary(sweep_dir, r["job"])["population_size"] == 2 for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scripts/benchmark_population.py end to end on tiny step counts (its timings are never asserted: noise here).
+
+
+@pytest.mark.slow
+def test_benchmark_times_one_run_and_the_sweep_and_says_how_its_jobs_trained(tmp_path, small_names):
+    out = tmp_path / "benchmark.json"
+    result = run_script("scripts/benchmark_population.py", "--models", "mlp", "--steps", "20", "--points", "2",
+                        "--launchers", "population", "--json", str(out),
+                        f"data.path={small_names}", "~callbacks.diagnostics", "logger=none", "num_samples=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["launcher"], r["jobs"], r["failed"], r["steps"]) for r in rows] == [("one run", 1, 0, 20),
+                                                                                   ("population", 2, 0, 20)]
+    population = rows[1]
+    assert sum(size * count for size, count in population["population_sizes"]) == 2
+    assert population["x_one_run"] == pytest.approx(population["seconds"] / rows[0]["seconds"])
+    assert [line.split("|")[4].strip() for line in result.stdout.splitlines()[2:]] == ["one run", "population"]
