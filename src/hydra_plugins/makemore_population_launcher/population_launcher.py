@@ -1,0 +1,220 @@
+"""`hydra/launcher=population`: a sweep's jobs that differ only in shape-preserving values train as one population.
+
+The launcher prepares every job of the batch it is given (a grid sweep's jobs, or the `n_jobs` trials an Optuna
+sweeper asks for at once) through Hydra's own run_job: its job dir, its `.hydra/` files, its train config resolved
+while HydraConfig is that job's. makemore_lab.population.grouping then groups the jobs and the groups run one
+after another: a group of two or more through the engine's `train_population`, a group of one exactly as the basic
+launcher runs a job (run_job with train.py's task function). Every job gets its JobReturn, its failure.json when it
+fails (sweep_policy.run_job, as for a solo job) and its row in the sweep summary. Where the engine
+(makemore_lab.population.train_population) is not installed, every job runs alone.
+
+Nothing here imports torch or the engine at import time: Hydra imports every hydra_plugins module at start-up.
+"""
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import (
+    JobReturn,
+    configure_log,
+    env_override,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from makemore_lab import sweep_policy
+from makemore_lab.errors import TrainingInterrupted, exit_on_user_error
+
+log = logging.getLogger(__name__)
+
+
+class NoJobCallbacks:
+    """Hydra's callbacks while run_job only prepares a job: the real on_job_start / on_job_end fire around the
+    job's training, not around its preparation."""
+
+    def on_job_start(self, **kwargs: Any) -> None:
+        pass
+
+    def on_job_end(self, **kwargs: Any) -> None:
+        pass
+
+
+def resolved_train_config(task_cfg: DictConfig) -> DictConfig | Exception:
+    """The preparing run_job's task: the job's train config with every interpolation resolved now, while
+    HydraConfig is this job's. A population trains many jobs under one HydraConfig, so `paths.output_dir`
+    (`${hydra:runtime.output_dir}`) and everything built on it cannot wait until training reads them.
+    A config that does not resolve gives its error back: that job runs alone and fails there as it would anyway."""
+    cfg = copy.deepcopy(task_cfg)
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as err:  # a custom resolver may raise anything
+        return err
+    return cfg
+
+
+@dataclasses.dataclass
+class Job:
+    num: int
+    sweep_config: DictConfig  # the job's whole config, hydra node included (hydra.runtime.output_dir set)
+    prepared: JobReturn       # run_job's: cfg, hydra_cfg, overrides, working_dir; the result is filled in later
+
+    @property
+    def resolves(self) -> bool:
+        return not isinstance(self.prepared.return_value, Exception)
+
+    @property
+    def train_config(self) -> DictConfig:
+        return self.prepared.return_value if self.resolves else OmegaConf.create()
+
+    @property
+    def env_set(self) -> dict:
+        return OmegaConf.to_container(self.prepared.hydra_cfg.hydra.job.env_set, resolve=True)
+
+
+def population_engine() -> ModuleType | None:
+    """makemore_lab.population with its train_population and population_refusal, or None where the engine is absent."""
+    try:
+        from makemore_lab import population
+        population.train_population, population.population_refusal  # noqa: B018  (both, or neither)
+    except (ImportError, AttributeError):
+        return None
+    return population
+
+
+def replay(outcome: dict | BaseException):
+    """A stand-in for train(cfg) that gives a member's outcome back, so that sweep_policy.run_job turns it into the
+    job's result exactly as it does a solo job's: the val loss, or failure.json and +inf."""
+
+    def member_train(cfg: DictConfig) -> dict:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return member_train
+
+
+@exit_on_user_error  # Ctrl-C / SIGTERM end the sweep with one line and exit 130, as they end a solo job
+def train_members(train_population, cfgs: list[DictConfig]) -> list[dict | BaseException]:
+    """The engine's outcomes, one per member; a crash of the population as a whole is every member's outcome."""
+    try:
+        return train_population(cfgs)
+    except TrainingInterrupted:
+        raise
+    except Exception as err:
+        log.error("the population of %d failed as a whole: %s: %s", len(cfgs), type(err).__name__, err)
+        return [err] * len(cfgs)
+
+
+class PopulationLauncher(Launcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from makemore_lab.population.grouping import group_jobs  # here, not at import: see the module docstring
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs as populations")
+        jobs = [self.prepare(initial_job_idx + index, overrides) for index, overrides in enumerate(job_overrides)]
+
+        engine = population_engine()
+        refusals = [self.refusal(job, jobs[0], engine) for job in jobs]
+        grouping = group_jobs([job.train_config for job in jobs], refusals, names=[job.num for job in jobs])
+        for line in grouping.describe():
+            log.info(line)
+        if engine is None:
+            log.warning("the population engine (makemore_lab.population.train_population) is not installed: "
+                        "every job runs alone, as under the basic launcher")
+
+        returns: dict[int, JobReturn] = {}
+        for group in grouping.groups:
+            members = [jobs[index] for index in group]
+            if engine is None or len(members) == 1:
+                returns.update((job.num, self.run_alone(job)) for job in members)
+            else:
+                returns.update(self.run_population(members, engine.train_population))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return [returns[job.num] for job in jobs]
+
+    def prepare(self, num: int, overrides: Sequence[str]) -> Job:
+        """The job's config as the basic launcher builds it, and run_job's job dir and .hydra/ for it."""
+        log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = num
+            sweep_config.hydra.job.num = num
+        prepared = run_job(
+            hydra_context=dataclasses.replace(self.hydra_context, callbacks=NoJobCallbacks()),
+            task_function=resolved_train_config,
+            config=sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+            configure_logging=False,  # the member's train.log is the engine's (or run_job's, for a job alone)
+        )
+        return Job(num, sweep_config, prepared)
+
+    @staticmethod
+    def refusal(job: Job, first: Job, engine: ModuleType | None) -> str | None:
+        """Why this job cannot be a member of any population (it then runs alone), or None."""
+        if not job.resolves:
+            err = job.prepared.return_value
+            return f"its config does not resolve: {type(err).__name__}: {err}".splitlines()[0]
+        if job.prepared.hydra_cfg.hydra.job.chdir:
+            return "hydra.job.chdir=true: each job runs in its own working directory, a population in one"
+        if job.env_set != first.env_set:
+            return f"its hydra.job.env_set differs from job {first.num}'s: a population is one process, one environment"
+        return engine.population_refusal(job.train_config) if engine is not None else None
+
+    def run_alone(self, job: Job) -> JobReturn:
+        """Exactly the basic launcher's run of one job."""
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=job.sweep_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+    def run_population(self, members: list[Job], train_population) -> dict[int, JobReturn]:
+        """Train the members together; each member's callbacks and result as run_job would give them.
+
+        on_job_start fires for every member before training starts, on_job_end for each after the population
+        ends, each with HydraConfig set to that member's config. During training HydraConfig is the sweep's.
+        """
+        hydra_config = HydraConfig.instance()
+        sweep_hydra_cfg = hydra_config.cfg
+        callbacks = self.hydra_context.callbacks
+        try:
+            for job in members:
+                hydra_config.set_config(job.sweep_config)
+                callbacks.on_job_start(config=job.sweep_config, task_function=self.task_function)
+            hydra_config.cfg = sweep_hydra_cfg
+            with env_override(members[0].env_set):
+                outcomes = train_members(train_population, [job.train_config for job in members])
+            for job, outcome in zip(members, outcomes, strict=True):
+                hydra_config.set_config(job.sweep_config)
+                job.prepared.return_value = sweep_policy.run_job(replay(outcome), job.train_config)
+                callbacks.on_job_end(config=job.sweep_config, job_return=job.prepared)
+        finally:
+            hydra_config.cfg = sweep_hydra_cfg
+        return {job.num: job.prepared for job in members}

@@ -1,0 +1,261 @@
+"""The population launcher (hydra/launcher=population), run as a user runs it: real multiruns of ./train.py (tiny step
+counts, the small data fixture), their job dirs, logs and summary tables read back; the grouping rules on configs
+composed as ./train.py composes them.
+
+Tests that need a population of more than one really trained together (the engine, makemore_lab.population's
+train_population) say so in their name (`..._by_the_engine`); without the engine every job runs alone and they fail.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import CONFIG_DIR, TINY, run_script
+from makemore_lab.population.grouping import group_jobs
+from test_sweeps import check_rows_match_jobs, job_overrides, job_summary, needs, read_rows, with_tests_on_path
+
+POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Grouping rules, on composed configs.
+
+
+def compose_jobs(tmp_path: Path, *jobs: list[str]) -> list:
+    """One resolved train config per job (a list of overrides), each with its own job dir, as the launcher sees them."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            cfgs = [compose("train", overrides=[*TINY, f"paths.output_dir={tmp_path / str(num)}", *overrides])
+                    for num, overrides in enumerate(jobs)]
+    finally:
+        GlobalHydra.instance().clear()
+    for cfg in cfgs:
+        OmegaConf.resolve(cfg)
+    return cfgs
+
+
+def test_shape_preserving_differences_share_one_population(tmp_path):
+    cfgs = compose_jobs(
+        tmp_path,
+        [],
+        ["optimizer.lr=0.03", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-4"],
+        ["seed=7", "data.seed=3", "model.init=naive"],
+        ["schedule.at=0.8", "schedule.factor=0.3"],
+        ["model=wavenet", "model.dropout=0.2"],
+        ["model=wavenet", "model.dropout=0.0", "seed=2"],
+        ["optimizer=adamw", "model=transformer", "optimizer.betas=[0.8,0.9]", "optimizer.eps=1e-6"],
+        ["optimizer=adamw", "model=transformer", "optimizer.lr=3e-3"],
+    )
+    grouping = group_jobs(cfgs)
+    assert grouping.groups == [[0, 1, 2, 3], [4, 5], [6, 7]]
+    # each job's own dir (and what is built on it) counts as the same value
+    assert cfgs[0].callbacks.model_checkpoint.dirpath != cfgs[1].callbacks.model_checkpoint.dirpath
+    # jobs 4-7 could not join the first group: one line each, naming what differs
+    assert sorted(grouping.reasons) == [4, 5, 6, 7]
+    assert "cannot join job(s) 0,1,2,3" in grouping.reasons[4] and "model_name ('wavenet', not 'mlp')" in \
+        grouping.reasons[4]
+    assert grouping.reasons[6].startswith("is in a population of 2: it cannot join job(s)")
+
+
+SHAPE_OR_LOOP_DIFFERENCES = {  # override -> how the reason line names it
+    "model.n_hidden=100": "model.n_hidden (100, not 200)",
+    "block_size=4": "block_size (4, not 3)",
+    "data.batch_size=64": "data.batch_size (64, not 32)",
+    "trainer.max_steps=40": "trainer.max_steps (40, not 20)",
+    "data.split_seed=1": "data.split_seed (1, not 42)",
+    "optimizer=adam": "optimizer._target_ ('torch.optim.Adam', not 'torch.optim.SGD')",
+    "schedule=cosine": "schedule._target_ ('makemore_lab.schedules.cosine', not 'makemore_lab.schedules.step_decay')",
+    "+optimizer.nesterov=true": "optimizer.nesterov (only in this job)",
+    "~callbacks.diagnostics": "callbacks.diagnostics.",
+}
+
+
+def test_a_shape_or_loop_difference_is_its_own_group_with_the_key_named(tmp_path):
+    overrides = list(SHAPE_OR_LOOP_DIFFERENCES)
+    names = [10 + n for n in range(2 + len(overrides))]
+    grouping = group_jobs(compose_jobs(tmp_path, [], [], *([o] for o in overrides)), names=names)
+    assert grouping.groups == [[0, 1], *([n] for n in range(2, len(names)))]
+    assert list(grouping.reasons) == list(range(2, len(names)))
+    for index, override in enumerate(overrides, start=2):
+        reason = grouping.reasons[index]
+        assert reason.startswith("runs alone: it cannot join job(s) 10,11, differing in "), reason
+        assert SHAPE_OR_LOOP_DIFFERENCES[override] in reason, reason
+        assert f"job {names[index]} {reason}" in grouping.describe()
+
+
+def test_refused_and_bad_jobs_run_alone_with_their_reason(tmp_path):
+    cfgs = compose_jobs(tmp_path, [], ["optimizer.lr=-1"], [], ["trainer=ddp"], [])
+    refusal = "trainer=ddp: a DDP run is one process per device"
+    grouping = group_jobs(cfgs, refusals=[None, None, None, refusal, None])
+    assert grouping.groups == [[0, 2, 4], [1], [3]]
+    assert grouping.reasons == {
+        1: "runs alone: bad value: optimizer.lr must be a positive number below 1e30, got -1",
+        3: f"runs alone: {refusal}",
+    }
+    lines = grouping.describe()
+    assert lines[0] == "5 jobs in 3 group(s), run one after another (sizes [3, 1, 1])"
+    assert "group 0: job(s) 0,2,4 as one population of 3" in lines and "group 2: job(s) 3 alone" in lines
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A real sweep: two populations (n_hidden 50 and 64), each with a member that diverges (lr=100 under weight decay 10:
+# the weights grow 1000-fold a step; lr=100 alone does not make the tanh MLP's loss non-finite), and a bad value
+# (lr=-1) in each, which runs alone.
+
+
+@pytest.fixture(scope="module")
+def population_sweep(tmp_path_factory, small_names):
+    root = tmp_path_factory.mktemp("population")
+    sweep_dir, events = root / "sweep", root / "job_events.jsonl"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", with_tests_on_path())  # job_events.py
+        result = run_script(
+            "train.py", "-m", *POPULATION, "model=mlp", "model.n_hidden=50,64", "optimizer.lr=0.01,100,-1", "optimizer.weight_decay=10",
+            *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+            "+hydra.callbacks.job_events._target_=job_events.JobEvents", f"+hydra.callbacks.job_events.path={events}",
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_overrides = {(o["model.n_hidden"], o["optimizer.lr"]): job for job in sorted(p.name for p in sweep_dir.iterdir()
+                    if p.is_dir()) for o in [job_overrides(sweep_dir, job)]}
+    return sweep_dir, result.stdout + result.stderr, by_overrides, [json.loads(line) for line in events.open()]
+
+
+def launcher_lines(output: str) -> list[str]:
+    """The launcher's log lines, without Hydra's time and logger prefix."""
+    return [re.sub(r"^\[[^]]*\]\[[^]]*\](\[[A-Z]+\])?( - )? ?", "", line) for line in output.splitlines()
+            if "group" in line or re.search(r"\] job \d+ ", line)]
+
+
+@pytest.mark.slow
+def test_the_launcher_logs_its_groups_and_why_each_job_could_not_join(population_sweep):
+    _, output, jobs, _ = population_sweep
+    lines = launcher_lines(output)
+    assert "6 jobs in 4 group(s), run one after another (sizes [2, 2, 1, 1])" in lines
+    for n_hidden in ("50", "64"):
+        members = ",".join(sorted((jobs[(n_hidden, "0.01")], jobs[(n_hidden, "100")]), key=int))
+        assert any(re.fullmatch(rf"group \d: job\(s\) {members} as one population of 2", line) for line in lines)
+        bad = jobs[(n_hidden, "-1")]
+        assert f"job {bad} runs alone: bad value: optimizer.lr must be a positive number below 1e30, got -1" in lines
+    for lr in ("0.01", "100"):  # the second population's members: cannot join the first, for their width
+        assert any(line.startswith(f"job {jobs[('64', lr)]} is in a population of 2: it cannot join job(s) ")
+                   and "model.n_hidden (64, not 50)" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_every_member_is_a_job_dir_with_its_hydra_files_and_summary(population_sweep):
+    sweep_dir, _, jobs, _ = population_sweep
+    assert sorted(jobs.values(), key=int) == [str(n) for n in range(6)]
+    for (n_hidden, lr), job in jobs.items():
+        hydra_dir = sweep_dir / job / ".hydra"
+        assert sorted(p.name for p in hydra_dir.iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+        config = OmegaConf.load(hydra_dir / "config.yaml")
+        assert config.model.n_hidden == int(n_hidden) and str(config.optimizer.lr) in (lr, f"{float(lr)}")
+        assert OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.num == int(job)
+        if lr == "0.01":
+            assert job_summary(sweep_dir, job)["output_dir"] == str(sweep_dir / job)
+
+
+@pytest.mark.slow
+def test_the_sweep_table_has_one_row_per_job_and_the_failed_members_last(population_sweep):
+    sweep_dir, _, jobs, _ = population_sweep
+    rows = read_rows(sweep_dir)
+    assert sorted(r["job"] for r in rows) == sorted(jobs.values())
+    finished = [r for r in rows if not r["error"]]
+    assert {(r["model.n_hidden"], r["optimizer.lr"]) for r in finished} == {("50", "0.01"), ("64", "0.01")}
+    check_rows_match_jobs(sweep_dir, finished)
+    failed = {(r["model.n_hidden"], r["optimizer.lr"]): r["error"] for r in rows[2:]}
+    assert set(failed) == {(h, lr) for h in ("50", "64") for lr in ("100", "-1")}
+    for n_hidden in ("50", "64"):
+        assert failed[(n_hidden, "-1")] == "optimizer.lr must be a positive number below 1e30, got -1"
+        assert "diverged" in failed[(n_hidden, "100")] and re.search(r"step \d+", failed[(n_hidden, "100")])
+        for lr in ("100", "-1"):
+            job_dir = sweep_dir / jobs[(n_hidden, lr)]
+            assert json.loads((job_dir / "failure.json").read_text())["error"] == failed[(n_hidden, lr)]
+            assert not (job_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_hydra_callbacks_see_each_job_start_and_end_with_its_result(population_sweep):
+    sweep_dir, _, jobs, events = population_sweep
+    for job in jobs.values():
+        mine = [e for e in events if e["num"] == int(job)]
+        assert [e["event"] for e in mine] == ["start", "end"] and all(e["current"] == int(job) for e in mine)
+        assert mine[0]["output_dir"] == str(sweep_dir / job)
+        end = mine[1]
+        assert end["overrides"] == [f"{k}={v}" if v else k for k, v in job_overrides(sweep_dir, job).items()]
+        summary = sweep_dir / job / "summary.json"
+        expected = json.loads(summary.read_text())["val_loss"] if summary.exists() else float("inf")
+        assert end["return_value"] == expected
+
+
+@pytest.mark.slow
+def test_members_are_trained_together_by_the_engine(population_sweep):
+    sweep_dir, _, jobs, events = population_sweep
+    for n_hidden in ("50", "64"):
+        assert job_summary(sweep_dir, jobs[(n_hidden, "0.01")])["population_size"] == 2
+        # both members start before either ends: one population, not two runs one after the other
+        members = {int(jobs[(n_hidden, lr)]) for lr in ("0.01", "100")}
+        order = [e["event"] for e in events if e["num"] in members]
+        assert order == ["start", "start", "end", "end"]
+
+
+@pytest.mark.slow
+def test_a_member_evaluates_on_its_own_by_the_engine(population_sweep):
+    sweep_dir, _, jobs, _ = population_sweep
+    job_dir = sweep_dir / jobs[("64", "0.01")]
+    summary = job_summary(sweep_dir, jobs[("64", "0.01")])
+    assert summary["population_size"] == 2
+    ckpt = job_dir / "checkpoints" / "last.ckpt"
+    evaluated = run_script("eval.py", f"ckpt_path={ckpt}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"val_loss: {summary['val_loss']:.4f}" in evaluated.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Optuna: each batch of n_jobs trials is one launch, grouped the same way.
+
+
+@pytest.mark.slow
+def test_optuna_trains_each_batch_of_trials_as_a_population_by_the_engine(tmp_path, small_names):
+    needs("hydra_optuna_sweeper", "optuna")
+    sweep_dir = tmp_path / "optuna"
+    result = run_script(
+        "train.py", "-m", "hparams_search=mlp_lr_population", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+        "~callbacks.progress_bar", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = launcher_lines(result.stdout + result.stderr)
+    assert lines.count("2 jobs in 1 group(s), run one after another (sizes [2])") == 2
+    assert "group 0: job(s) 0,1 as one population of 2" in lines and "group 0: job(s) 2,3 as one population of 2" in lines
+    rows = read_rows(sweep_dir)
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
+    check_rows_match_jobs(sweep_dir, rows)
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(float(rows[0]["val_loss"]))
+    assert all(job_summary(sweep_dir, r["job"])["population_size"] == 2 for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scripts/benchmark_population.py end to end on tiny step counts (its timings are never asserted: noise here).
+
+
+@pytest.mark.slow
+def test_benchmark_times_one_run_and_the_sweep_and_says_how_its_jobs_trained(tmp_path, small_names):
+    out = tmp_path / "benchmark.json"
+    result = run_script("scripts/benchmark_population.py", "--models", "mlp", "--steps", "20", "--points", "2",
+                        "--launchers", "population", "--json", str(out),
+                        f"data.path={small_names}", "~callbacks.diagnostics", "logger=none", "num_samples=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["launcher"], r["jobs"], r["failed"], r["steps"]) for r in rows] == [("one run", 1, 0, 20),
+                                                                                   ("population", 2, 0, 20)]
+    population = rows[1]
+    assert sum(size * count for size, count in population["population_sizes"]) == 2
+    assert population["x_one_run"] == pytest.approx(population["seconds"] / rows[0]["seconds"])
+    assert [line.split("|")[4].strip() for line in result.stdout.splitlines()[2:]] == ["one run", "population"]
