@@ -223,7 +223,7 @@ def test_a_member_evaluates_on_its_own_by_the_engine(population_sweep):
 
 @pytest.mark.slow
 def test_optuna_trains_each_batch_of_trials_as_a_population_by_the_engine(tmp_path, small_names):
-    needs("hydra_optuna_sweeper", "optuna")
+    needs("makemore_optuna_sweeper", "optuna")
     sweep_dir = tmp_path / "optuna"
     result = run_script(
         "train.py", "-m", "hparams_search=mlp_lr_population", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",

@@ -29,7 +29,7 @@ def job_summary(sweep_dir: Path, job: str) -> dict:
 
 def job_overrides(sweep_dir: Path, job: str) -> dict:
     overrides = OmegaConf.to_container(OmegaConf.load(sweep_dir / job / ".hydra" / "overrides.yaml"))
-    return dict(o.split("=", 1) for o in overrides)
+    return dict(o.split("=", 1) if "=" in o else (o, "") for o in overrides)  # "~key" deletes: no value
 
 
 def session_hparams(event_dir: Path) -> tuple[dict, list[str]]:

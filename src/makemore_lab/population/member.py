@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import config_schema, final_report
+from makemore_lab import config_schema, final_report, resume
 from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.resume import Segment
@@ -82,6 +82,9 @@ class Member:
             cfg.ckpt_path = None
         self.lock = RunDirLock(self.out_dir, resuming=bool(cfg.get("ckpt_path"))).__enter__()
         callbacks, _, self.datamodule, self.module = build_run(cfg)
+        job_overrides = self.out_dir / ".hydra" / "overrides.yaml"  # the launcher's, written before training
+        if job_overrides.exists():  # the member's own, not the sweep's (HydraConfig during a population)
+            self.module.checkpoint_meta["overrides"] = resume.run_overrides(OmegaConf.load(job_overrides))
         self.module.net.to(device)
         self.optimizer = self.module.make_optimizer(cfg.trainer.max_steps)
         for callback in callbacks:
