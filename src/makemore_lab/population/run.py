@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from makemore_lab.data.batches import MinibatchStream
-from makemore_lab.errors import TrainingDiverged, TrainingInterrupted
+from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from makemore_lab.losses import split_loss, training_loss
 from makemore_lab.population.member import Member
 from makemore_lab.population.stacked import StackedNets
@@ -138,8 +138,16 @@ class Population:
         if self.stop_signal:
             self.interrupted(step)
         for member in self.active:
-            with member.logging_to_train_log():
+            self.finish(member, step, seconds)
+
+    def finish(self, member: Member, step: int, seconds: float) -> None:
+        """The member's final report; a UserError there (final_weights=best without a validation, a full disk)
+        ends this member alone."""
+        with member.logging_to_train_log():
+            try:
                 member.finish(step, seconds, len(self.members))
+            except UserError as err:
+                member.fail(err)
 
     @property
     def active(self) -> list[Member]:
@@ -183,7 +191,8 @@ class Population:
                 member.save_last(step)
                 if stop and step < self.max_steps:
                     log.info("early stopping: no better val loss in %d validations", member.stale_validations)
-                    member.finish(step, seconds, len(self.members))
+            if stop and step < self.max_steps:
+                self.finish(member, step, seconds)
 
     def signals_stop_cleanly(self):
         """Ctrl-C or SIGTERM: stop after the current chunk and save every member (a second Ctrl-C aborts)."""
