@@ -49,7 +49,7 @@ class Population:
         self.clip_values = torch.tensor(clip, device=device)
         self.clip_algorithm = first.trainer.get("gradient_clip_algorithm") or "norm"
         self.plain_sgd = all(is_plain_sgd(m.optimizer) for m in members)
-        self._sgd_rates: tuple | None = None
+        self._sgd_rates: tuple | None = None  # the (lr, weight decay) per member that _lr and _wd hold
         self.stop_signal: str | None = None
 
     def loss(self, net, x, y):
@@ -104,10 +104,10 @@ class Population:
         if rates != self._sgd_rates:  # set once per schedule change, not per step
             self._sgd_rates = rates
             self._lr, self._wd = torch.tensor(rates, device=self.device).T
-        decay = bool(self._wd.any())
+            self._decay = any(wd for _, wd in rates)  # read here, on the host: no per-step device sync
         for stacked in self.stacked.params.values():
             shape = (-1, *[1] * (stacked.dim() - 1))
-            update = stacked.grad + self._wd.view(shape) * stacked.detach() if decay else stacked.grad
+            update = stacked.grad + self._wd.view(shape) * stacked.detach() if self._decay else stacked.grad
             stacked.detach().sub_(update * self._lr.view(shape))
 
     def fit(self) -> None:
