@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from makemore_lab.data.batches import MinibatchStream
-from makemore_lab.errors import TrainingDiverged, TrainingInterrupted
+from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from makemore_lab.losses import split_loss, training_loss
 from makemore_lab.population.member import Member
 from makemore_lab.population.stacked import StackedNets
@@ -49,7 +49,7 @@ class Population:
         self.clip_values = torch.tensor(clip, device=device)
         self.clip_algorithm = first.trainer.get("gradient_clip_algorithm") or "norm"
         self.plain_sgd = all(is_plain_sgd(m.optimizer) for m in members)
-        self._sgd_rates: tuple | None = None
+        self._sgd_rates: tuple | None = None  # the (lr, weight decay) per member that _lr and _wd hold
         self.stop_signal: str | None = None
 
     def loss(self, net, x, y):
@@ -104,10 +104,10 @@ class Population:
         if rates != self._sgd_rates:  # set once per schedule change, not per step
             self._sgd_rates = rates
             self._lr, self._wd = torch.tensor(rates, device=self.device).T
-        decay = bool(self._wd.any())
+            self._decay = any(wd for _, wd in rates)  # read here, on the host: no per-step device sync
         for stacked in self.stacked.params.values():
             shape = (-1, *[1] * (stacked.dim() - 1))
-            update = stacked.grad + self._wd.view(shape) * stacked.detach() if decay else stacked.grad
+            update = stacked.grad + self._wd.view(shape) * stacked.detach() if self._decay else stacked.grad
             stacked.detach().sub_(update * self._lr.view(shape))
 
     def fit(self) -> None:
@@ -138,8 +138,16 @@ class Population:
         if self.stop_signal:
             self.interrupted(step)
         for member in self.active:
-            with member.logging_to_train_log():
+            self.finish(member, step, seconds)
+
+    def finish(self, member: Member, step: int, seconds: float) -> None:
+        """The member's final report; a UserError there (final_weights=best without a validation, a full disk)
+        ends this member alone."""
+        with member.logging_to_train_log():
+            try:
                 member.finish(step, seconds, len(self.members))
+            except UserError as err:
+                member.fail(err)
 
     @property
     def active(self) -> list[Member]:
@@ -183,7 +191,8 @@ class Population:
                 member.save_last(step)
                 if stop and step < self.max_steps:
                     log.info("early stopping: no better val loss in %d validations", member.stale_validations)
-                    member.finish(step, seconds, len(self.members))
+            if stop and step < self.max_steps:
+                self.finish(member, step, seconds)
 
     def signals_stop_cleanly(self):
         """Ctrl-C or SIGTERM: stop after the current chunk and save every member (a second Ctrl-C aborts)."""
