@@ -137,7 +137,7 @@ def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary
     checkpoint = read_checkpoint(path)
     meta = checkpoint["makemore_lab"]
     vocab = Vocabulary(tuple(meta["vocab"]))
-    model_class, kwargs = plain_model_config(meta["model"], path)
+    model_class, kwargs = plain_model_config(meta.get("model"), path)
     try:
         net = model_class(**kwargs, vocab_size=len(vocab), block_size=meta["block_size"])
     except UserError as err:
