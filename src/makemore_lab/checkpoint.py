@@ -67,7 +67,8 @@ def check_contents(checkpoint, path: Path) -> None:
         raise bad(f"its block_size is not a positive integer ({block_size!r})")
     if not isinstance(meta.get("data"), dict) or not all(isinstance(v, PLAIN) for v in meta["data"].values()):
         raise bad("its data settings are not plain values")
-    plain_model_config(meta.get("model"), path)
+    # The model config is checked where a model is built from it (load_trained_net): a resumed run builds its model
+    # from its own config (maybe a class of the user's) and only compares the saved one with it.
     if not isinstance(checkpoint.get("global_step", 0), int):
         raise bad("its global_step is not an integer")
 
@@ -136,7 +137,7 @@ def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary
     checkpoint = read_checkpoint(path)
     meta = checkpoint["makemore_lab"]
     vocab = Vocabulary(tuple(meta["vocab"]))
-    model_class, kwargs = plain_model_config(meta["model"], path)
+    model_class, kwargs = plain_model_config(meta.get("model"), path)
     try:
         net = model_class(**kwargs, vocab_size=len(vocab), block_size=meta["block_size"])
     except UserError as err:

@@ -52,8 +52,8 @@ def exit_on_user_error(func):
                 raise
             print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}", file=sys.stderr)
             sys.exit(1)
-        except KeyboardInterrupt:  # Ctrl-C before training started (reading data, building the model)
-            print("error: interrupted before training started; nothing was saved", file=sys.stderr)
+        except KeyboardInterrupt:  # Ctrl-C in sample.py / eval.py (train.py has its own handlers, for each phase)
+            print("error: interrupted (Ctrl-C); nothing was written", file=sys.stderr)
             sys.exit(130)
 
     return wrapper
