@@ -24,8 +24,6 @@ def one_line(err: Exception) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if isinstance(err, MissingConfigException) and err.options:
         lines = [lines[0], f"available: {', '.join(err.options)}"]
-    elif lines and lines[0].startswith("Available options"):
-        lines = lines[:1]
     cause = err.__cause__
     if lines and cause is not None and str(cause).strip():  # "Could not override 'foo': Key 'foo' is not in struct"
         lines[0] = f"{lines[0].rstrip('.')}: {str(cause).strip().splitlines()[0]}"
