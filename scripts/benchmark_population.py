@@ -16,7 +16,8 @@ meet at every operation collapse when other processes hold the cores (measured h
 
 Each sweep row also says how its jobs were trained: from every job's summary.json, the population sizes (the
 engine adds "population_size"; a job without it ran alone), and the members' median training steps/s against one
-run's (the GPU target: 256 MLP members at >= 0.5x one model's steps/s).
+run's (the GPU target: 256 MLP members at >= 0.5x one model's steps/s). `--json` (docs/benchmark_population.json)
+gains one entry per invocation: its date, command, rows and table.
 """
 
 import argparse
@@ -165,15 +166,17 @@ def main():
             rows += measure(model, args.steps, args.points, args.launchers, args)
     table = markdown(rows)
     print(table, end="")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
+    # one entry per invocation, added to what the file holds: measurements of other models or devices stay
+    runs = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
+    runs.append({
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work)",
         "command": " ".join(["python", "scripts/benchmark_population.py", *sys.argv[1:]]),
         "rows": rows,
         "table": table,
-    }, indent=2) + "\n")
-
+    })
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()

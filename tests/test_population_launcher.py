@@ -252,7 +252,8 @@ def test_benchmark_times_one_run_and_the_sweep_and_says_how_its_jobs_trained(tmp
                         "--launchers", "population", "--json", str(out),
                         f"data.path={small_names}", "~callbacks.diagnostics", "logger=none", "num_samples=0")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    [run] = json.loads(out.read_text())["runs"]
+    rows = run["rows"]
     assert [(r["launcher"], r["jobs"], r["failed"], r["steps"]) for r in rows] == [("one run", 1, 0, 20),
                                                                                    ("population", 2, 0, 20)]
     population = rows[1]
