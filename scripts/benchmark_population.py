@@ -9,13 +9,15 @@ Every measurement is one `python train.py ...` subprocess timed from start to ex
 final exact losses and samples, the sweep summary. The sweep's lrs are log-spaced over [0.01, 1] (SGD, the lecture
 models' optimizer); everything else is the model's default config, without the progress bar. On a CPU, `--threads`
 (2) is the budget each launcher gets: one run, each basic job and the population use that many torch threads; the
-joblib launcher runs `--threads` jobs at once with one thread each. The best of `--repeats` is kept (the least
-disturbed by other work on the machine); the launchers alternate within each repeat, so that load from elsewhere
-hits them alike.
+joblib launcher runs `--joblib-jobs` (default: `--threads`) jobs at once with one thread each. The best of
+`--repeats` is kept (the least disturbed by other work on the machine); the launchers alternate within each repeat,
+so that load from elsewhere hits them alike. On a loaded machine use `--threads 1`: two OpenMP threads that must
+meet at every operation collapse when other processes hold the cores (measured here: 4 steps/s instead of 106).
 
 Each sweep row also says how its jobs were trained: from every job's summary.json, the population sizes (the
 engine adds "population_size"; a job without it ran alone), and the members' median training steps/s against one
-run's (the GPU target: 256 MLP members at >= 0.5x one model's steps/s).
+run's (the GPU target: 256 MLP members at >= 0.5x one model's steps/s). `--json` (docs/benchmark_population.json)
+gains one entry per invocation: its date, command, rows and table.
 """
 
 import argparse
@@ -59,10 +61,11 @@ def config(model: str, steps: int, device: str, extra: list[str]) -> list[str]:
             f"trainer.accelerator={accelerator}", "~callbacks.progress_bar", *extra]
 
 
-def launcher_overrides(launcher: str, threads: int) -> tuple[list[str], int]:
-    """(overrides, torch threads per job) for a sweep under `launcher` with a budget of `threads`."""
+def launcher_overrides(launcher: str, threads: int, joblib_jobs: int) -> tuple[list[str], int]:
+    """(overrides, torch threads per job) for a sweep under `launcher`: `threads` torch threads per process, except
+    under joblib, which runs `joblib_jobs` processes at once with one thread each."""
     if launcher == "joblib":
-        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={threads}", "threads=1"], 1
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={joblib_jobs}", "threads=1"], 1
     selected = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
     return [*selected, f"threads={threads}"], threads
 
@@ -98,14 +101,15 @@ def measure(model: str, steps: int, points: int, launchers: list[str], args) -> 
                                    "member_steps_per_s": one_run_steps_per_s(run_dir)}
             for launcher in launchers:
                 sweep_dir = Path(tmp) / launcher
-                overrides, threads = launcher_overrides(launcher, args.threads)
+                overrides, threads = launcher_overrides(launcher, args.threads, args.joblib_jobs or args.threads)
                 seconds = timed(["-m", *base, *overrides, f"optimizer.lr={','.join(lrs(points))}",
                                  f"hydra.sweep.dir={sweep_dir}"], threads)
                 if seconds < best.get(launcher, {}).get("seconds", float("inf")):
                     best[launcher] = {"seconds": seconds, **sweep_jobs(sweep_dir)}
     one = best["one run"]
     return [{"model": model, "device": args.device, "steps": steps, "points": points, "launcher": name,
-             "threads": args.threads, **row, "x_one_run": row["seconds"] / one["seconds"],
+             "threads": args.threads, "joblib_jobs": args.joblib_jobs or args.threads, **row,
+             "x_one_run": row["seconds"] / one["seconds"],
              "member_vs_one_run_steps_per_s": (row["member_steps_per_s"] / one["member_steps_per_s"]
                                                if row["member_steps_per_s"] and one["member_steps_per_s"] else None)}
             for name, row in best.items()]
@@ -117,7 +121,7 @@ def trained_as(row: dict) -> str:
     sizes = ", ".join(f"{count} × {size}" for size, count in row["population_sizes"])
     ran = f"populations: {sizes}" if any(size > 1 for size, _ in row["population_sizes"]) else "one job at a time"
     if row["launcher"] == "joblib":
-        ran = f"{row['threads']} jobs at a time"
+        ran = f"{row['joblib_jobs']} jobs at a time, 1 thread each"
     return ran + (f"; {row['failed']} failed" if row["failed"] else "")
 
 
@@ -138,6 +142,7 @@ def main():
     parser.add_argument("--points", type=int, default=16, help="lr values in the sweep (CPU)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="the CPU budget of each command (torch threads)")
+    parser.add_argument("--joblib-jobs", type=int, help="joblib's n_jobs, each with 1 thread (default: --threads)")
     parser.add_argument("--launchers", nargs="+", choices=LAUNCHERS, default=LAUNCHERS)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--members", type=int, nargs="+", default=[64, 256],
@@ -161,15 +166,17 @@ def main():
             rows += measure(model, args.steps, args.points, args.launchers, args)
     table = markdown(rows)
     print(table, end="")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
+    # one entry per invocation, added to what the file holds: measurements of other models or devices stay
+    runs = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
+    runs.append({
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work)",
         "command": " ".join(["python", "scripts/benchmark_population.py", *sys.argv[1:]]),
         "rows": rows,
         "table": table,
-    }, indent=2) + "\n")
-
+    })
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -116,7 +116,8 @@ def population_sweep(tmp_path_factory, small_names):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", with_tests_on_path())  # job_events.py
         result = run_script(
-            "train.py", "-m", *POPULATION, "model=mlp", "model.n_hidden=50,64", "optimizer.lr=0.01,100,-1", "optimizer.weight_decay=10",
+            "train.py", "-m", *POPULATION, "model=mlp", "model.n_hidden=50,64", "optimizer.lr=0.01,100,-1",
+            "optimizer.weight_decay=10",
             *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
             "+hydra.callbacks.job_events._target_=job_events.JobEvents", f"+hydra.callbacks.job_events.path={events}",
         )
@@ -232,12 +233,11 @@ def test_optuna_trains_each_batch_of_trials_as_a_population_by_the_engine(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     lines = launcher_lines(result.stdout + result.stderr)
     assert lines.count("2 jobs in 1 group(s), run one after another (sizes [2])") == 2
-    assert "group 0: job(s) 0,1 as one population of 2" in lines and "group 0: job(s) 2,3 as one population of 2" in lines
+    assert "group 0: job(s) 0,1 as one population of 2" in lines
+    assert "group 0: job(s) 2,3 as one population of 2" in lines  # the second batch: a launch of its own
     rows = read_rows(sweep_dir)
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
     check_rows_match_jobs(sweep_dir, rows)
-    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert best.best_value == pytest.approx(float(rows[0]["val_loss"]))
     assert all(job_summary(sweep_dir, r["job"])["population_size"] == 2 for r in rows)
 
 
@@ -252,7 +252,8 @@ def test_benchmark_times_one_run_and_the_sweep_and_says_how_its_jobs_trained(tmp
                         "--launchers", "population", "--json", str(out),
                         f"data.path={small_names}", "~callbacks.diagnostics", "logger=none", "num_samples=0")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    [run] = json.loads(out.read_text())["runs"]
+    rows = run["rows"]
     assert [(r["launcher"], r["jobs"], r["failed"], r["steps"]) for r in rows] == [("one run", 1, 0, 20),
                                                                                    ("population", 2, 0, 20)]
     population = rows[1]
