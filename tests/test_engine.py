@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import ROOT, read_scalar_steps, read_scalars
-from makemore_lab.engine import step_counter
+from makemore_lab.engine import DIVERGENCE_FACTOR, divergence, step_counter
+from makemore_lab.errors import TrainingDiverged
 from makemore_lab.train import train
 
 
@@ -142,3 +143,21 @@ def test_no_lightning_internals_outside_the_engines_one_line():
     ).stdout.splitlines()
     code = [line for line in found if not re.search(r":\d+:\s*(#|\"|')", line) and "The one line" not in line]
     assert len(code) == 1 and "engine.py" in code[0] and "optim_step_progress.increment_by, 1)" in code[0], code
+
+
+def test_divergence_is_a_non_finite_loss_or_ten_times_the_first_one():
+    healthy = torch.tensor([27.0, 12.0, 4.0])  # lecture 3's badly initialised MLP starts near 27 and recovers
+    assert divergence(healthy, 0, initial_loss=27.0) is None
+    assert divergence(torch.tensor([3.3, 2.9]), 0, initial_loss=None) is None  # no first loss known: finiteness only
+    jump = torch.tensor([3.0, DIVERGENCE_FACTOR * 3.3 + 1, 5.0])
+    assert divergence(jump, 100, 3.3).startswith(f"the loss became {jump[1].item():.4g}, more than 10x the first step's 3.3, at step 101:")
+    nan = torch.tensor([3.0, 2.0, float("nan")])
+    assert divergence(nan, 7, 3.3).startswith("the loss became nan at step 9: training diverged")
+    assert "at step 7" in divergence(torch.tensor([float("inf")]), 7, None)
+
+
+def test_an_lr_that_keeps_the_loss_finite_but_huge_is_a_divergence(compose_train, small_names):
+    # SGD at lr=100 on the lecture MLP: the loss jumps to ~80x its first step's and stays finite (issue 21 item 8,
+    # issue 19's failed sweep member); before, the run "finished" with val ~300 nats.
+    with pytest.raises(TrainingDiverged, match=r"more than 10x the first step's .* training diverged"):
+        train(compose_train("model=mlp", "optimizer.lr=100", f"data.path={small_names}"))

@@ -102,6 +102,29 @@ def step_counter(trainer: pl.Trainer):
     return functools.partial(trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by, 1)
 
 
+DIVERGENCE_FACTOR = 10
+
+
+def divergence(losses: torch.Tensor, first_step: int, initial_loss: float | None) -> str | None:
+    """Why the losses of steps first_step, first_step + 1, ... say training diverged, or None.
+
+    Diverged: a loss that is not finite, or more than DIVERGENCE_FACTOR times the run's first loss. The second rule
+    catches what stays finite: SGD at lr=100 keeps the lecture MLP's loss near 300 nats (90x ln V, far worse than
+    its untrained first step) for thousands of steps without ever overflowing. A healthy run, even lecture 3's
+    badly initialised one (first loss 27), never comes near ten times where it started.
+    """
+    bad = ~torch.isfinite(losses)
+    limit = DIVERGENCE_FACTOR * initial_loss if initial_loss and math.isfinite(initial_loss) else None
+    if limit is not None:
+        bad |= losses > limit
+    if not bad.any():
+        return None
+    index = int(bad.nonzero()[0])
+    value = losses[index].item()
+    what = f"{value:.4g}, more than {DIVERGENCE_FACTOR}x the first step's {initial_loss:.4g}," if math.isfinite(value) else value
+    return f"the loss became {what} at step {first_step + index}: training diverged (a lower optimizer.lr usually helps)"
+
+
 class StepEngine:
     """Runs the optimizer steps of one Lightning batch for `module` (a LightningModule with manual optimization).
 
@@ -141,13 +164,9 @@ class StepEngine:
             raise TrainingDiverged(f"anomaly detection: {str(err).splitlines()[0]} at step {trainer.global_step}: "
                                    "training diverged (a lower optimizer.lr usually helps)") from None
         losses = torch.stack(losses)
-        finite = torch.isfinite(losses)
-        if not finite.all():  # one check per batch: no per-step sync with an accelerator
-            bad = int((~finite).nonzero()[0])
-            raise TrainingDiverged(
-                f"the loss became {losses[bad].item()} at step {first + bad}: training diverged "
-                "(a lower optimizer.lr usually helps)"
-            )
+        why = divergence(losses, first, module.initial_loss)  # one check per batch: no per-step sync
+        if why:
+            raise TrainingDiverged(why)
         return losses
 
     def _lightning_step(self, module, xb, yb) -> torch.Tensor:

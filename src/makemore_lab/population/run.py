@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from makemore_lab.data.batches import MinibatchStream
+from makemore_lab.engine import divergence
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from makemore_lab.losses import split_loss, training_loss
 from makemore_lab.population.member import Member
@@ -161,17 +162,14 @@ class Population:
         return bool(cadences) and since_save >= min(cadences)
 
     def stop_diverged(self, losses: torch.Tensor, first_step: int) -> None:
-        """A member whose loss became non-finite stops alone (one check per chunk: one host sync)."""
-        finite = torch.isfinite(losses).all(dim=0).tolist()
+        """A member whose loss diverged (engine.divergence) stops alone (one check per chunk: one host sync)."""
         for i, member in enumerate(self.members):
-            if member.active and not finite[i]:
-                bad = int((~torch.isfinite(losses[:, i])).nonzero()[0])
+            why = member.active and divergence(losses[:, i], first_step, member.module.initial_loss)
+            if why:
                 last = member.out_dir / "checkpoints" / "last.ckpt"
                 kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved before it"
                 with member.logging_to_train_log():
-                    member.fail(TrainingDiverged(
-                        f"the loss became {losses[bad, i].item()} at step {first_step + bad}: training diverged "
-                        f"(a lower optimizer.lr usually helps); {kept}"))
+                    member.fail(TrainingDiverged(f"{why}; {kept}"))
 
     def log_training(self, last_losses: torch.Tensor, step: int) -> None:
         for member, loss in zip(self.members, last_losses.tolist()):
