@@ -32,7 +32,7 @@ class Segment:
     resumed_from_step: int
 
 
-def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_steps: int) -> None:
+def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_steps: int, population: bool = False) -> None:
     """A checkpoint to resume from must be ours, hold the model this config builds, be trained on the same data and
     leave steps to train: else one line here, not a traceback deep inside Lightning or a run that silently means
     something else. read_checkpoint loads it with weights_only=True, before Lightning loads it (also weights_only)."""
@@ -48,7 +48,12 @@ def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_step
     if recorded and recorded != checkpoint_meta["data_fingerprint"]:  # its val/test would hold training items
         raise UserError(f"checkpoint {ckpt_path} was trained on other data ({describe(recorded)}) than data.path gives "
                         f"({describe(checkpoint_meta['data_fingerprint'])}): resume with the run's own data file")
-    if not all(key in checkpoint for key in ("optimizer_states", "loops", "global_step")):
+    # A population resumes its members' checkpoints (no Lightning loop state: population/member.py) and solo ones.
+    needed = ("optimizer_states", "global_step") if population else ("optimizer_states", "loops", "global_step")
+    if not population and "population_member" in checkpoint and "loops" not in checkpoint:
+        raise UserError(f"checkpoint {ckpt_path} is a population member's: resume it with its sweep's command "
+                        "(hydra/launcher=population), or sample and evaluate it")
+    if not all(key in checkpoint for key in needed):
         raise UserError(f"checkpoint {ckpt_path} holds weights only (no optimizer or loop state): it can be sampled "
                         "and evaluated, not resumed")
     check_weights_fit(net, net_state_dict(checkpoint), Path(ckpt_path))

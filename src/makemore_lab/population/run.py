@@ -47,6 +47,7 @@ class Population:
         self.feeds = torch.tensor([seeds.index(m.datamodule.seed) for m in members], device=device)
         clip = [m.cfg.trainer.get("gradient_clip_val") or math.inf for m in members]
         self.clip_values = torch.tensor(clip, device=device)
+        self.clipping = any(math.isfinite(c) for c in clip)  # decided here: no per-step host sync
         self.clip_algorithm = first.trainer.get("gradient_clip_algorithm") or "norm"
         self.plain_sgd = all(is_plain_sgd(m.optimizer) for m in members)
         self._sgd_rates: tuple | None = None  # the (lr, weight decay) per member that _lr and _wd hold
@@ -67,7 +68,7 @@ class Population:
     def clip(self) -> None:
         """trainer.gradient_clip_val per member (torch's clip_grad_norm_ / clip_grad_value_ arithmetic, each member
         over its own gradients: never one norm across members)."""
-        if not torch.isfinite(self.clip_values).any():
+        if not self.clipping:
             return
         grads = self.stacked.grads()
         shaped = lambda t, g: t.view(-1, *[1] * (g.dim() - 1))
