@@ -82,7 +82,7 @@ class Population:
             g.mul_(shaped(coef, g))
 
     def step(self, x, y, step: int, active: list[Member]) -> torch.Tensor:
-        self.stacked.zero_grad()
+        self.stacked.zero_grad(member_views=not self.plain_sgd)
         losses = self.stacked.losses(self.loss, x, y, shared_data=len(self.streams) == 1)
         losses.sum().backward()  # member i's loss depends on member i's weights only: each gets its own gradient
         self.clip()
@@ -107,6 +107,8 @@ class Population:
             self._lr, self._wd = torch.tensor(rates, device=self.device).T
             self._decay = any(wd for _, wd in rates)  # read here, on the host: no per-step device sync
         for stacked in self.stacked.params.values():
+            if stacked.grad is None:  # not used by the loss: torch's SGD skips it too
+                continue
             shape = (-1, *[1] * (stacked.dim() - 1))
             update = stacked.grad + self._wd.view(shape) * stacked.detach() if self._decay else stacked.grad
             stacked.detach().sub_(update * self._lr.view(shape))

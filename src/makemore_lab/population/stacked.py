@@ -10,7 +10,8 @@ Parameter's storage becomes row i of a stacked (N, ...) tensor. So:
 - each member's net *is* the member at every moment (its state_dict, split_loss, sampling, a checkpoint: the
   solo code paths, unchanged), and its Parameters can go to any torch optimizer: an in-place step on a member's
   Parameter writes its row of the stacked tensor;
-- each member's `.grad` is row i of the stacked gradient, allocated once: backward accumulates into it in place.
+- each member's `.grad` is row i of the stacked gradient, allocated once: backward accumulates into it in place
+  (the vectorised SGD step, which reads only the stacked gradients, lets backward hand over a fresh one instead).
 Buffers (BatchNorm's running statistics) are stacked the same way, so each member keeps its own.
 """
 
@@ -58,9 +59,16 @@ class StackedNets:
     def __len__(self) -> int:
         return len(self.nets)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, member_views: bool = True) -> None:
+        """Zero the stacked gradients in place, so each member's `.grad` stays its row; or, where nothing reads
+        a member's own `.grad` (the vectorised SGD step), drop them: backward then hands its gradient over as the
+        new `.grad` instead of adding it to zeros (one fill and one add per tensor less, every step). A population
+        keeps one of the two for its whole life (Population.plain_sgd)."""
         for stacked in self.params.values():
-            stacked.grad.zero_()
+            if member_views:
+                stacked.grad.zero_()
+            else:
+                stacked.grad = None
 
     def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor, shared_data: bool) -> torch.Tensor:
         """(N,) losses: `loss_fn(net, x, y)` of every member at once; x, y are (B, ...) when the members share
@@ -123,7 +131,8 @@ class StackedNets:
             self.buffers[name].copy_(value)
 
     def grads(self) -> list[torch.Tensor]:
-        return [stacked.grad for stacked in self.params.values()]
+        """The stacked gradients of this step (a weight the loss does not use has none, as in torch)."""
+        return [stacked.grad for stacked in self.params.values() if stacked.grad is not None]
 
 
 def close(got: torch.Tensor, expected: torch.Tensor) -> bool:
