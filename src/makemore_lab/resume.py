@@ -32,11 +32,10 @@ class Segment:
     resumed_from_step: int
 
 
-def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_steps: int, by_lightning: bool = True) -> None:
+def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_steps: int, population: bool = False) -> None:
     """A checkpoint to resume from must be ours, hold the model this config builds, be trained on the same data and
     leave steps to train: else one line here, not a traceback deep inside Lightning or a run that silently means
-    something else. read_checkpoint loads it with weights_only=True, before Lightning loads it (also weights_only).
-    `by_lightning`: a solo run, whose Trainer needs the loop state; a population member resumes without it."""
+    something else. read_checkpoint loads it with weights_only=True, before Lightning loads it (also weights_only)."""
     checkpoint = read_checkpoint(ckpt_path)
     meta = checkpoint["makemore_lab"]
     for key in ("model", "vocab", "block_size", "optimizer"):
@@ -49,10 +48,11 @@ def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_step
     if recorded and recorded != checkpoint_meta["data_fingerprint"]:  # its val/test would hold training items
         raise UserError(f"checkpoint {ckpt_path} was trained on other data ({describe(recorded)}) than data.path gives "
                         f"({describe(checkpoint_meta['data_fingerprint'])}): resume with the run's own data file")
-    needed = ("optimizer_states", "loops", "global_step") if by_lightning else ("optimizer_states", "global_step")
-    if by_lightning and "population_member" in checkpoint:
-        raise UserError(f"checkpoint {ckpt_path} was saved by a member of a population: continue it with the "
-                        "population's resume command (docs/population.md), or sample and evaluate it")
+    # A population resumes its members' checkpoints (no Lightning loop state: population/member.py) and solo ones.
+    needed = ("optimizer_states", "global_step") if population else ("optimizer_states", "loops", "global_step")
+    if not population and "population_member" in checkpoint and "loops" not in checkpoint:
+        raise UserError(f"checkpoint {ckpt_path} is a population member's: resume it with its sweep's command "
+                        "(hydra/launcher=population), or sample and evaluate it")
     if not all(key in checkpoint for key in needed):
         raise UserError(f"checkpoint {ckpt_path} holds weights only (no optimizer or loop state): it can be sampled "
                         "and evaluated, not resumed")

@@ -90,10 +90,10 @@ def train(cfg: DictConfig) -> dict:
         return train_in_run_dir(cfg)
 
 
-def build_run(cfg: DictConfig, solo: bool = True) -> tuple[list, StepPlan, object, CharLM]:
+def build_run(cfg: DictConfig, population: bool = False) -> tuple[list, StepPlan, object, CharLM]:
     """(callbacks, plan, datamodule, module): what a run trains, built in the order that fixes its initial weights
-    (seed, then the data module, then the net). A population member is built by this same function (solo=False:
-    it resumes from a member checkpoint, which holds no Lightning loop state)."""
+    (seed, then the data module, then the net). A population member is built by this same function (population=True:
+    it may resume from a population member's checkpoint, which has no Lightning loop state)."""
     logging_media.check_logger_packages(cfg.get("logger"))
     pl.seed_everything(cfg.seed, workers=True)
     nodes = {name: c for name, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c}
@@ -120,7 +120,7 @@ def build_run(cfg: DictConfig, solo: bool = True) -> tuple[list, StepPlan, objec
         "overrides": resume.run_overrides(),  # what was typed: a sweep run again tells its own jobs apart by it
     }
     if cfg.get("ckpt_path"):
-        resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta, net, cfg.trainer.max_steps, by_lightning=solo)
+        resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta, net, cfg.trainer.max_steps, population)
     optimizer = build_partial(cfg.optimizer, "optimizer", params=[torch.zeros(1, requires_grad=True)])
     schedule = build_partial(cfg.schedule, "schedule", total_steps=cfg.trainer.max_steps) if cfg.get("schedule") else None
     module = CharLM(net, optimizer, schedule, cfg.data.batch_size, checkpoint_meta,

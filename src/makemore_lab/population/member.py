@@ -81,7 +81,7 @@ class Member:
             logging.getLogger(__name__).info("no %s yet: this job starts from step 0", own_last)
             cfg.ckpt_path = None
         self.lock = RunDirLock(self.out_dir, resuming=bool(cfg.get("ckpt_path"))).__enter__()
-        callbacks, _, self.datamodule, self.module = build_run(cfg, solo=False)
+        callbacks, _, self.datamodule, self.module = build_run(cfg, population=True)
         job_overrides = self.out_dir / ".hydra" / "overrides.yaml"  # the launcher's, written before training
         if job_overrides.exists():  # the member's own, not the sweep's (HydraConfig during a population)
             self.module.checkpoint_meta["overrides"] = resume.run_overrides(OmegaConf.load(job_overrides))

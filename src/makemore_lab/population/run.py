@@ -48,6 +48,7 @@ class Population:
         self.feeds = torch.tensor([seeds.index(m.datamodule.seed) for m in members], device=device)
         clip = [m.cfg.trainer.get("gradient_clip_val") or math.inf for m in members]
         self.clip_values = torch.tensor(clip, device=device)
+        self.clipping = any(math.isfinite(c) for c in clip)  # decided here: no per-step host sync
         self.clip_algorithm = first.trainer.get("gradient_clip_algorithm") or "norm"
         self.plain_sgd = all(is_plain_sgd(m.optimizer) for m in members)
         self._sgd_rates: tuple | None = None  # the (lr, weight decay) per member that _lr and _wd hold
@@ -68,7 +69,7 @@ class Population:
     def clip(self) -> None:
         """trainer.gradient_clip_val per member (torch's clip_grad_norm_ / clip_grad_value_ arithmetic, each member
         over its own gradients: never one norm across members)."""
-        if not torch.isfinite(self.clip_values).any():
+        if not self.clipping:
             return
         grads = self.stacked.grads()
         shaped = lambda t, g: t.view(-1, *[1] * (g.dim() - 1))
@@ -82,7 +83,7 @@ class Population:
             g.mul_(shaped(coef, g))
 
     def step(self, x, y, step: int, active: list[Member]) -> torch.Tensor:
-        self.stacked.zero_grad()
+        self.stacked.zero_grad(member_views=not self.plain_sgd)
         losses = self.stacked.losses(self.loss, x, y, shared_data=len(self.streams) == 1)
         losses.sum().backward()  # member i's loss depends on member i's weights only: each gets its own gradient
         self.clip()
@@ -107,6 +108,8 @@ class Population:
             self._lr, self._wd = torch.tensor(rates, device=self.device).T
             self._decay = any(wd for _, wd in rates)  # read here, on the host: no per-step device sync
         for stacked in self.stacked.params.values():
+            if stacked.grad is None:  # not used by the loss: torch's SGD skips it too
+                continue
             shape = (-1, *[1] * (stacked.dim() - 1))
             update = stacked.grad + self._wd.view(shape) * stacked.detach() if self._decay else stacked.grad
             stacked.detach().sub_(update * self._lr.view(shape))

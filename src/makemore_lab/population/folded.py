@@ -1,0 +1,112 @@
+"""The population's fast forward: members folded into the batch dimension, one batched kernel per layer.
+
+Under `torch.func.vmap` every op of a model pays vmap's dispatch, and some ops have slow batching rules (BatchNorm's
+is ~40% of a WaveNet population step; CPU flash attention has none at all and runs a per-member loop). Most of a
+model's code, though, treats the rows of a minibatch independently: an activation, a reshape that keeps dim 0, a
+transpose of the other dims, attention within a sequence. So the population can run the *unchanged model code*
+on one minibatch of N * B rows (member i's rows are rows i*B .. i*B+B-1), and only the few functions that read
+weights, or mix rows, need to know about members. `MembersInBatch` (a torch function mode) gives exactly those a
+per-member meaning while the forward runs:
+
+- `F.linear`: one `torch.baddbmm` over the members' stacked weights (N, out, in);
+- `F.embedding`: member i's indices offset into its own rows of the stacked table;
+- `F.batch_norm`: each member's channels normalised over its own rows (the members become N * C channels of one
+  fused batch_norm, with each member's own running statistics as views of the stacked buffers);
+- `F.layer_norm`: normalised per row, then each member's own scale and shift;
+- `F.cross_entropy` with a mean or sum: one loss per member, (N,) instead of a scalar.
+
+Everything else runs as it is. That is an assumption about the model's code (no other op mixes rows, dim 0 is the
+batch), so it is checked rather than trusted: `folds_exactly` compares the folded losses and gradients with the
+vmap path's on the first minibatch, and a model that fails (an error, or other numbers) keeps the vmap path.
+"""
+
+import torch
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+
+class NotFoldable(Exception):
+    """A call the folded forward cannot give a per-member meaning (the population keeps the vmap path)."""
+
+
+def _rows(n: int, input: torch.Tensor) -> int:
+    if input.dim() == 0 or input.shape[0] % n:
+        raise NotFoldable(f"a weight applied to a tensor of shape {tuple(input.shape)}, not N * B rows")
+    return input.shape[0] // n
+
+
+def linear(n, input, weight, bias=None):
+    _rows(n, input)
+    x = input.reshape(n, -1, input.shape[-1])
+    weight_t = weight.transpose(1, 2)
+    out = torch.bmm(x, weight_t) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight_t)
+    return out.view(*input.shape[:-1], weight.shape[1])
+
+
+def embedding(n, input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+              sparse=False):
+    if padding_idx is not None or max_norm is not None or scale_grad_by_freq or sparse:
+        raise NotFoldable("F.embedding with padding_idx, max_norm, scale_grad_by_freq or sparse")
+    _rows(n, input)
+    table = weight.shape[1]
+    offsets = torch.arange(0, n * table, table, device=input.device).view(n, 1)
+    own_rows = (input.reshape(n, -1) + offsets).view(input.shape)
+    return F.embedding(own_rows, weight.reshape(n * table, *weight.shape[2:]))
+
+
+def batch_norm(n, input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5):
+    rows, channels, rest = _rows(n, input), input.shape[1], input.shape[2:]
+    # (N*B, C, *rest) -> (B * prod(rest), N*C): member i's channels are columns i*C .. i*C+C-1, each normalised over
+    # its own member's rows (and positions) only. A 2-D batch_norm, even for (B, C, T) inputs: torch's 3-D kernel
+    # over N*C channels with a short T is several times slower, forward and backward.
+    positions = list(range(3, 3 + len(rest)))
+    per_member = input.reshape(n, rows, channels, *rest)
+    members_as_channels = per_member.permute(1, *positions, 0, 2).reshape(-1, n * channels)
+    flat = lambda t: None if t is None else t.view(n * channels)  # views: the update lands in the stacked buffers
+    out = F.batch_norm(members_as_channels, flat(running_mean), flat(running_var), flat(weight), flat(bias),
+                       training, momentum, eps)
+    back = [len(rest) + 1, 0, len(rest) + 2, *range(1, len(rest) + 1)]  # (B, *rest, N, C) -> (N, B, C, *rest)
+    return out.view(rows, *rest, n, channels).permute(*back).reshape(input.shape)
+
+
+def layer_norm(n, input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    _rows(n, input)
+    out = F.layer_norm(input, normalized_shape, None, None, eps).reshape(n, -1, *normalized_shape)
+    if weight is not None:
+        out = out * weight.unsqueeze(1)
+    if bias is not None:
+        out = out + bias.unsqueeze(1)
+    return out.view(input.shape)
+
+
+def cross_entropy(n, input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    if weight is not None or size_average is not None or reduce is not None or label_smoothing:
+        raise NotFoldable("F.cross_entropy with class weights, label smoothing or legacy reduction arguments")
+    losses = F.cross_entropy(input, target, ignore_index=ignore_index, reduction="none")
+    if reduction == "none":
+        return losses
+    _rows(n, losses)
+    per_member = losses.view(n, -1).sum(dim=1)
+    if reduction == "sum":
+        return per_member
+    return per_member / (target != ignore_index).view(n, -1).sum(dim=1)  # cross_entropy's mean over scored targets
+
+
+PER_MEMBER = {F.linear: linear, F.embedding: embedding, F.batch_norm: batch_norm, F.layer_norm: layer_norm,
+              F.cross_entropy: cross_entropy}
+
+
+class MembersInBatch(TorchFunctionMode):
+    """While active, the functions in PER_MEMBER act per member on N * B rows and N stacked weights."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        rule = PER_MEMBER.get(func)
+        if rule is None:
+            return func(*args, **(kwargs or {}))
+        return rule(self.size, *args, **(kwargs or {}))
