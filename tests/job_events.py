@@ -25,3 +25,14 @@ class JobEvents(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         self.record({"event": "end", "num": config.hydra.job.num, "current": HydraConfig.get().job.num,
                      "overrides": list(job_return.overrides), "return_value": job_return.return_value})
+
+
+class CtrlCAfterFirstJob(Callback):
+    """Ctrl-C (a real SIGINT to this process) right after the first job of a sweep has ended: between two jobs."""
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.job.num == 0:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)

@@ -338,3 +338,18 @@ def test_lr_finder_writes_the_lecture_plot_and_prints_a_suggestion(tmp_path, sma
     assert match, result.stdout
     lowest = min(points, key=lambda p: p["smoothed"])["exponent"]
     assert math.log10(float(match.group(1))) == pytest.approx(max(lowest - 0.25, -3), abs=0.01)
+
+
+@pytest.mark.slow
+def test_ctrl_c_between_sweep_jobs_says_the_ended_jobs_are_kept(tmp_path, small_names, monkeypatch):
+    # Before: the start-up handler's "interrupted before training started; nothing was saved", although job 0 had
+    # finished and its summary.json was there.
+    monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
+    sweep_dir = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "seed=1,2", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+                        "+hydra.callbacks.ctrl_c._target_=job_events.CtrlCAfterFirstJob")
+    assert result.returncode == 130
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: interrupted between sweep jobs; the 1 job(s) that ended keep their results (the same command "
+        "continues the sweep)")
+    assert (sweep_dir / "0" / "summary.json").is_file() and not (sweep_dir / "1").exists()

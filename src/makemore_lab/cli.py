@@ -14,7 +14,13 @@ import sys
 
 
 def exit_on_early_interrupt(signum, frame) -> None:
-    print("error: interrupted before training started; nothing was saved", file=sys.stderr)
+    """Ctrl-C outside training: while starting up, or in a sweep between two jobs (whose finished jobs are kept)."""
+    ended = getattr(sys.modules.get("makemore_lab.sweep_policy"), "jobs_ended", 0)  # not imported: still starting
+    if ended:
+        print(f"error: interrupted between sweep jobs; the {ended} job(s) that ended keep their results "
+              "(the same command continues the sweep)", file=sys.stderr)
+    else:
+        print("error: interrupted before training started; nothing was saved", file=sys.stderr)
     sys.exit(130)
 
 

@@ -36,11 +36,23 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+# Jobs of this sweep that have ended in this process (finished or failed): a Ctrl-C between two jobs is not
+# "before training started" (cli.exit_on_early_interrupt says which).
+jobs_ended = 0
+
+
 def run_job(train, cfg) -> float:
     """`train(cfg)`'s val loss; under a multirun a failure is recorded and returned as +inf instead of raised."""
     if not in_multirun():
         return train(cfg).get("val_loss", math.nan)
-    job = HydraConfig.get().job.num
+    global jobs_ended
+    try:
+        return job_result(train, cfg, HydraConfig.get().job.num)
+    finally:
+        jobs_ended += 1
+
+
+def job_result(train, cfg, job: int) -> float:
     try:
         earlier = earlier_result(cfg, job)
         return earlier if earlier is not None else train(cfg).get("val_loss", math.nan)
