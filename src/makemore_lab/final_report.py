@@ -19,14 +19,19 @@ from makemore_lab.sampling import generate
 log = logging.getLogger(__name__)
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    """Write to a temporary file, then rename: a reader never sees a half-written file."""
+def write_atomically(path: Path, write) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename: a reader (or a kill mid-write) never sees a
+    half-written file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        write(tmp)
     except OSError as err:  # a write() that fails (a full disk) names no file: name the one it was for
         raise OSError(err.errno, err.strerror, str(path)) from None
     os.replace(tmp, path)
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def hparams_for_tensorboard(cfg: DictConfig, params: int, block_size: int) -> dict:

@@ -8,7 +8,6 @@ decides *when* its optimizer steps; everything a job dir holds is written here, 
 import contextlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -128,9 +127,7 @@ class Member:
         }
         self.module.on_save_checkpoint(checkpoint)  # the model config and vocabulary: what rebuilds the net alone
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        final_report.write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
 
     def save_last(self, step: int) -> None:
         self.save(self.out_dir / "checkpoints" / "last.ckpt", step)
