@@ -75,3 +75,25 @@ def read_scalars(event_dir: Path) -> dict[str, list[float]]:
 def read_scalar_steps(event_dir: Path) -> dict[str, list[int]]:
     """The global steps at which each scalar tag was logged, in order."""
     return {tag: [e.step for e in events] for tag, events in read_scalar_events(event_dir).items()}
+
+
+def read_events(event_dir: Path) -> dict:
+    """Everything a run wrote to TensorBoard: {"scalars"|"histograms"|"images"|"text": {tag: [(step, value)]}}."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer(size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    mux.AddRunsFromDirectory(str(event_dir))
+    mux.Reload()
+    events = {"scalars": {}, "histograms": {}, "images": {}, "text": {}}
+    for run, tags in mux.Runs().items():
+        for tag in tags["scalars"]:
+            events["scalars"].setdefault(tag, []).extend((e.step, e.value) for e in mux.Scalars(run, tag))
+        for tag in tags["histograms"]:
+            events["histograms"].setdefault(tag, []).extend((e.step, e.histogram_value) for e in mux.Histograms(run, tag))
+        for tag in tags["images"]:
+            events["images"].setdefault(tag, []).extend((e.step, e) for e in mux.Images(run, tag))
+        for tag in tags["tensors"]:
+            if tag.endswith("/text_summary"):
+                text = [(e.step, e.tensor_proto.string_val[0].decode()) for e in mux.Tensors(run, tag)]
+                events["text"].setdefault(tag.removesuffix("/text_summary"), []).extend(text)
+    return events

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import CONFIG_DIR, TINY
+from conftest import CONFIG_DIR, TINY, read_events
 from makemore_lab.callbacks.sample_text import SampleText
 from makemore_lab.diagnostics import Diagnostics
 from makemore_lab.diagnostics.activations import NONLINEARITIES
@@ -39,28 +39,6 @@ FIGURES = ["activation_distribution", "gradient_distribution", "weight_gradient_
 NO_EXTRAS = ["callbacks.diagnostics.figures=false", "~callbacks.sample_text", "~callbacks.model_checkpoint"]
 RULES = {"initial_loss", "saturation", "activation_std", "gradient_scale", "update_data", "dead_units",
          "final_saturation"}
-
-
-def read_events(event_dir: Path) -> dict:
-    """Everything a run wrote to TensorBoard: {"scalars"|"histograms"|"images"|"text": {tag: [(step, value)]}}."""
-    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
-
-    mux = EventMultiplexer(size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
-    mux.AddRunsFromDirectory(str(event_dir))
-    mux.Reload()
-    events = {"scalars": {}, "histograms": {}, "images": {}, "text": {}}
-    for run, tags in mux.Runs().items():
-        for tag in tags["scalars"]:
-            events["scalars"].setdefault(tag, []).extend((e.step, e.value) for e in mux.Scalars(run, tag))
-        for tag in tags["histograms"]:
-            events["histograms"].setdefault(tag, []).extend((e.step, e.histogram_value) for e in mux.Histograms(run, tag))
-        for tag in tags["images"]:
-            events["images"].setdefault(tag, []).extend((e.step, e) for e in mux.Images(run, tag))
-        for tag in tags["tensors"]:
-            if tag.endswith("/text_summary"):
-                text = [(e.step, e.tensor_proto.string_val[0].decode()) for e in mux.Tensors(run, tag)]
-                events["text"].setdefault(tag.removesuffix("/text_summary"), []).extend(text)
-    return events
 
 
 def values(events: dict, tag: str) -> list[float]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, read_scalars, run_script
+from conftest import ROOT, read_events, read_scalars, run_script
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.population import population_refusal, train_population
@@ -82,6 +82,49 @@ def assert_members_match_solo_runs(compose_train, small_names, tmp_path, model, 
                 width = a.numel() // 3
                 a, b = torch.cat([a[:width], a[2 * width:]]), torch.cat([b[:width], b[2 * width:]])
             assert torch.allclose(a, b, atol=1e-4), f"{model} member {i}: {key}"
+
+
+def numbers(node, prefix: str = "") -> dict:
+    """Every number in a nested summary (the health verdict, a diagnostics history) by its path."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in numbers(value, f"{prefix}{key}.").items()}
+    if isinstance(node, list):
+        return {k: v for i, value in enumerate(node) for k, v in numbers(value, f"{prefix}{i}.").items()}
+    return {prefix: node}
+
+
+@pytest.mark.parametrize("optimizer", ["optimizer.lr=0.2", "optimizer=adamw"])  # vectorised SGD; per-member steps
+def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(compose_train, small_names, tmp_path,
+                                                                            optimizer):
+    """The diagnostics and sample_text callbacks run per member, on the steps they measure, as in a solo run: the
+    same measurements in TensorBoard, the same health verdict in summary.json, the same samples, the figures."""
+    figures = "callbacks.diagnostics.figures=" + ("true" if optimizer.endswith("0.2") else "false")
+    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=40", "trainer.val_check_interval=20",
+              "model.n_hidden=16", "callbacks.diagnostics.every_n_steps=10", "callbacks.sample_text.every_n_steps=20",
+              "~callbacks.progress_bar", optimizer, figures]
+    members = [compose_member(compose_train, tmp_path, f"member{i}", *common, f"seed={i}") for i in range(2)]
+    results = train_population(members)
+    for i in range(2):
+        solo = train(compose_member(compose_train, tmp_path, f"solo{i}", *common, f"seed={i}"))
+        ours, theirs = numbers(results[i]["health"]), numbers(solo["health"])
+        assert ours.keys() == theirs.keys() and len(ours) > 5
+        for key, value in theirs.items():
+            assert ours[key] == (pytest.approx(value, rel=1e-3, abs=1e-5) if isinstance(value, float) else value), key
+        ours, theirs = read_events(tmp_path / f"member{i}"), read_events(tmp_path / f"solo{i}")
+        measured = [tag for tag in theirs["scalars"] if tag.startswith(("saturation/", "grad_data/", "update_data/",
+                                                                         "dead/", "activation_std/", "initial_loss/"))]
+        assert len(measured) >= 6
+        for tag in measured:
+            (steps, values), (solo_steps, solo_values) = zip(*ours["scalars"][tag]), zip(*theirs["scalars"][tag])
+            assert steps == solo_steps and values == pytest.approx(solo_values, rel=1e-3, abs=1e-5), tag
+        assert [s for s, _ in theirs["scalars"]["saturation/act"]] == [0, 10, 20, 30, 39]
+        assert ours["histograms"].keys() == theirs["histograms"].keys() != set()
+        assert ours["images"].keys() == theirs["images"].keys()
+        assert ours["text"]["samples"] == theirs["text"]["samples"] and len(theirs["text"]["samples"]) == 2
+        assert ours["text"]["health"] and ours["text"]["health"][0][0] == 40
+        if figures.endswith("true"):
+            assert sorted(p.name for p in (tmp_path / f"member{i}" / "figures").glob("*.png")) == sorted(
+                p.name for p in (tmp_path / f"solo{i}" / "figures").glob("*.png")) != []
 
 
 def test_a_diverging_member_stops_alone_and_the_others_are_plain_runs(compose_train, small_names, tmp_path):

@@ -9,13 +9,16 @@ train_population) say so in their name (`..._by_the_engine`); without the engine
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, TINY, run_script
+from makemore_lab.population import population_key
 from makemore_lab.population.grouping import group_jobs
 from test_sweeps import check_rows_match_jobs, job_overrides, job_summary, needs, read_rows, with_tests_on_path
 
@@ -47,8 +50,8 @@ def test_shape_preserving_differences_share_one_population(tmp_path):
         ["optimizer.lr=0.03", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-4"],
         ["seed=7", "data.seed=3", "model.init=naive"],
         ["schedule.at=0.8", "schedule.factor=0.3"],
-        ["model=wavenet", "model.dropout=0.2"],
-        ["model=wavenet", "model.dropout=0.0", "seed=2"],
+        ["model=mlp_bn", "model.gain=1.0"],
+        ["model=mlp_bn", "model.init=torch", "seed=2"],
         ["optimizer=adamw", "model=transformer", "optimizer.betas=[0.8,0.9]", "optimizer.eps=1e-6"],
         ["optimizer=adamw", "model=transformer", "optimizer.lr=3e-3"],
     )
@@ -58,7 +61,7 @@ def test_shape_preserving_differences_share_one_population(tmp_path):
     assert cfgs[0].callbacks.model_checkpoint.dirpath != cfgs[1].callbacks.model_checkpoint.dirpath
     # jobs 4-7 could not join the first group: one line each, naming what differs
     assert sorted(grouping.reasons) == [4, 5, 6, 7]
-    assert "cannot join job(s) 0,1,2,3" in grouping.reasons[4] and "model_name ('wavenet', not 'mlp')" in \
+    assert "cannot join job(s) 0,1,2,3" in grouping.reasons[4] and "model_name ('mlp_bn', not 'mlp')" in \
         grouping.reasons[4]
     assert grouping.reasons[6].startswith("is in a population of 2: it cannot join job(s)")
 
@@ -87,6 +90,24 @@ def test_a_shape_or_loop_difference_is_its_own_group_with_the_key_named(tmp_path
         assert reason.startswith("runs alone: it cannot join job(s) 10,11, differing in "), reason
         assert SHAPE_OR_LOOP_DIFFERENCES[override] in reason, reason
         assert f"job {names[index]} {reason}" in grouping.describe()
+
+
+MODEL_VARIATIONS = [  # (model, override): the launcher and the engine must agree on each
+    ("transformer", "model.dropout=0.1"), ("wavenet", "model.dropout=0.2"), ("mlp", "model.init=naive"),
+    ("mlp_bn", "model.gain=1.0"), ("mlp", "model.n_hidden=100"), ("wavenet", "model.n_hidden=64"),
+]
+
+
+@pytest.mark.parametrize("model,override", MODEL_VARIATIONS)
+def test_the_launcher_and_the_engine_group_by_one_rule(tmp_path, model, override):
+    """A model key the launcher lets differ is one the engine stacks, and the other way round (a dropout rate is a
+    number the stacked forward holds once: two rates are two populations, in both)."""
+    cfgs = compose_jobs(tmp_path, [f"model={model}"], [f"model={model}", override])
+    members = [SimpleNamespace(cfg=cfg, start_step=0, net=instantiate(cfg.model, vocab_size=27, block_size=cfg.block_size or 16))
+               for cfg in cfgs]
+    launcher_joins = group_jobs(cfgs).groups == [[0, 1]]
+    assert launcher_joins == (population_key(members[0]) == population_key(members[1]))
+    assert launcher_joins == (override.split("=")[0] in ("model.init", "model.gain"))
 
 
 def test_refused_and_bad_jobs_run_alone_with_their_reason(tmp_path):

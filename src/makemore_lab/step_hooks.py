@@ -21,6 +21,7 @@ from `trainer.global_step` on resume). `pl_module.net` is the architecture (`net
             ...  # the weights right after optimizer step `step`; its gradients are still in p.grad
 """
 
+import math
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -63,6 +64,21 @@ class StepClock:
                 self._handles.append(optimizer.register_step_pre_hook(self._pre))
             self._handles.append(optimizer.register_step_post_hook(self._post))
         self._counting = optimizers[0] if optimizers else None
+
+    @property
+    def due_step(self) -> float:
+        """The next step at which `before`/`after` will be called (inf: none, or the clock is not started)."""
+        return self._due if self._handles else math.inf
+
+    def count_to(self, step: int) -> None:
+        """For an engine that made optimizer steps without `optimizer.step()` (a population's vectorised SGD step,
+        population/run.py): the steps up to `step` are done. Never calls the hooks: the engine steps through the
+        optimizer itself at every `due_step`."""
+        if not self._handles:
+            return
+        if step < self.step or step > self._due:
+            raise ValueError(f"StepClock.count_to({step}) from step {self.step}, due at {self._due}")
+        self.step = step
 
     def stop(self) -> None:
         for handle in self._handles:

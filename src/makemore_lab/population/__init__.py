@@ -14,14 +14,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from makemore_lab.errors import TrainingInterrupted, UserError
-from makemore_lab.population import memory
+from makemore_lab.population import grouping, memory
 from makemore_lab.population.member import Member
 from makemore_lab.population.run import Population
 
 log = logging.getLogger(__name__)
 
-# The callbacks a population honours (last.ckpt's cadence, the best checkpoint) or may leave out without changing
-# the weights (a progress bar; the diagnostics and sample text, measured only by a solo run: docs/population.md).
+# The callbacks a population honours: last.ckpt's cadence and the best checkpoint (the population saves them), the
+# diagnostics and the sample text (run per member: member.STEP_CALLBACKS), and a progress bar (left out).
 KNOWN_CALLBACKS = {
     "makemore_lab.callbacks.last_checkpoint.LastCheckpoint",
     "pytorch_lightning.callbacks.ModelCheckpoint",
@@ -29,8 +29,6 @@ KNOWN_CALLBACKS = {
     "makemore_lab.diagnostics.Diagnostics",
     "makemore_lab.callbacks.sample_text.SampleText",
 }
-# Config values that only set a member's initial weights: members that differ in them share one population.
-INIT_ONLY_MODEL_KEYS = ("init", "gain")
 
 
 def population_refusal(cfg: DictConfig) -> str | None:
@@ -63,10 +61,10 @@ def train_population(cfgs: list[DictConfig]) -> list[dict | BaseException]:
         log.info("population of %d: %s", len(group), ", ".join(str(m.out_dir) for m in group))
         try:
             Population(group, device).fit()
-        except TrainingInterrupted:
+        except TrainingInterrupted as err:
             for member in members:
                 if member.active:
-                    member.release()
+                    member.release(err)
             raise
         except Exception as err:  # a crash ends this population's members, not the sweep (as sweep_policy does)
             log.debug("population crashed:\n%s", traceback.format_exc())
@@ -100,11 +98,12 @@ def choose_device(cfg: DictConfig) -> torch.device:
 
 
 def population_key(member: Member) -> str:
-    """Members with the same key can be stacked: same architecture and shapes, same data and steps."""
+    """Members with the same key can be stacked: same architecture and shapes, same data and steps. The model and
+    data keys that may differ are the launcher's (grouping.may_differ): one rule for both."""
     cfg = member.cfg
-    container = lambda node: OmegaConf.to_container(node, resolve=True)
-    model = {k: v for k, v in container(cfg.model).items() if k not in INIT_ONLY_MODEL_KEYS}
-    data = {k: v for k, v in container(cfg.data).items() if k != "seed"}
+    same = lambda section: {k: v for k, v in OmegaConf.to_container(cfg[section], resolve=True).items()
+                            if not grouping.may_differ(f"{section}.{k}", v)}
+    model, data = same("model"), same("data")
     trainer = {k: cfg.trainer.get(k) for k in ("max_steps", "val_check_interval", "log_every_n_steps",
                                                "gradient_clip_algorithm")}
     shapes = [(name, tuple(t.shape)) for name, t in member.net.state_dict().items()]

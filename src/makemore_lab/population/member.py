@@ -1,8 +1,17 @@
 """One member of a population: a solo run's pieces (built by train.build_run, the same code), in its own job dir.
 
 A member owns what a solo run owns: its config, its run-dir lock, its data module, its CharLM (net, schedule,
-checkpoint metadata, initial loss), its torch optimizer, its loggers and its train.log. The population only
-decides *when* its optimizer steps; everything a job dir holds is written here, through the solo code paths.
+checkpoint metadata, initial loss), its torch optimizer, its loggers, its train.log, and its step callbacks (the
+diagnostics and the sample text, below). The population only decides *when* its optimizer steps; everything a job
+dir holds is written here, through the solo code paths.
+
+Step callbacks in a population (the contract for callback authors; docs/population.md). A member has no Lightning
+Trainer, so only the callbacks in STEP_CALLBACKS run, each on its member alone, and they see a `MemberTrainer`
+(the trainer attributes they read, and no others): `on_train_start`, then their `StepClock` hooks on the member's
+own torch optimizer, then `on_train_end` (or `on_exception`). On every step a callback's clock is due at
+(`StepClock.due_step`), the population trains each member with the solo run's own step (its own net's forward and
+backward, its optimizer's `step()`), so forward hooks, gradients and the weights' update are exactly what the
+callback would see in a solo run; on the other steps the clock only counts (`StepClock.count_to`).
 """
 
 import contextlib
@@ -19,12 +28,30 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from makemore_lab import config_schema, final_report, resume
 from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
+from makemore_lab.callbacks.sample_text import SampleText
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
+from makemore_lab.diagnostics import Diagnostics
 from makemore_lab.resume import Segment
 from makemore_lab.run_dir import RunDirLock
 from makemore_lab.train import build, build_run
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
+STEP_CALLBACKS = (Diagnostics, SampleText)  # the callbacks that run per member (the contract above)
+
+
+@dataclass
+class MemberTrainer:
+    """What the step callbacks and final_report read of a trainer, for one member (a member has no Trainer)."""
+
+    loggers: list
+    optimizers: list
+    datamodule: object
+    default_root_dir: str
+    max_steps: int
+    global_step: int = 0
+    callbacks: list = field(default_factory=list)
+    checkpoint_callback: object = None  # best_model_path, for final_weights=best
+    is_global_zero: bool = True
 
 
 @dataclass
@@ -42,6 +69,8 @@ class Member:
     best_path: str = ""
     best_val: float = float("inf")
     stale_validations: int = 0  # validations since the best one (early stopping)
+    callbacks: list = field(default_factory=list)  # its STEP_CALLBACKS, as configured
+    trainer: MemberTrainer | None = None
     result: dict | BaseException | None = None  # set when the member is done: its summary or what ended it
 
     @property
@@ -91,11 +120,24 @@ class Member:
                 self.last_every_seconds = callback.every_seconds
             elif isinstance(callback, ModelCheckpoint) and callback.monitor == "val/loss":
                 self.best_monitor = callback
+            elif isinstance(callback, STEP_CALLBACKS):
+                self.callbacks.append(callback)
         if cfg.get("ckpt_path"):
             self._load(cfg.ckpt_path)
         self.module.start_optimizer(self.optimizer, self.start_step)
         self.loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+        self.trainer = MemberTrainer(self.loggers, [self.optimizer], self.datamodule, str(self.out_dir),
+                                     cfg.trainer.max_steps, self.start_step, self.callbacks)
 
+    @property
+    def clocks(self) -> list:
+        return [callback.clock for callback in self.callbacks]
+
+    def start_callbacks(self) -> None:
+        """The step callbacks' on_train_start: after the population stacked the weights (they hook the member's own
+        modules and optimizer, which the stacked copies must not carry)."""
+        for callback in self.callbacks:
+            callback.on_train_start(self.trainer, self.module)
     def _load(self, ckpt_path: str) -> None:
         checkpoint = read_checkpoint(ckpt_path)
         self.net.load_state_dict(net_state_dict(checkpoint))
@@ -105,6 +147,10 @@ class Member:
         state = checkpoint.get("population_member", {})  # a solo run's checkpoint has none: start the counts afresh
         self.best_path, self.best_val = state.get("best_path", ""), state.get("best_val", float("inf"))
         self.stale_validations = state.get("stale_validations", 0)
+        saved = checkpoint.get("callbacks") or {}  # Lightning's layout: a solo run's checkpoint resumes them alike
+        for callback in self.callbacks:
+            if callback.state_key in saved:
+                callback.load_state_dict(saved[callback.state_key])
         logging.getLogger(__name__).info("resumed from %s at step %d", ckpt_path, self.start_step)
 
     def finished_summary(self) -> dict | None:
@@ -124,6 +170,7 @@ class Member:
             "lr_schedulers": [],
             "population_member": {"best_path": self.best_path, "best_val": self.best_val,
                                   "stale_validations": self.stale_validations},
+            "callbacks": {c.state_key: c.state_dict() for c in self.callbacks},  # the diagnostics' history
         }
         self.module.on_save_checkpoint(checkpoint)  # the model config and vocabulary: what rebuilds the net alone
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,20 +199,26 @@ class Member:
         """The solo run's end: last.ckpt, then final_report's exact losses, samples, hparams and summary.json.
         `seconds` is the population's wall time: the member's steps/s is honest about sharing the machine."""
         self.save_last(step)
-        # final_report reads these from the Trainer of a solo run; a member has no Trainer of its own.
-        trainer_view = SimpleNamespace(loggers=self.loggers, global_step=step, callbacks=[],
-                                       checkpoint_callback=SimpleNamespace(best_model_path=self.best_path))
+        self.trainer.global_step = step
+        for callback in self.callbacks:  # the health report and figures, before the summary that holds the verdict
+            callback.on_train_end(self.trainer, self.module)
+        self.trainer.checkpoint_callback = SimpleNamespace(best_model_path=self.best_path)
         segment = Segment(step - self.start_step, seconds, self.start_step)
-        self.result = final_report.report(self.cfg, trainer_view, self.module, self.datamodule, segment,
+        self.result = final_report.report(self.cfg, self.trainer, self.module, self.datamodule, segment,
                                           extra={"population_size": population_size})
         self.release()
 
     def fail(self, error: BaseException) -> None:
         self.result = error
         logging.getLogger(__name__).error("%s", error)
-        self.release()
+        self.release(error)
 
-    def release(self) -> None:
+    def release(self, error: BaseException | None = None) -> None:
+        """The end of the member in this process: its loggers flushed, its run dir unlocked; after an error (its
+        own, or a signal that stopped the population) the step callbacks' on_exception takes their hooks off."""
+        if error is not None and self.trainer is not None:
+            for callback in self.callbacks:
+                callback.on_exception(self.trainer, self.module, error)
         for logger in self.loggers:
             logger.save()
         if self.lock is not None:

@@ -5,6 +5,11 @@ step), so members with one data seed share it and each matches its solo run's); 
 backward for all members (stacked.StackedNets); per-member clipping; then each member's own torch optimizer
 steps its own Parameters (rows of the stacked weights) and sets its own next lr (the engine's StepEngine.set_lr).
 Host syncs happen once per chunk of steps (the divergence check), not per step.
+
+On the steps where a member's step callback is due (the diagnostics, the sample text: member.py's contract), every
+member makes the solo run's own step instead (`solo_steps`): its own net's forward and backward, then its
+optimizer's step(), so the callbacks' hooks see what they would see in a solo run. The diagnostics measure every
+200th step by default: two such steps in 200.
 """
 
 import logging
@@ -51,7 +56,7 @@ class Population:
         self.clipping = any(math.isfinite(c) for c in clip)  # decided here: no per-step host sync
         self.clip_algorithm = first.trainer.get("gradient_clip_algorithm") or "norm"
         self.plain_sgd = all(is_plain_sgd(m.optimizer) for m in members)
-        self._sgd_rates: tuple | None = None  # the (lr, weight decay) per member that _lr and _wd hold
+        self._sgd_rates: tuple | None = None  # the (lr, weight decay) per member that _minus_lr and _wd hold
         self.stop_signal: str | None = None
 
     def loss(self, net, x, y):
@@ -96,6 +101,34 @@ class Population:
             member.module.engine.set_lr(member.optimizer, step + 1)
         return losses.detach()
 
+    def solo_steps(self, x, y, step: int, active: list[Member]) -> torch.Tensor:
+        """Step `step` as each member's solo run makes it (the step callbacks' hooks fire); (N,) losses, 0 for a
+        stopped member."""
+        self.stacked.bind_member_grads()
+        shared = len(self.streams) == 1
+        losses = []
+        for i, member in enumerate(self.members):
+            if not member.active:
+                losses.append(torch.zeros((), device=self.device))
+                continue
+            loss = self.loss(member.net, x if shared else x[i], y if shared else y[i])
+            loss.backward()
+            losses.append(loss.detach())
+            if member.module.initial_loss is None and step == 0:  # the initial-loss check reads it at step 0
+                member.module.initial_loss = loss.item()
+        self.clip()
+        for member in active:
+            for clock in member.clocks:
+                clock.count_to(step)  # the vectorised SGD step does not call optimizer.step(): tell the clocks
+            member.optimizer.step()
+            member.module.engine.set_lr(member.optimizer, step + 1)
+        return torch.stack(losses)
+
+    def next_hooked_step(self, step: int) -> int:
+        """The first step >= `step` at which a member's step callback is due (max_steps if none)."""
+        due = [clock.due_step for m in self.active for clock in m.clocks]
+        return int(min([self.max_steps, *due]))
+
     def sgd_step(self) -> None:
         """All members' torch SGD steps without momentum as one op per stacked tensor: p -= lr * (g + wd * p),
         torch's SGD arithmetic with each member's own lr and weight decay (a stopped member's lr is 0). The lecture
@@ -105,28 +138,37 @@ class Population:
                       for m in self.members for g in m.optimizer.param_groups)
         if rates != self._sgd_rates:  # set once per schedule change, not per step
             self._sgd_rates = rates
-            self._lr, self._wd = torch.tensor(rates, device=self.device).T
+            lr, self._wd = torch.tensor(rates, device=self.device).T
+            self._minus_lr = -lr
             self._decay = any(wd for _, wd in rates)  # read here, on the host: no per-step device sync
         for stacked in self.stacked.params.values():
             if stacked.grad is None:  # not used by the loss: torch's SGD skips it too
                 continue
             shape = (-1, *[1] * (stacked.dim() - 1))
             update = stacked.grad + self._wd.view(shape) * stacked.detach() if self._decay else stacked.grad
-            stacked.detach().sub_(update * self._lr.view(shape))
+            stacked.detach().addcmul_(update, self._minus_lr.view(shape))  # one pass: p += (-lr) * update
 
     def fit(self) -> None:
         """Train until max_steps, every member stopped, or a signal; every member's result is set at the end."""
         step = self.members[0].start_step
+        for member in self.members:
+            member.start_callbacks()
         started = last_save = time.perf_counter()
         with self.signals_stop_cleanly():
             while step < self.max_steps and self.active and not self.stop_signal:
-                count = min(MAX_CHUNK - step % MAX_CHUNK, self.max_steps - step, *self.until_next_event(step))
+                hooked = self.next_hooked_step(step)
+                count = 1 if hooked == step else min(
+                    MAX_CHUNK - step % MAX_CHUNK, hooked - step, self.max_steps - step, *self.until_next_event(step))
                 xs, ys = self.minibatches(step, count)
                 active = self.active
-                losses = torch.stack([self.step(xs[j], ys[j], step + j, active) for j in range(count)])  # (count, N)
+                if hooked == step:
+                    losses = self.solo_steps(xs[0], ys[0], step, active).unsqueeze(0)
+                else:
+                    losses = torch.stack([self.step(xs[j], ys[j], step + j, active) for j in range(count)])  # (count, N)
                 if step == 0:
                     for member, loss in zip(self.members, losses[0].tolist()):
-                        member.module.initial_loss = loss
+                        if member.module.initial_loss is None:
+                            member.module.initial_loss = loss
                 self.stop_diverged(losses, step)
                 step += count
                 if step % self.log_every == 0:
@@ -222,15 +264,16 @@ class Population:
         return Handlers()
 
     def interrupted(self, step: int) -> None:
-        for member in self.active:
-            member.save_last(step)
-            member.release()
         code = 143 if self.stop_signal == "SIGTERM" else 130
-        raise TrainingInterrupted(
+        error = TrainingInterrupted(
             f"{self.stop_signal}: population of {len(self.members)} stopped at step {step} of {self.max_steps}; every "
             f"member's checkpoint saved. Resume with: {resume_command([m.out_dir for m in self.members])}",
             exit_code=code,
         )
+        for member in self.active:
+            member.save_last(step)
+            member.release(error)
+        raise error
 
 
 def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:

@@ -70,6 +70,14 @@ class StackedNets:
             else:
                 stacked.grad = None
 
+    def bind_member_grads(self) -> None:
+        """Zeroed stacked gradients with each member's `.grad` its row again: what a member's own backward (a
+        solo step, population/run.py) accumulates into, whichever way zero_grad left them."""
+        for name, stacked in self.params.items():
+            stacked.grad = torch.zeros_like(stacked)
+            for i, net in enumerate(self.nets):
+                dict(net.named_parameters())[name].grad = stacked.grad[i]
+
     def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor, shared_data: bool) -> torch.Tensor:
         """(N,) losses: `loss_fn(net, x, y)` of every member at once; x, y are (B, ...) when the members share
         their minibatch (shared_data), else (N, B, ...) with member i's in row i."""
