@@ -42,10 +42,11 @@ def compose_train(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 300,
+               python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run one of the root entry points as a user would, capturing stdout and stderr separately."""
     return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
+        [sys.executable, *python_flags, str(ROOT / script), *args],
         capture_output=True,
         text=True,
         cwd=cwd or ROOT,

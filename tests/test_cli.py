@@ -126,3 +126,23 @@ def test_test_set_spread_scores_the_checkpoints_own_test_split(trained_run):
     assert float(spread[2]) < float(whole[2]) < float(spread[3])
     missing = run_script("scripts/test_set_spread.py", str(run_dir / "no_such.ckpt"))
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("train.py", ["optimizer.lr=-1"], "error: optimizer.lr must be a positive number below 1e30, got -1"),
+    ("train.py", ["model=nosuch"], "error: In 'train': Could not find 'model/nosuch'"),
+    ("train.py", ["model.n_hidden=wide"], "error: model.n_hidden must be a positive integer, got 'wide'"),
+    ("sample.py", [], "error: ckpt_path is required: python sample.py"),
+    ("sample.py", ["ckpt_path=x.ckpt", "temperature=-1"], "error: temperature must be a non-negative number"),
+    ("eval.py", [], "error: ckpt_path is required: python eval.py"),
+])
+def test_a_bad_value_is_one_line_before_torch_is_imported(script, args, message, tmp_path):
+    """A mistyped override or a value against a documented rule is reported before the seconds torch and
+    Lightning take to import (cli.lazy_task; Hydra's plugin scan imports neither): -X importtime lists every
+    module the process imported."""
+    result = run_script(script, *args, cwd=tmp_path, python_flags=("-X", "importtime"))
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    said = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 2 and len(said) == 1 and said[0].startswith(message), result.stderr[-2000:]
+    assert "hydra" in imported and not {"torch", "pytorch_lightning"} & set(imported)
+

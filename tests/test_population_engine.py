@@ -127,6 +127,20 @@ def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(comp
                 p.name for p in (tmp_path / f"solo{i}" / "figures").glob("*.png")) != []
 
 
+@pytest.mark.parametrize("model", ["wavenet", "transformer"])
+def test_each_member_drops_at_its_own_rate(compose_train, small_names, tmp_path, model):
+    """Members alike but for model.dropout: the 0.0 member is exactly its solo run (no rate of another member
+    leaked into it), the 0.3 member, listed first, is not (its own rate was applied, not the other's)."""
+    common = [f"model={model}", f"data.path={small_names}", "trainer.max_steps=30", *QUIET, *TINY_MODELS[model],
+              "seed=1", "optimizer=sgd", "optimizer.lr=0.05"]
+    rates = ["model.dropout=0.3", "model.dropout=0.0"]
+    train_population([compose_member(compose_train, tmp_path, f"member{i}", *common, r) for i, r in enumerate(rates)])
+    train(compose_member(compose_train, tmp_path, "solo", *common, rates[1]))
+    solo, dropped, plain = weights(tmp_path / "solo"), weights(tmp_path / "member0"), weights(tmp_path / "member1")
+    assert all(torch.allclose(plain[k], solo[k], atol=1e-4) for k in solo)
+    assert not all(torch.allclose(dropped[k], solo[k], atol=1e-2) for k in solo)
+
+
 def test_a_diverging_member_stops_alone_and_the_others_are_plain_runs(compose_train, small_names, tmp_path):
     common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=40", "trainer.val_check_interval=20",
               "trainer.log_every_n_steps=10", "callbacks=default", "~callbacks.diagnostics", "~callbacks.sample_text"]

@@ -100,14 +100,13 @@ MODEL_VARIATIONS = [  # (model, override): the launcher and the engine must agre
 
 @pytest.mark.parametrize("model,override", MODEL_VARIATIONS)
 def test_the_launcher_and_the_engine_group_by_one_rule(tmp_path, model, override):
-    """A model key the launcher lets differ is one the engine stacks, and the other way round (a dropout rate is a
-    number the stacked forward holds once: two rates are two populations, in both)."""
+    """A model key the launcher lets differ is one the engine stacks, and the other way round."""
     cfgs = compose_jobs(tmp_path, [f"model={model}"], [f"model={model}", override])
     members = [SimpleNamespace(cfg=cfg, start_step=0, net=instantiate(cfg.model, vocab_size=27, block_size=cfg.block_size or 16))
                for cfg in cfgs]
     launcher_joins = group_jobs(cfgs).groups == [[0, 1]]
     assert launcher_joins == (population_key(members[0]) == population_key(members[1]))
-    assert launcher_joins == (override.split("=")[0] in ("model.init", "model.gain"))
+    assert launcher_joins == (override.split("=")[0] in ("model.init", "model.gain", "model.dropout"))
 
 
 def test_refused_and_bad_jobs_run_alone_with_their_reason(tmp_path):

@@ -21,14 +21,6 @@ from makemore_lab.errors import UserError
 PLAIN = (bool, int, float, str, type(None))
 
 
-def required_ckpt_path(cfg, script: str) -> str:
-    """sample.py and eval.py need a checkpoint: its absence is one line with the command, not Hydra's
-    MissingMandatoryValue traceback."""
-    if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
-        raise UserError(f"ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt")
-    return cfg.ckpt_path
-
-
 def read_checkpoint(ckpt_path: str | Path) -> dict:
     """The checkpoint's contents, checked to be a makemore-lab checkpoint, or a UserError saying why it is not."""
     path = Path(ckpt_path)

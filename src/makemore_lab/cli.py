@@ -5,10 +5,12 @@ clone's train.py, sample.py and eval.py, which call these same functions. Run fr
 `logs/` there (paths.root_dir is the working directory; hydra.job.chdir is false). `--config-dir <dir>` adds a
 user's own config dir in front of the packaged one (docs/package.md).
 
-Torch and Lightning are imported inside the functions, after the Ctrl-C handler is installed: importing them
-takes seconds, and a Ctrl-C then should be one line, not a traceback.
+Torch and Lightning are imported only once Hydra has composed the config (`lazy_task`), after the Ctrl-C handler
+is installed: importing them takes seconds (~6 s here), so a bad override, an unknown option, or (for a single
+train run) a value that breaks a documented rule is one line at once, and a Ctrl-C while importing is one line too.
 """
 
+import importlib
 import signal
 import sys
 
@@ -31,23 +33,43 @@ def hydra_app(task, config_name: str):
     return entry_point(config_name, task)
 
 
+def lazy_task(module: str, rules: str, needs_checkpoint: str | None = None):
+    """The task `<module>.run`, imported when Hydra calls it with the composed config. In a single run the checks
+    that need no torch come first, in the run's own order (a checkpoint script's ckpt_path, then config_schema's
+    `rules`); in a multirun a bad job is a failed row of the sweep (sweep_policy), so jobs are checked where they
+    run."""
+
+    def task(cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.RUN:
+            from makemore_lab import config_schema
+            from makemore_lab.errors import exit_on_user_error
+
+            @exit_on_user_error
+            def check():
+                if needs_checkpoint:
+                    config_schema.required_ckpt_path(cfg, needs_checkpoint)
+                config_schema.validate(cfg, getattr(config_schema, rules))
+
+            check()
+        return importlib.import_module(module).run(cfg)
+
+    return task
+
+
 def train() -> None:
     """makemore-train model=wavenet trainer.max_steps=50000 (the overrides of train.py)."""
     signal.signal(signal.SIGINT, exit_on_early_interrupt)  # training installs its own handler (resume.py)
-    from makemore_lab.train import run
-
-    hydra_app(run, "train")()
+    hydra_app(lazy_task("makemore_lab.train", "TRAIN_RULES"), "train")()
 
 
 def sample() -> None:
     """makemore-sample ckpt_path=<run dir>/checkpoints/last.ckpt num_samples=20 (the overrides of sample.py)."""
-    from makemore_lab.sample import run
-
-    hydra_app(run, "sample")()
+    hydra_app(lazy_task("makemore_lab.sample", "SAMPLE_RULES", "sample.py"), "sample")()
 
 
 def evaluate() -> None:
     """makemore-eval ckpt_path=<run dir>/checkpoints/last.ckpt (the overrides of eval.py)."""
-    from makemore_lab.evaluate import run
-
-    hydra_app(run, "eval")()
+    hydra_app(lazy_task("makemore_lab.evaluate", "EVAL_RULES", "eval.py"), "eval")()

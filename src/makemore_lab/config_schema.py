@@ -227,3 +227,11 @@ def validate(cfg: DictConfig, rules: list[Rule]) -> None:
         if value is _ABSENT or (value is None and rule.nullable):
             continue
         check(rule.key, value, rule.what, rule.ok)
+
+
+def required_ckpt_path(cfg, script: str) -> str:
+    """sample.py and eval.py need a checkpoint: its absence is one line with the command, not Hydra's
+    MissingMandatoryValue traceback."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
+        raise UserError(f"ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt")
+    return cfg.ckpt_path

@@ -32,7 +32,6 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from makemore_lab import sweep_policy
 from makemore_lab.errors import TrainingInterrupted, exit_on_user_error
 
 log = logging.getLogger(__name__)
@@ -201,6 +200,8 @@ class PopulationLauncher(Launcher):
         on_job_start fires for every member before training starts, on_job_end for each after the population
         ends, each with HydraConfig set to that member's config. During training HydraConfig is the sweep's.
         """
+        from makemore_lab import sweep_policy  # imports torch: not at Hydra's plugin scan (see __init__.py)
+
         hydra_config = HydraConfig.instance()
         sweep_hydra_cfg = hydra_config.cfg
         callbacks = self.hydra_context.callbacks

@@ -13,7 +13,11 @@ per-member meaning while the forward runs:
 - `F.batch_norm`: each member's channels normalised over its own rows (the members become N * C channels of one
   fused batch_norm, with each member's own running statistics as views of the stacked buffers);
 - `F.layer_norm`: normalised per row, then each member's own scale and shift;
-- `F.cross_entropy` with a mean or sum: one loss per member, (N,) instead of a scalar.
+- `F.cross_entropy` with a mean or sum: one loss per member, (N,) instead of a scalar;
+- `F.dropout` and `F.scaled_dot_product_attention`'s `dropout_p`, where the members' rates differ: each member's
+  rows dropped at its own rate. A module's number that differs between members (`nn.Dropout.p`, the attention's
+  `dropout`) is set on the folded copy as a `MemberNumber`: a float holding every member's value, which these
+  two rules read, and which refuses any other use (arithmetic, comparisons) rather than give all members one.
 
 Everything else runs as it is. That is an assumption about the model's code (no other op mixes rows, dim 0 is the
 batch), so it is checked rather than trusted: `folds_exactly` compares the folded losses and gradients with the
@@ -27,6 +31,24 @@ from torch.overrides import TorchFunctionMode
 
 class NotFoldable(Exception):
     """A call the folded forward cannot give a per-member meaning (the population keeps the vmap path)."""
+
+
+class MemberNumber(float):
+    """A module's number that differs between members (a dropout rate): member 0's value as a float, every member's
+    in `values`. Only the per-member rules read it; arithmetic or a comparison on it raises NotFoldable."""
+
+    def __new__(cls, values):
+        number = super().__new__(cls, values[0])
+        number.values = tuple(values)
+        return number
+
+    def _refuse(self, *args):
+        raise NotFoldable(f"a number that differs between members ({self.values}) used outside F.dropout and "
+                          "scaled_dot_product_attention's dropout_p")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __pow__ = _refuse
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _refuse
+    __hash__ = float.__hash__
 
 
 def _rows(n: int, input: torch.Tensor) -> int:
@@ -122,8 +144,55 @@ def cross_entropy(n, input, target, weight=None, size_average=None, ignore_index
     return per_member / (target != ignore_index).view(n, -1).sum(dim=1)  # cross_entropy's mean over scored targets
 
 
+def member_dropout(n, input, rates: MemberNumber):
+    """Member i's rows zeroed with probability rates.values[i], the kept ones scaled by 1 / (1 - p), as F.dropout."""
+    _rows(n, input)
+    keep = 1 - torch.tensor(rates.values, dtype=input.dtype, device=input.device)
+    flat = input.reshape(n, -1)
+    kept = torch.rand_like(flat) < keep[:, None]
+    scale = torch.where(keep > 0, 1 / keep, torch.zeros_like(keep))  # p = 1 drops everything, as F.dropout does
+    return (flat * kept * scale[:, None]).view(input.shape)
+
+
+def dropout(n, input, p=0.5, training=True, inplace=False):
+    if not isinstance(p, MemberNumber):
+        return F.dropout(input, p, training, inplace)
+    return member_dropout(n, input, p) if training else input
+
+
+def scaled_dot_product_attention(n, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    if not isinstance(dropout_p, MemberNumber):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    if enable_gqa:
+        raise NotFoldable("scaled_dot_product_attention with enable_gqa and per-member dropout")
+    # torch's math backend, with each member's own dropout on the attention weights
+    scores = query @ key.transpose(-2, -1) * (scale if scale is not None else query.shape[-1] ** -0.5)
+    if is_causal:
+        length, source = query.shape[-2], key.shape[-2]
+        attn_mask = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return member_dropout(n, scores.softmax(dim=-1), dropout_p) @ value
+
+
 PER_MEMBER = {F.linear: linear, F.embedding: embedding, F.batch_norm: batch_norm, F.layer_norm: layer_norm,
-              F.cross_entropy: cross_entropy}
+              F.cross_entropy: cross_entropy, F.dropout: dropout,
+              F.scaled_dot_product_attention: scaled_dot_product_attention}
+
+
+def differing_numbers(nets) -> dict[tuple[str, str], tuple]:
+    """{(module name, attribute): every member's value} for each float attribute of a module that is not the same in
+    every member (the members' dropout rates)."""
+    found = {}
+    for name, module in nets[0].named_modules():
+        for attr, value in vars(module).items():
+            if type(value) is float:
+                values = tuple(getattr(net.get_submodule(name), attr) for net in nets)
+                if len(set(values)) > 1:
+                    found[(name, attr)] = values
+    return found
 
 
 class MembersInBatch(TorchFunctionMode):

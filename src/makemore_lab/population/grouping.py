@@ -8,9 +8,8 @@ Two jobs share a group when their resolved train configs are equal everywhere ex
   factor, warmup_steps, min_factor, ...): every member keeps its own optimizer hyperparameters and lr schedule.
   Not `optimizer._target_` or `schedule._target_` (another algorithm, other optimizer state), nor a flag such as
   `amsgrad` or `nesterov` (a boolean is not a hyperparameter value but a variant of the algorithm);
-- `model.init` (kaiming / naive / torch) and `model.gain`: initial values only. Not `model.*dropout`: the model code
-  reads a dropout rate as a plain number on the module (nn.Dropout's `p`, the attention's `dropout_p`), which one
-  stacked forward holds once for all members; two rates train as two populations;
+- `model.init` (kaiming / naive / torch), `model.gain`, and every `model.*dropout` number (the folded forward
+  drops each member's rows at its own rate: population/folded.py);
 - `paths.*` and anything that holds the job's own dir (`paths.output_dir`): a checkpoint dir, the TensorBoard dir,
   `ckpt_path=${paths.output_dir}/checkpoints/last.ckpt` (resuming each member from its own checkpoint).
   Hydra's own keys (`hydra.*`) are not in a train config at all.
@@ -53,7 +52,7 @@ def may_differ(key: str, value) -> bool:
     section, _, name = key.partition(".")
     if section in ("optimizer", "schedule") and "." not in name and not name.startswith("_"):
         return is_numbers(value)
-    if section == "model" and name == "gain":
+    if section == "model" and (name == "gain" or name.endswith("dropout")):
         return is_number(value)
     return False
 

@@ -23,7 +23,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from makemore_lab.population.folded import MembersInBatch
+from makemore_lab.errors import UserError
+from makemore_lab.population.folded import MemberNumber, MembersInBatch, differing_numbers
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ class StackedNets:
         for name in self.buffers:
             owner, leaf = _split(self.folded, name)
             owner._buffers[leaf] = self.buffers[name]
+        # Numbers the members' modules hold differently (dropout rates): only the folded forward gives each its own.
+        self.member_numbers = differing_numbers(nets)
+        for (module, attr), values in self.member_numbers.items():
+            setattr(self.folded.get_submodule(module), attr, MemberNumber(values))
 
     def __len__(self) -> int:
         return len(self.nets)
@@ -128,6 +133,11 @@ class StackedNets:
             same, reason = False, f"{type(err).__name__}: {err}"
         finally:
             self.restore(saved)
+        if not same and self.member_numbers:
+            (module, attr), values = next(iter(self.member_numbers.items()))
+            raise UserError(f"members differ in {module}.{attr} ({', '.join(map(str, values))}), which only the folded "
+                            f"forward gives each member, and this model cannot be folded ({reason}): train members "
+                            "with one dropout rate together")
         if not same:
             self.folded = None
             log.info("population forward: vmap (members cannot be folded into the batch: %s)", reason)
@@ -153,18 +163,27 @@ DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 
 
 class dropout_off:
-    """Dropout modules in eval mode for a while (the folded and vmapped forwards draw different masks)."""
+    """Dropout off for a while (the folded and vmapped forwards draw different masks): dropout modules in eval
+    mode, and a module's own rate for a functional dropout (a float attribute named `*dropout*`, as the
+    transformer's attention passes `dropout_p=self.dropout`) set to 0. A model whose functional dropout rate has
+    another name keeps the vmap path when its rate is not 0 (the comparison then sees different masks)."""
 
     def __init__(self, net: nn.Module):
         self.modules = [m for m in net.modules() if isinstance(m, DROPOUTS) and m.training]
+        self.rates = [(m, attr, value) for m in net.modules() for attr, value in vars(m).items()
+                      if "dropout" in attr and isinstance(value, float)]
 
     def __enter__(self):
         for module in self.modules:
             module.eval()
+        for module, attr, _ in self.rates:
+            setattr(module, attr, 0.0)
 
     def __exit__(self, *exc):
         for module in self.modules:
             module.train()
+        for module, attr, value in self.rates:
+            setattr(module, attr, value)
 
 
 def _split(net: nn.Module, dotted: str) -> tuple[nn.Module, str]:
