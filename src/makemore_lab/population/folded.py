@@ -64,15 +64,13 @@ class MembersLinear(torch.autograd.Function):
     step) and a slower, transposed matmul for it."""
 
     @staticmethod
-    def forward(x, weight, bias):
-        weight_t = weight.transpose(1, 2)
-        return torch.bmm(x, weight_t) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight_t)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs
+    def forward(ctx, x, weight, bias):
+        # forward(ctx, ...) and not the setup_context style: with setup_context, Function.apply binds the arguments
+        # through inspect.signature at every call (0.2 ms, a tenth of a 16-member MLP step)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        weight_t = weight.transpose(1, 2)
+        return torch.bmm(x, weight_t) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight_t)
 
     @staticmethod
     def backward(ctx, grad):
