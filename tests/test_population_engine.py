@@ -17,6 +17,7 @@ from conftest import ROOT, read_events, read_scalars, run_script
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.population import population_refusal, train_population
+from makemore_lab.population.member import Member
 from makemore_lab.train import train
 
 QUIET = ["~callbacks.diagnostics", "~callbacks.sample_text", "~callbacks.progress_bar"]
@@ -177,6 +178,28 @@ def test_batchnorm_members_keep_their_own_running_statistics(compose_train, smal
     a, b = weights(tmp_path / "m0"), weights(tmp_path / "m1")
     assert not torch.equal(a["layers.1.running_mean"], b["layers.1.running_mean"])
     assert a["layers.1.num_batches_tracked"] == 20
+
+
+def test_members_read_one_copy_of_the_corpus(compose_train, small_names, tmp_path):
+    """A population holds the encoded corpus once: members share the split tensors, each with its own data seed
+    (its own minibatch order), and every data module reports what a solo run's would."""
+    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=10", *QUIET, *TINY_MODELS["mlp"]]
+    cfgs = [compose_member(compose_train, tmp_path, f"m{i}", *common, f"data.seed={i % 2}") for i in range(3)]
+    members, shared = [Member(cfg, Path(cfg.paths.output_dir)) for cfg in cfgs], {}
+    try:
+        for member in members:
+            member.out_dir.mkdir(parents=True)
+            member.set_up(torch.device("cpu"), shared)
+    finally:
+        for member in members:
+            member.release()
+    first = members[0].datamodule
+    for member, seed in zip(members, (0, 1, 0)):
+        data = member.datamodule
+        assert data.seed == seed and data.vocab is first.vocab and data.fingerprint == first.fingerprint
+        assert all(data.splits[name].tokens is first.splits[name].tokens for name in first.splits)
+    solo = compose_member(compose_train, tmp_path, "solo", *common)
+    assert train(solo)["train_examples"] == first.num_examples("train")
 
 
 def test_early_stopping_and_per_member_patience(compose_train, small_names, tmp_path):

@@ -5,6 +5,7 @@ build order; the config rules live in config_schema.py, the per-step loop in eng
 resume.py, the final report in final_report.py, what a failing job does to a sweep in sweep_policy.py.
 """
 
+import copy
 import logging
 from pathlib import Path
 
@@ -90,10 +91,12 @@ def train(cfg: DictConfig) -> dict:
         return train_in_run_dir(cfg)
 
 
-def build_run(cfg: DictConfig, population: bool = False) -> tuple[list, StepPlan, object, CharLM]:
+def build_run(cfg: DictConfig, population: bool = False, shared_data: dict | None = None
+              ) -> tuple[list, StepPlan, object, CharLM]:
     """(callbacks, plan, datamodule, module): what a run trains, built in the order that fixes its initial weights
     (seed, then the data module, then the net). A population member is built by this same function (population=True:
-    it may resume from a population member's checkpoint, which has no Lightning loop state)."""
+    it may resume from a population member's checkpoint, which has no Lightning loop state; `shared_data`: the
+    population's data modules, so that its members read one copy of the corpus)."""
     logging_media.check_logger_packages(cfg.get("logger"))
     pl.seed_everything(cfg.seed, workers=True)
     nodes = {name: c for name, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c}
@@ -103,7 +106,8 @@ def build_run(cfg: DictConfig, population: bool = False) -> tuple[list, StepPlan
         callbacks.append(threads.ThreadBudget())
     plan = StepPlan.from_config(cfg, callbacks)
     check_final_weights(cfg, callbacks)
-    datamodule = build(cfg.data, "data", steps_per_call=plan.steps_per_batch)
+    datamodule = (build(cfg.data, "data", steps_per_call=plan.steps_per_batch) if shared_data is None
+                  else shared_datamodule(cfg, plan, shared_data))
     net = build(cfg.model, "model", vocab_size=datamodule.vocab_size, block_size=datamodule.block_size)
     params = check_model(cfg, net, datamodule)
     datamodule.whole_item_eval = scores_every_position(net)  # val/test on whole items: O(characters)
@@ -127,6 +131,22 @@ def build_run(cfg: DictConfig, population: bool = False) -> tuple[list, StepPlan
                     all_positions=datamodule.train_on == "items", plan=plan)
     return callbacks, plan, datamodule, module
 
+
+
+def shared_datamodule(cfg: DictConfig, plan: StepPlan, shared: dict):
+    """Members whose data config differs at most in `data.seed` (the minibatch order) share one encoded corpus:
+    each gets a shallow copy of the first one's data module (the same split tensors and vocabulary) with its own
+    seed, so a population of N holds the corpus once, not N times (memory grows with the corpus's characters)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    key = repr(sorted((k, v) for k, v in data.items() if k != "seed")) + f"/{plan.steps_per_batch}"
+    if key not in shared:
+        shared[key] = build(cfg.data, "data", steps_per_call=plan.steps_per_batch)
+        return shared[key]
+    datamodule = copy.copy(shared[key])
+    datamodule.seed = data["seed"]
+    log.info("data: the population's copy of %s (%d characters, read once)", datamodule.path or "names.txt",
+             sum(len(s) - s.num_items for s in datamodule.splits.values()))
+    return datamodule
 
 
 def train_in_run_dir(cfg: DictConfig) -> dict:

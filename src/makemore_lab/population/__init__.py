@@ -55,8 +55,9 @@ def train_population(cfgs: list[DictConfig]) -> list[dict | BaseException]:
     """
     members = [Member(cfg, Path(cfg.paths.output_dir)) for cfg in cfgs]
     device = choose_device(cfgs[0])
+    shared_data: dict = {}  # one encoded corpus per data config: members read it, none copies it
     for member in members:
-        set_up(member, device)
+        set_up(member, device, shared_data)
     for group in populations(members, device):
         log.info("population of %d: %s", len(group), ", ".join(str(m.out_dir) for m in group))
         try:
@@ -74,14 +75,14 @@ def train_population(cfgs: list[DictConfig]) -> list[dict | BaseException]:
     return [m.result for m in members]
 
 
-def set_up(member: Member, device: torch.device) -> None:
+def set_up(member: Member, device: torch.device, shared_data: dict) -> None:
     member.out_dir.mkdir(parents=True, exist_ok=True)
     with member.logging_to_train_log():
         try:
             refusal = population_refusal(member.cfg)
             if refusal:
                 raise UserError(f"cannot train in a population: {refusal}")
-            member.set_up(device)
+            member.set_up(device, shared_data)
             done = member.finished_summary()
             if done is not None:
                 member.result = done

@@ -97,9 +97,10 @@ class Member:
             root.setLevel(level)
             handler.close()
 
-    def set_up(self, device: torch.device) -> None:
+    def set_up(self, device: torch.device, shared_data: dict | None = None) -> None:
         """Build the member as train() builds a solo run; on resume, load its checkpoint (weights, optimizer state,
-        step). A UserError here ends this member alone."""
+        step). A UserError here ends this member alone. `shared_data`: the population's data modules (one encoded
+        corpus for all members; train.shared_datamodule)."""
         cfg = self.cfg
         config_schema.validate(cfg, config_schema.TRAIN_RULES)
         own_last = self.out_dir / "checkpoints" / "last.ckpt"
@@ -109,7 +110,7 @@ class Member:
             logging.getLogger(__name__).info("no %s yet: this job starts from step 0", own_last)
             cfg.ckpt_path = None
         self.lock = RunDirLock(self.out_dir, resuming=bool(cfg.get("ckpt_path"))).__enter__()
-        callbacks, _, self.datamodule, self.module = build_run(cfg, population=True)
+        callbacks, _, self.datamodule, self.module = build_run(cfg, population=True, shared_data=shared_data)
         job_overrides = self.out_dir / ".hydra" / "overrides.yaml"  # the launcher's, written before training
         if job_overrides.exists():  # the member's own, not the sweep's (HydraConfig during a population)
             self.module.checkpoint_meta["overrides"] = resume.run_overrides(OmegaConf.load(job_overrides))
