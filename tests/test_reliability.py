@@ -204,7 +204,11 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(compose_trai
 
 def test_ctrl_c_while_starting_up_is_one_line(tmp_path, small_names):
     proc = start_training(tmp_path / "run", small_names)
-    time.sleep(1.0)  # importing torch and Lightning, composing the config
+    # Hydra has composed the config and made the run dir (the Ctrl-C handler is installed before that); torch and
+    # Lightning are imported after it, for seconds: the signal lands while the run is starting up. (A fixed sleep
+    # raced the interpreter's own start on a loaded machine, where pytest-xdist's workers ignore SIGINT.)
+    wait_for(tmp_path / "run" / ".hydra", proc)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
