@@ -139,6 +139,7 @@ class Member:
         modules and optimizer, which the stacked copies must not carry)."""
         for callback in self.callbacks:
             callback.on_train_start(self.trainer, self.module)
+
     def _load(self, ckpt_path: str) -> None:
         checkpoint = read_checkpoint(ckpt_path)
         self.net.load_state_dict(net_state_dict(checkpoint))

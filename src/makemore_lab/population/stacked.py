@@ -41,12 +41,9 @@ class StackedNets:
                        for name, _ in nets[0].named_parameters()}
         self.buffers = {name: torch.stack([dict(n.named_buffers())[name] for n in nets])
                         for name, _ in nets[0].named_buffers()}
-        for name, stacked in self.params.items():
-            stacked.grad = torch.zeros_like(stacked)
         for i, net in enumerate(nets):
             for name, param in net.named_parameters():
                 param.data = self.params[name].detach()[i]  # same Parameter object, storage = row i
-                param.grad = self.params[name].grad[i]
             for name, _ in net.named_buffers():
                 owner, leaf = _split(net, name)
                 owner._buffers[leaf] = self.buffers[name][i]
@@ -56,6 +53,7 @@ class StackedNets:
         for name in self.buffers:
             owner, leaf = _split(self.folded, name)
             owner._buffers[leaf] = self.buffers[name]
+        self.bind_member_grads()
         # Numbers the members' modules hold differently (dropout rates): only the folded forward gives each its own.
         self.member_numbers = differing_numbers(nets)
         for (module, attr), values in self.member_numbers.items():
@@ -76,12 +74,13 @@ class StackedNets:
                 stacked.grad = None
 
     def bind_member_grads(self) -> None:
-        """Zeroed stacked gradients with each member's `.grad` its row again: what a member's own backward (a
-        solo step, population/run.py) accumulates into, whichever way zero_grad left them."""
-        for name, stacked in self.params.items():
+        """Zeroed stacked gradients with each member's `.grad` its row: set up here at the start, and again before
+        a member's own backward (a solo step, population/run.py), whichever way zero_grad left them."""
+        for stacked in self.params.values():
             stacked.grad = torch.zeros_like(stacked)
-            for i, net in enumerate(self.nets):
-                dict(net.named_parameters())[name].grad = stacked.grad[i]
+        for i, net in enumerate(self.nets):
+            for name, param in net.named_parameters():
+                param.grad = self.params[name].grad[i]
 
     def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor, shared_data: bool) -> torch.Tensor:
         """(N,) losses: `loss_fn(net, x, y)` of every member at once; x, y are (B, ...) when the members share
