@@ -2,7 +2,7 @@
 
 from omegaconf import DictConfig
 
-from makemore_lab import config_schema
+from makemore_lab import allocator, config_schema
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab.errors import exit_on_user_error
 from makemore_lab.losses import split_loss
@@ -13,6 +13,7 @@ from makemore_lab.models import scores_every_position
 def run(cfg: DictConfig) -> dict[str, float]:
     config_schema.required_ckpt_path(cfg, "eval.py")
     config_schema.validate(cfg, config_schema.EVAL_RULES)
+    allocator.keep_freed_memory()  # scoring a split frees and allocates the same batches' tensors
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
     # Only the splits it reports; whole items for a model that scores every position (O(characters)).
     datamodule = checkpoint_datamodule(

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import (config_schema, final_report, lightning_flags, logging_media, resume, sweep_policy,
+from makemore_lab import (allocator, config_schema, final_report, lightning_flags, logging_media, resume, sweep_policy,
                           tensorboard_events, threads)
 from makemore_lab.console import quiet_third_party_messages
 from makemore_lab.engine import StepPlan
@@ -102,6 +102,7 @@ def build_run(cfg: DictConfig, population: bool = False, shared_data: dict | Non
     nodes = {name: c for name, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c}
     callbacks = [build(c, "callbacks") for c in nodes.values()]
     lightning_flags.check_callbacks(nodes)
+    allocator.keep_freed_memory()  # before the data and the net: their tensors reuse freed pages
     if threads.choose(cfg.threads):
         callbacks.append(threads.ThreadBudget())
     plan = StepPlan.from_config(cfg, callbacks)
