@@ -123,6 +123,44 @@ def test_refused_and_bad_jobs_run_alone_with_their_reason(tmp_path):
     assert "group 0: job(s) 0,2,4 as one population of 3" in lines and "group 2: job(s) 3 alone" in lines
 
 
+class CountingLoader:
+    """A config loader that composes by copying its master config, with the overrides recorded, and counts."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        self.calls += 1
+        cfg = OmegaConf.create(OmegaConf.to_container(master_config))
+        cfg.overrides = list(sweep_overrides)
+        return cfg
+
+    def get_search_path(self):
+        return "search path"
+
+
+def test_the_sweepers_check_composes_each_job_and_the_launcher_reuses_it():
+    from hydra.types import HydraContext
+    from hydra_plugins.makemore_population_launcher.population_launcher import ComposedOnce, PopulationLauncher
+
+    loader, master = CountingLoader(), OmegaConf.create({"lr": 0.1})
+    context = HydraContext(config_loader=loader, callbacks=None)
+    PopulationLauncher().setup(hydra_context=context, task_function=None, config=master)
+    wrapped = context.config_loader  # the sweeper's context too: it holds the same object
+    assert isinstance(wrapped, ComposedOnce) and wrapped.get_search_path() == "search path"
+    checked = wrapped.load_sweep_config(master_config=master, sweep_overrides=["lr=0.3"])  # as the sweeper calls it
+    checked.overrides.append("changed by the sweeper")
+    launched = wrapped.load_sweep_config(master, ["lr=0.3"])  # the launcher's prepare()
+    assert loader.calls == 1 and list(launched.overrides) == ["lr=0.3"]  # its own copy, as composed
+    launched.overrides.append("changed by the launcher")
+    assert list(wrapped.load_sweep_config(master, ["lr=0.3"]).overrides) == ["lr=0.3"] and loader.calls == 2
+    wrapped.load_sweep_config(master, ["lr=0.4"])
+    wrapped.load_sweep_config(OmegaConf.create({"lr": 0.1}), ["lr=0.4"])  # another master config: composed anew
+    assert loader.calls == 4
+    PopulationLauncher().setup(hydra_context=context, task_function=None, config=master)  # a second batch's setup
+    assert context.config_loader is wrapped
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # A real sweep: two populations (n_hidden 50 and 64), each with a member that diverges (lr=100: the issue's example;
 # the loss stays finite but jumps to ~80x its first step's, engine.divergence), and a bad value (lr=-1) in each,
