@@ -455,6 +455,38 @@ def test_step_clock_calls_the_callback_only_at_due_steps():
     assert clock.step == 33
 
 
+
+def test_step_clock_arms_before_each_due_steps_forward_in_a_loop_and_when_an_engine_counts():
+    """arm(step) fires once before each due step's forward pass: right after the optimizer step before it, at start
+    when the first step is due, and from count_to when a population counted the steps in between."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    events = []
+    clock = StepClock(
+        after=lambda opt, step: events.append(("after", step)),
+        arm=lambda step: events.append(("arm", step)),
+        next_due=lambda step: -(-step // 5) * 5,  # multiples of 5
+    )
+    clock.start(SimpleNamespace(global_step=0, optimizers=[optimizer]))
+    for step in range(11):
+        events.append(("forward", step))
+        weight.grad = torch.ones(1)
+        optimizer.step()
+    assert [e for e in events if e[0] != "forward" or e[1] in (0, 5, 10)] == [
+        ("arm", 0), ("forward", 0), ("after", 0), ("arm", 5), ("forward", 5), ("after", 5),
+        ("arm", 10), ("forward", 10), ("after", 10)]
+    events.clear()
+    clock.count_to(14)  # an engine stepped 11..13 without optimizer.step()
+    clock.count_to(14)  # counting to where it already is arms nothing
+    assert events == []
+    clock.count_to(15)
+    assert events == [("arm", 15)]
+    optimizer.step()  # the due step, through the optimizer
+    assert events == [("arm", 15), ("after", 15)]
+    with pytest.raises(ValueError, match="due at 20"):
+        clock.count_to(21)  # past a due step: the engine must step through the optimizer there
+    clock.stop()
+
 # ---------------------------------------------------------------------- lecture 3's deep network as config
 
 

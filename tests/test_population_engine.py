@@ -18,6 +18,7 @@ from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.population import population_refusal, train_population
 from makemore_lab.population.member import Member
+from makemore_lab.population.run import Population
 from makemore_lab.train import train
 
 QUIET = ["~callbacks.diagnostics", "~callbacks.sample_text", "~callbacks.progress_bar"]
@@ -96,15 +97,20 @@ def numbers(node, prefix: str = "") -> dict:
 
 @pytest.mark.parametrize("optimizer", ["optimizer.lr=0.2", "optimizer=adamw"])  # vectorised SGD; per-member steps
 def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(compose_train, small_names, tmp_path,
-                                                                            optimizer):
+                                                                            optimizer, monkeypatch):
     """The diagnostics and sample_text callbacks run per member, on the steps they measure, as in a solo run: the
-    same measurements in TensorBoard, the same health verdict in summary.json, the same samples, the figures."""
+    same measurements in TensorBoard, the same health verdict in summary.json, the same samples, the figures; and
+    the members make their solo runs' own steps on those steps only."""
     figures = "callbacks.diagnostics.figures=" + ("true" if optimizer.endswith("0.2") else "false")
     common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=40", "trainer.val_check_interval=20",
               "model.n_hidden=16", "callbacks.diagnostics.every_n_steps=10", "callbacks.sample_text.every_n_steps=20",
               "~callbacks.progress_bar", optimizer, figures]
     members = [compose_member(compose_train, tmp_path, f"member{i}", *common, f"seed={i}") for i in range(2)]
+    solo_steps, made = Population.solo_steps, []
+    monkeypatch.setattr(Population, "solo_steps", lambda self, x, y, step, active: made.append(step) or solo_steps(
+        self, x, y, step, active))
     results = train_population(members)
+    assert made == [0, 10, 19, 20, 30, 39]  # the diagnostics' measured steps and sample_text's
     for i in range(2):
         solo = train(compose_member(compose_train, tmp_path, f"solo{i}", *common, f"seed={i}"))
         ours, theirs = numbers(results[i]["health"]), numbers(solo["health"])

@@ -8,7 +8,8 @@ hooks (`on_train_batch_end`, ...) do not fire once per step. What does, in any t
 
 `StepClock` packages the first: start it in `on_train_start`, stop it in `on_train_end` / `on_exception`, and it
 calls you just before and just after each optimizer step you ask for, with the step's number (0-based, continuing
-from `trainer.global_step` on resume). `pl_module.net` is the architecture (`network(pl_module)`).
+from `trainer.global_step` on resume), and, if you want to see that step's forward pass (forward hooks), `arm`s
+you before it. `pl_module.net` is the architecture (`network(pl_module)`).
 
     class EveryHundred(pl.Callback):
         def __init__(self):
@@ -39,6 +40,11 @@ class StepClock:
     first optimizer (the CharLM has one). `next_due(step)` names the first step >= `step` at which the callback
     needs `before`/`after` (default: every step). On the other steps the hooks only count: a small model makes
     thousands of steps a second, and a Python call into the callback on each of them costs several percent.
+
+    `arm(step)` is called before the forward pass of each due step, once: right after the optimizer step before it
+    (or at `start`, when the first step is due). Attach forward hooks there rather than in the previous step's
+    `after`: that step need not be due, and a population (population/run.py) trains a member with its solo run's
+    own step only on the due steps.
     """
 
     def __init__(
@@ -46,8 +52,9 @@ class StepClock:
         before: StepHook | None = None,
         after: StepHook | None = None,
         next_due: Callable[[int], float] | None = None,
+        arm: Callable[[int], None] | None = None,
     ):
-        self.before, self.after = before, after
+        self.before, self.after, self.arm = before, after, arm
         self.next_due = next_due or (lambda step: step)
         self.step = 0
         self._due = 0.0
@@ -64,6 +71,7 @@ class StepClock:
                 self._handles.append(optimizer.register_step_pre_hook(self._pre))
             self._handles.append(optimizer.register_step_post_hook(self._post))
         self._counting = optimizers[0] if optimizers else None
+        self._arm_if_due()
 
     @property
     def due_step(self) -> float:
@@ -78,7 +86,9 @@ class StepClock:
             return
         if step < self.step or step > self._due:
             raise ValueError(f"StepClock.count_to({step}) from step {self.step}, due at {self._due}")
-        self.step = step
+        advanced, self.step = step > self.step, step
+        if advanced:
+            self._arm_if_due()
 
     def stop(self) -> None:
         for handle in self._handles:
@@ -97,6 +107,12 @@ class StepClock:
             if self.after:
                 self.after(optimizer, step)
             self._due = self.next_due(step + 1)
+        if optimizer is self._counting:
+            self._arm_if_due()
+
+    def _arm_if_due(self) -> None:
+        if self.arm and self._handles and self.step == self._due:
+            self.arm(self.step)
 
 
 def next_multiple(step: int, n: int) -> int:

@@ -46,10 +46,10 @@ class Diagnostics(pl.Callback):
     - figures: at the end, the lecture's four figures as `<figures_dir>/<figure>.png` and the loggers' images
       `figures/<figure>` (figures.py).
 
-    Only the measured steps pay: forward hooks are attached after the step before a measured one and removed
-    after it, and the weights are copied on measured steps only. Steps are counted with torch's optimizer step
-    hooks (step_hooks.py), so several optimizer steps per Lightning batch are measured alike. Only rank 0
-    measures. `history` holds the numbers of every measured step, `last` the last measured step with its tensors.
+    Only the measured steps pay: forward hooks are attached just before a measured step's forward pass (the
+    clock's `arm`) and removed after it, and the weights are copied on measured steps only. Steps are counted with
+    torch's optimizer step hooks (step_hooks.py), so several optimizer steps per Lightning batch are measured
+    alike. Only rank 0 measures. `history` holds the numbers of every measured step, `last` the last measured step with its tensors.
 
     Args:
         every_n_steps: measure one step in every n (1: every step).
@@ -85,7 +85,8 @@ class Diagnostics(pl.Callback):
         self.figures = settings.flag(figures, "figures")
         self.figures_dir = figures_dir
         self.figures_dpi = settings.positive_int(figures_dpi, "figures_dpi")
-        self.clock = StepClock(before=self._before_step, after=self._after_step, next_due=self._next_due)
+        self.clock = StepClock(before=self._before_step, after=self._after_step, next_due=self._next_due,
+                               arm=self._arm)
         self.history: list[dict] = []
         self.last: dict = {}
         self.initial_loss: dict | None = None  # the initial-loss check's result
@@ -103,12 +104,9 @@ class Diagnostics(pl.Callback):
         return step % self.every_n_steps == 0 or step == self._last_step
 
     def _next_due(self, step: int) -> int:
-        """The first step >= `step` whose hooks matter: a measured step, or the one before it (which attaches
-        the activation hooks for the measured step's forward pass)."""
+        """The first measured step >= `step` (the clock arms the activation hooks before its forward pass)."""
         measured = next_multiple(step, self.every_n_steps)
-        if self._last_step >= step:
-            measured = min(measured, self._last_step)
-        return measured - 1 if measured - 1 >= step else measured
+        return min(measured, self._last_step) if self._last_step >= step else measured
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
 
@@ -124,9 +122,7 @@ class Diagnostics(pl.Callback):
         self.output_weights = {name for name in self.weights.weights if id(self.weights.weights[name]) in head_params}
         self._loggers = RunLoggers(trainer)
         self._last_step = trainer.max_steps - 1
-        self.clock.start(trainer)
-        if self.measures(self.clock.step):
-            self.activations.attach()
+        self.clock.start(trainer)  # arms the activation hooks now if the first step is measured
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._stop()
@@ -171,10 +167,11 @@ class Diagnostics(pl.Callback):
             self._check_initial_loss()
         if self.measures(step):
             self._record(step, self.activations.measure(), self.weights.after_step())
-        if self.measures(step + 1):
+        self.activations.detach()  # the clock arms them again before the next measured step's forward pass
+
+    def _arm(self, step: int) -> None:
+        if self.measures(step):
             self.activations.attach()
-        else:
-            self.activations.detach()
 
     def _record(self, step: int, layers: dict, weights: dict) -> None:
         self.history.append({

@@ -106,6 +106,9 @@ class Population:
         stopped member."""
         self.stacked.bind_member_grads()
         shared = len(self.streams) == 1
+        for member in active:
+            for clock in member.clocks:
+                clock.count_to(step)  # the vectorised steps call no optimizer.step(): count them (and arm the clock)
         losses = []
         for i, member in enumerate(self.members):
             if not member.active:
@@ -118,8 +121,6 @@ class Population:
                 member.module.initial_loss = loss.item()
         self.clip()
         for member in active:
-            for clock in member.clocks:
-                clock.count_to(step)  # the vectorised SGD step does not call optimizer.step(): tell the clocks
             member.optimizer.step()
             member.module.engine.set_lr(member.optimizer, step + 1)
         return torch.stack(losses)
