@@ -77,6 +77,6 @@ def test_a_run_scores_its_splits_in_the_same_pages_and_leaves_the_users_malloc_s
     assert run["kept"] and not users["kept"]
     # once the heap has grown (the first scoring), a scoring faults next to no fresh pages (the heap still grows
     # now and then, for other objects: measured 0-128 pages against ~10,000 in the first); glibc's defaults faulted
-    # as many as the first in every scoring in most trials here (not in all: its thresholds adapt, so that side is
-    # not asserted; test_a_freed_tensor_stays_in_the_heap is the exact check)
-    assert min(run["faults"][1:]) <= run["faults"][0] // 50, run
+    # about as many as the first in every scoring in most trials here (not in all: its thresholds adapt, so that
+    # side is not asserted, and this side has slack; test_a_freed_tensor_stays_in_the_heap is the exact check)
+    assert min(run["faults"][1:]) <= run["faults"][0] // 10, run
