@@ -11,19 +11,30 @@ train run) a value that breaks a documented rule is one line at once, and a Ctrl
 """
 
 import importlib
+import logging
+import os
 import signal
 import sys
 
 
 def exit_on_early_interrupt(signum, frame) -> None:
-    """Ctrl-C outside training: while starting up, or in a sweep between two jobs (whose finished jobs are kept)."""
+    """Ctrl-C outside training: while starting up, or in a sweep between two jobs (whose finished jobs are kept).
+
+    It exits the process at once (os._exit) rather than raising SystemExit where the signal landed: at start-up
+    that is usually inside an import, and measured here, a SystemExit raised inside numpy's import (under torch's)
+    left numpy half-imported and surfaced as a RecursionError traceback, or was swallowed by a library's broad
+    `except` and the run trained on (exit 0). Nothing is unsaved at these moments: no checkpoint exists yet, or the
+    finished jobs' files are closed; the run dir's lock is an flock, released with the process."""
     ended = getattr(sys.modules.get("makemore_lab.sweep_policy"), "jobs_ended", 0)  # not imported: still starting
     if ended:
         print(f"error: interrupted between sweep jobs; the {ended} job(s) that ended keep their results "
               "(the same command continues the sweep)", file=sys.stderr)
     else:
         print("error: interrupted before training started; nothing was saved", file=sys.stderr)
-    sys.exit(130)
+    logging.shutdown()  # Hydra's log files, flushed
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def hydra_app(task, config_name: str):
