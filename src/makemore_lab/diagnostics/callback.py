@@ -49,7 +49,8 @@ class Diagnostics(pl.Callback):
     Only the measured steps pay: forward hooks are attached just before a measured step's forward pass (the
     clock's `arm`) and removed after it, and the weights are copied on measured steps only. Steps are counted with
     torch's optimizer step hooks (step_hooks.py), so several optimizer steps per Lightning batch are measured
-    alike. Only rank 0 measures. `history` holds the numbers of every measured step, `last` the last measured step with its tensors.
+    alike. Only rank 0 measures. `history` holds the numbers of every measured step, `last` the last measured step
+    with its tensors.
 
     Args:
         every_n_steps: measure one step in every n (1: every step).
