@@ -9,7 +9,7 @@ Host syncs happen once per chunk of steps (the divergence check), not per step.
 On the steps where a member's step callback is due (the diagnostics, the sample text: member.py's contract), every
 member makes the solo run's own step instead (`solo_steps`): its own net's forward and backward, then its
 optimizer's step(), so the callbacks' hooks see what they would see in a solo run. The diagnostics measure every
-200th step by default: two such steps in 200.
+200th step by default: one such step in 200 (the clock arms their forward hooks before it: StepClock.arm).
 """
 
 import logging
