@@ -124,12 +124,12 @@ class ComposedOnce:
 
     def __init__(self, loader):
         self.loader = loader
-        self.composed: dict[tuple, tuple[DictConfig, DictConfig]] = {}
+        self.composed: dict[tuple[str, ...], tuple[DictConfig, DictConfig]] = {}  # overrides: (master, config)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        key = (id(master_config), tuple(sweep_overrides))
+        key = tuple(sweep_overrides)
         kept = self.composed.pop(key, None)
-        if kept is not None and kept[0] is master_config:  # the master config is held: its id was not reused
+        if kept is not None and kept[0] is master_config:
             return kept[1]
         composed = self.loader.load_sweep_config(master_config, list(sweep_overrides))
         self.composed[key] = (master_config, copy.deepcopy(composed))  # the caller may change its own copy
