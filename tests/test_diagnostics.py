@@ -89,7 +89,12 @@ def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
 
     for name in FIGURES:
         assert [s for s, _ in events["images"][f"figures/{name}"]] == [20]
-        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+        png = (out / "figures" / f"{name}.png").read_bytes()
+        assert len(png) > 10_000
+        image = events["images"][f"figures/{name}"][0][1]  # the file's PNG, not encoded a second time
+        assert image.encoded_image_string == png
+        assert (image.height, image.width) == (400, 1000)  # 10 x 4 inches at 100 dpi
+        assert Image.open(io.BytesIO(png)).mode == "RGB"
 
     health = json.loads((out / "summary.json").read_text())["health"]
     assert health["rules"].keys() == RULES
@@ -116,6 +121,25 @@ def sgd_runs(small_names, tmp_path_factory) -> dict[float, tuple[dict, dict]]:
         runs[lr] = run(cfg)
     GlobalHydra.instance().clear()
     return runs
+
+
+def test_an_encoded_image_is_kept_with_the_fields_add_image_writes():
+    """A figure's PNG goes to TensorBoard as it is: the same height, width and channels as encoding its pixels."""
+    from makemore_lab.tensorboard_events import SummaryBatch
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 100, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="png")
+    encoded, plain = SummaryBatch(), SummaryBatch()
+    encoded.image("figure", rgb, "HWC", png=png.getvalue())
+    plain.image("figure", rgb, "HWC")
+    (kept,), (made,) = encoded.values, plain.values
+    assert kept.tag == made.tag == "figure"
+    assert (kept.image.height, kept.image.width, kept.image.colorspace) == (made.image.height, made.image.width,
+                                                                             made.image.colorspace) == (40, 100, 3)
+    assert kept.image.encoded_image_string == png.getvalue()
+    decoded = lambda image: np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
+    assert (decoded(kept.image) == rgb).all() and (decoded(made.image) == rgb).all()
 
 
 def test_doubling_sgd_lr_adds_log10_2_to_update_data_and_leaves_grad_data(sgd_runs):

@@ -74,7 +74,7 @@ class StepLog:
     def __init__(self):
         self.scalars: dict[str, float] = {}
         self.histograms: dict[str, torch.Tensor] = {}
-        self.images: dict[str, tuple] = {}  # tag: (image, dataformats)
+        self.images: dict[str, tuple] = {}  # tag: (image, dataformats, png or None)
         self.texts: dict[str, str] = {}
 
     def scalar(self, tag: str, value: float) -> None:
@@ -83,9 +83,11 @@ class StepLog:
     def histogram(self, tag: str, values: torch.Tensor) -> None:
         self.histograms[tag] = values
 
-    def image(self, tag: str, image, dataformats: str = "HW") -> None:
-        """uint8 in [0, 255] or float in [0, 1]; `dataformats` HW (grey) or HWC (RGB)."""
-        self.images[tag] = (image, dataformats)
+    def image(self, tag: str, image, dataformats: str = "HW", png: bytes | None = None) -> None:
+        """uint8 in [0, 255] or float in [0, 1]; `dataformats` HW (grey) or HWC (RGB). `png`: the same pixels
+        already encoded as PNG (a figure saved to a file), which TensorBoard then keeps as they are instead of
+        encoding the image again (the encoding is a sixth of drawing the diagnostics' figures)."""
+        self.images[tag] = (image, dataformats, png)
 
     def text(self, tag: str, text: str) -> None:
         self.texts[tag] = text
@@ -124,8 +126,8 @@ def write_tensorboard(logger: TensorBoardLogger, record: StepLog, bins: dict, st
         batch.scalar(tag, value)
     for tag, histogram in bins.items():
         batch.histogram(tag, histogram)
-    for tag, (image, dataformats) in record.images.items():
-        batch.image(tag, image, dataformats)
+    for tag, (image, dataformats, png) in record.images.items():
+        batch.image(tag, image, dataformats, png)
     for tag, text in record.texts.items():
         batch.text(tag, text)
     batch.write(logger.experiment, step)
@@ -145,7 +147,7 @@ def write_wandb(logger: WandbLogger, record: StepLog, bins: dict, step: int) -> 
     media = {}
     for tag, (low, _, _, _, _, edges, counts) in bins.items():
         media[tag] = wandb.Histogram(np_histogram=(counts, [low, *edges] if len(edges) == len(counts) else edges))
-    for tag, (image, dataformats) in record.images.items():
+    for tag, (image, dataformats, _) in record.images.items():
         media[tag] = wandb.Image(as_array(image, dataformats))
     if media:  # at the step's own trainer/global_step, as WandbLogger.log_metrics logs scalars
         logger.experiment.log({**media, "trainer/global_step": step})
@@ -155,7 +157,7 @@ def write_wandb(logger: WandbLogger, record: StepLog, bins: dict, step: int) -> 
 
 def write_mlflow(logger: MLFlowLogger, record: StepLog, step: int) -> None:
     client, run_id = logger.experiment, logger.run_id
-    for tag, (image, dataformats) in record.images.items():
+    for tag, (image, dataformats, _) in record.images.items():
         client.log_image(run_id, as_array(image, dataformats), artifact_file=f"{tag}/step_{step:07d}.png")
     for tag, text in record.texts.items():
         client.log_text(run_id, text, artifact_file=f"{tag}/step_{step:07d}.md")

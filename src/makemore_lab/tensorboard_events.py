@@ -63,9 +63,15 @@ class SummaryBatch:
         """`bins` as histogram_bins returns them."""
         self.values.extend(summary.histogram_raw(tag, *bins).value)
 
-    def image(self, tag: str, image, dataformats: str = "HW") -> None:
-        """An image: uint8 in [0, 255] or float in [0, 1], laid out as `dataformats` says (HW, HWC)."""
-        self.values.extend(summary.image(tag, image, dataformats=dataformats).value)
+    def image(self, tag: str, image, dataformats: str = "HW", png: bytes | None = None) -> None:
+        """An image: uint8 in [0, 255] or float in [0, 1], laid out as `dataformats` says (HW, HWC); `png`, if
+        given, is the same image encoded, kept as add_image would encode it (its height, width and channels)."""
+        if png is None:
+            self.values.extend(summary.image(tag, image, dataformats=dataformats).value)
+            return
+        height, width, *channels = image.shape if dataformats == "HWC" else (*image.shape, 1)
+        encoded = Summary.Image(height=height, width=width, colorspace=channels[0], encoded_image_string=png)
+        self.values.append(Summary.Value(tag=tag, image=encoded))
 
     def text(self, tag: str, text: str) -> None:
         self.values.extend(summary.text(tag, text).value)

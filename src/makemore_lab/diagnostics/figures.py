@@ -7,6 +7,7 @@
 The first three show the last measured step, as the lecture's plots show one step.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,12 @@ def save_figures(diagnostics, directory: Path, loggers, step: int, dpi: int = 10
         canvas = FigureCanvasAgg(figure)
         canvas.draw()  # rendered once, for the file and for the loggers
         rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+        encoded = io.BytesIO()
+        Image.fromarray(rgb).save(encoded, format="png")  # once, for the file and for TensorBoard
         path = directory / f"{name}.png"
-        Image.fromarray(rgb).save(path)
+        path.write_bytes(encoded.getvalue())
         paths.append(path)
-        record.image(f"figures/{name}", rgb, dataformats="HWC")
+        record.image(f"figures/{name}", rgb, dataformats="HWC", png=encoded.getvalue())
     if loggers:
         loggers.write(record, step)
     return paths
