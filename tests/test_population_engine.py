@@ -295,3 +295,23 @@ def test_the_other_models_train_in_a_population(compose_train, small_names, tmp_
     results = train_population(cfgs)
     assert all(r["steps"] == 20 and math.isfinite(r["val_loss"]) for r in results)
     assert results[0]["val_loss"] != results[1]["val_loss"]
+
+
+def test_the_folded_embedding_gives_each_member_its_own_rows_and_gradients():
+    """Member i's indices read and write only its own table (MembersEmbedding's index_add_ backward), with the
+    gradients torch's embedding backward gives each member alone: the same sums."""
+    from makemore_lab.population.folded import MembersInBatch
+
+    generator = torch.Generator().manual_seed(0)
+    tables = torch.randn(3, 27, 5, generator=generator, requires_grad=True)  # 3 members' (V, D) tables
+    idx = torch.randint(0, 27, (3 * 4, 6), generator=generator)  # 4 rows of 6 positions per member, repeats included
+    upstream = torch.randn(3 * 4, 6, 5, generator=generator)
+    with MembersInBatch(3):
+        out = torch.nn.functional.embedding(idx, tables)
+    (out * upstream).sum().backward()
+    for i in range(3):
+        own = tables.detach()[i].clone().requires_grad_()
+        alone = torch.nn.functional.embedding(idx[4 * i : 4 * i + 4], own)
+        (alone * upstream[4 * i : 4 * i + 4]).sum().backward()
+        assert torch.equal(out[4 * i : 4 * i + 4], alone)
+        assert torch.allclose(tables.grad[i], own.grad, rtol=0, atol=1e-6)
