@@ -64,6 +64,17 @@ def test_eval_reproduces_the_runs_losses(trained_run):
     assert float(losses["test_loss"]) == pytest.approx(summary["test_loss"], abs=1e-4)
 
 
+@pytest.mark.parametrize("script", ["sample.py", "eval.py"])
+def test_sample_and_eval_never_import_lightning(trained_run, script):
+    """From a checkpoint alone they need the net and the data (data.CharData), not Lightning's ~3 s import."""
+    run_dir, _ = trained_run
+    result = run_script(script, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", python_flags=("-X", "importtime"))
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+    assert "torch" in imported and "makemore_lab.data.corpus" in imported
+    assert not {"pytorch_lightning", "lightning_fabric", "makemore_lab.data.module"} & imported
+
+
 def bad_file(tmp_path: Path, content: bytes) -> str:
     path = tmp_path / "data.txt"
     path.write_bytes(content)

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from makemore_lab.configs import CONFIG_DIR
-from makemore_lab.data import CharDataModule, Vocabulary
+from makemore_lab.data import CharData, Vocabulary
 from makemore_lab.errors import UserError
 
 PLAIN = (bool, int, float, str, type(None))
@@ -143,27 +143,28 @@ def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary
     return net.eval(), vocab, meta
 
 
-def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None, **overrides) -> CharDataModule:
+def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None, **overrides) -> CharData:
     """The checkpoint's own data and split, rebuilt from the data settings it saved (or another file's, by `path`).
 
-    `overrides` go to CharDataModule (e.g. splits=("val", "test"), whole_item_eval=True). On its own file, a
-    checkpoint that recorded its data (meta["data_fingerprint"]) must find the same file: a changed file would
-    reshuffle the split and leak training items into val/test, and report numbers that mean nothing.
+    A CharData: the data module without Lightning (sample.py and eval.py read no loaders). `overrides` go to it
+    (e.g. splits=("val", "test"), whole_item_eval=True). On its own file, a checkpoint that recorded its data
+    (meta["data_fingerprint"]) must find the same file: a changed file would reshuffle the split and leak training
+    items into val/test, and report numbers that mean nothing.
     """
     data = {k: v for k, v in meta["data"].items() if k != "_target_"}
     if path is not None:
         data["path"] = path
     data["block_size"] = meta["block_size"]  # the model's context length is fixed by its weights
     try:
-        datamodule = CharDataModule(**{**data, **overrides}, vocab=vocab)
-    except TypeError as err:  # a saved setting CharDataModule does not take (another version's, or crafted)
+        datamodule = CharData(**{**data, **overrides}, vocab=vocab)
+    except TypeError as err:  # a saved setting CharData does not take (another version's, or crafted)
         raise UserError(f"the checkpoint's data settings do not fit this version: {err}") from None
     if path is None:
         check_data_unchanged(meta, datamodule)
     return datamodule
 
 
-def check_data_unchanged(meta: dict, datamodule: CharDataModule) -> None:
+def check_data_unchanged(meta: dict, datamodule: CharData) -> None:
     """One line if the checkpoint's training file is not the file it was trained on (same items, same bytes)."""
     recorded = meta.get("data_fingerprint")
     if not recorded or recorded == datamodule.fingerprint:

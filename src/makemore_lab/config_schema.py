@@ -63,8 +63,8 @@ PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "64", "64-true", "bf16-
 MAX_STEPS_PER_CALL = 10_000
 MAX_SAMPLE_LENGTH = 100_000  # characters of one generated item: one model call each
 
-# What the data module takes: also checked by CharDataModule itself, which eval.py and sample.py build from a
-# checkpoint's saved settings without a config.
+# What the data module takes: also checked by CharData itself (data/corpus.py), which eval.py and sample.py build
+# from a checkpoint's saved settings without a config.
 DATA_RULES = [
     Rule("block_size", "a positive integer (or null: longest item + 1)", positive_int, nullable=True),
     # Bounded: a Lightning batch gathers all its minibatches at once; beyond ~10,000 nothing is amortised any more.
