@@ -16,9 +16,9 @@ from makemore_lab.data.corpus import CharData, split_items
 from makemore_lab.data.reading import BOUNDARY, builtin_names_path, read_data_file, read_items
 
 __all__ = [
-    "BOUNDARY", "CharData", "CharDataModule", "EvalBatches", "MinibatchStream", "TokenSplit", "TrainExamples", "Vocabulary",
-    "WholeItems", "Windows", "builtin_names_path", "make_examples", "make_item_examples", "read_data_file",
-    "read_items", "split_items",
+    "BOUNDARY", "CharData", "CharDataModule", "EvalBatches", "MinibatchStream", "TokenSplit", "TrainExamples",
+    "Vocabulary", "WholeItems", "Windows", "builtin_names_path", "make_examples", "make_item_examples",
+    "read_data_file", "read_items", "split_items",
 ]
 
 

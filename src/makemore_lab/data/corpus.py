@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from makemore_lab import config_schema
-from makemore_lab.data.batches import EvalBatches, MinibatchStream, TrainExamples
+from makemore_lab.data.batches import EvalBatches, TrainExamples
 from makemore_lab.data.encoding import TokenSplit, Vocabulary, code_points, flat_text, present_code_points
 from makemore_lab.data.reading import DEFAULT_MAX_BYTES, line_number, read_data_file
 from makemore_lab.errors import UserError
@@ -84,7 +84,7 @@ class CharData:
         max_bytes: int = DEFAULT_MAX_BYTES,
         splits: tuple[str, ...] = SPLITS,
     ):
-        super().__init__()
+        super().__init__()  # CharDataModule's LightningDataModule.__init__, next in its method order
         splits = tuple(splits)
         check_values(block_size, batch_size, eval_batch_size, train_fraction, val_fraction, split_seed,
                      steps_per_call, train_on, seed, max_block_size, max_bytes, splits)
