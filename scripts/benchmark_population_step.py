@@ -2,11 +2,14 @@
 
     python scripts/benchmark_population_step.py                       # mlp and wavenet, N = 16
     python scripts/benchmark_population_step.py --models mlp rnn --members 4 16 64 --threads 2
+    python scripts/benchmark_population_step.py --models mlp model.n_hidden=4 model.n_embd=2   # the host-work floor
 
 The population is trained by the engine itself (train_population's Population.step: vmapped forward, one
 backward, per-member clipping and optimizer steps, one lr per member as a sweep has); the single model by the
 solo engine's fast path (engine.StepEngine, what `python train.py` runs between Lightning batches). Both draw
-the same minibatches and are timed over the same steps after a warm-up; the best of --repeats is kept.
+the same minibatches and are timed over the same steps after a warm-up; the best of --repeats is kept. Extra
+Hydra overrides apply to every member and the single model: a tiny width shows what a step costs with next to no
+arithmetic (the per-step host work of each engine).
 """
 
 import argparse
@@ -19,20 +22,22 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from makemore_lab.configs import CONFIG_DIR
+from makemore_lab.errors import exit_on_user_error
 from makemore_lab.population.member import Member
 from makemore_lab.population.run import Population
 
 
-def member_cfg(model: str, lr: float, out: Path):
+def member_cfg(model: str, lr: float, out: Path, extra: tuple[str, ...] = ()):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         return compose("train", overrides=[f"model={model}", f"optimizer.lr={lr}", f"paths.output_dir={out}",
-                                           "trainer.accelerator=cpu", "logger=none", "threads=1"])
+                                           "trainer.accelerator=cpu", "logger=none", "threads=1", *extra])
 
 
-def population(model: str, size: int, out: Path) -> Population:
-    base_lr = member_cfg(model, 1.0, out / "probe").optimizer.lr
-    members = [Member(member_cfg(model, base_lr * (0.5 + i / size), out / str(i)), out / str(i)) for i in range(size)]
+def population(model: str, size: int, out: Path, extra: tuple[str, ...] = ()) -> Population:
+    base_lr = member_cfg(model, 1.0, out / "probe", extra).optimizer.lr
+    members = [Member(member_cfg(model, base_lr * (0.5 + i / size), out / str(i), extra), out / str(i))
+               for i in range(size)]
     for member in members:
         member.set_up(torch.device("cpu"))
     return Population(members, torch.device("cpu"))
@@ -76,6 +81,7 @@ def solo_steps(pop: Population):
     return run
 
 
+@exit_on_user_error  # a bad override: one line, as from train.py
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp", "wavenet"])
@@ -84,6 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every member and the single model")
     args = parser.parse_args()
     print(f"torch threads {args.threads}; steps/s, best of {args.repeats} x {args.steps} steps")
     print("| model | members | one model steps/s | population steps/s | population step / one step | sweep time / one run |")
@@ -91,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             for size in args.members:
-                pop = population(model, size, Path(tmp) / f"{model}{size}")
+                pop = population(model, size, Path(tmp) / f"{model}{size}", tuple(args.overrides))
                 torch.set_num_threads(args.threads)  # after set_up: threads=1 in the member configs
                 solo = rate(solo_steps(pop), args.steps, args.warmup, args.repeats)
                 together = rate(population_steps(pop), args.steps, args.warmup, args.repeats)

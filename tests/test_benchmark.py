@@ -24,3 +24,24 @@ def test_benchmark_table_has_a_row_per_model_and_diagnostics_mode(tmp_path, smal
         assert row["ratio"] == pytest.approx(row["framework_steps_per_s"] / row["hand_steps_per_s"])
     table = [line for line in result.stdout.splitlines() if line.startswith("| mlp") or line.startswith("| transformer")]
     assert len(table) == 4
+
+
+def test_population_step_benchmark_has_a_row_per_model_and_size_and_takes_overrides():
+    """scripts/benchmark_population_step.py end to end: its rows, and the overrides reaching every member and the
+    single model (a tiny width, as for the host-work floor)."""
+    result = run_script("scripts/benchmark_population_step.py", "--models", "mlp", "--members", "2", "3",
+                        "--steps", "20", "--warmup", "5", "--repeats", "1", "model.n_hidden=4", "model.n_embd=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| mlp")]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [("mlp", "2"), ("mlp", "3")]
+    for row in rows:
+        solo, together = float(row[2].replace(",", "")), float(row[3].replace(",", ""))
+        assert solo > 0 and together > 0
+        assert row[4].strip() == f"{solo / together:.2f}x"
+
+
+def test_population_step_benchmark_refuses_a_bad_override_in_one_line():
+    result = run_script("scripts/benchmark_population_step.py", "--models", "mlp", "--members", "2", "--steps", "5",
+                        "model.n_hidden=wide")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: model.n_hidden must be a positive integer, got 'wide'"
