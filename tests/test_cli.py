@@ -64,12 +64,17 @@ def test_eval_reproduces_the_runs_losses(trained_run):
     assert float(losses["test_loss"]) == pytest.approx(summary["test_loss"], abs=1e-4)
 
 
+def imported_modules(stderr: str) -> list[str]:
+    """Every module a `python -X importtime` process imported, from its stderr."""
+    return [line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
+
+
 @pytest.mark.parametrize("script", ["sample.py", "eval.py"])
 def test_sample_and_eval_never_import_lightning(trained_run, script):
     """From a checkpoint alone they need the net and the data (data.CharData), not Lightning's ~3 s import."""
     run_dir, _ = trained_run
     result = run_script(script, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", python_flags=("-X", "importtime"))
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    imported = set(imported_modules(result.stderr))
     assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
     assert "torch" in imported and "makemore_lab.data.corpus" in imported
     assert not {"pytorch_lightning", "lightning_fabric", "makemore_lab.data.module"} & imported
@@ -152,7 +157,7 @@ def test_a_bad_value_is_one_line_before_torch_is_imported(script, args, message,
     Lightning take to import (cli.lazy_task; Hydra's plugin scan imports neither): -X importtime lists every
     module the process imported."""
     result = run_script(script, *args, cwd=tmp_path, python_flags=("-X", "importtime"))
-    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = imported_modules(result.stderr)
     said = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert result.returncode == 2 and len(said) == 1 and said[0].startswith(message), result.stderr[-2000:]
     assert "hydra" in imported and not {"torch", "pytorch_lightning"} & set(imported)

@@ -31,10 +31,11 @@ def save_figures(diagnostics, directory: Path, loggers, step: int, dpi: int = 10
         rgb = np.asarray(canvas.buffer_rgba())[..., :3]
         encoded = io.BytesIO()
         Image.fromarray(rgb).save(encoded, format="png")  # once, for the file and for TensorBoard
+        png = encoded.getvalue()
         path = directory / f"{name}.png"
-        path.write_bytes(encoded.getvalue())
+        path.write_bytes(png)
         paths.append(path)
-        record.image(f"figures/{name}", rgb, dataformats="HWC", png=encoded.getvalue())
+        record.image(f"figures/{name}", rgb, dataformats="HWC", png=png)
     if loggers:
         loggers.write(record, step)
     return paths

@@ -116,7 +116,7 @@ def embedding(n, input, weight, padding_idx=None, max_norm=None, norm_type=2.0, 
     own_rows = (input.reshape(n, -1) + offsets).view(input.shape)
     tables = weight.reshape(n * table, *weight.shape[2:])
     # on a GPU, torch's own backward (index_add_ is atomic there: not deterministic)
-    return MembersEmbedding.apply(own_rows, tables) if tables.is_cpu and tables.dim() == 2 else F.embedding(own_rows, tables)
+    return MembersEmbedding.apply(own_rows, tables) if tables.is_cpu else F.embedding(own_rows, tables)
 
 
 def batch_norm(n, input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
