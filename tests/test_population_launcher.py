@@ -8,6 +8,9 @@ train_population) say so in their name (`..._by_the_engine`); without the engine
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,9 +20,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONFIG_DIR, TINY, run_script
+from conftest import CONFIG_DIR, ROOT, TINY, run_script
 from makemore_lab.population import population_key
 from makemore_lab.population.grouping import group_jobs
+from test_reliability import saved_step, wait_for
 from test_sweeps import check_rows_match_jobs, job_overrides, job_summary, needs, read_rows, with_tests_on_path
 
 POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]
@@ -195,6 +199,7 @@ def test_the_launcher_logs_its_groups_and_why_each_job_could_not_join(population
     _, output, jobs, _ = population_sweep
     lines = launcher_lines(output)
     assert "6 jobs in 4 group(s), run one after another (sizes [2, 2, 1, 1])" in lines
+    assert not [line for line in lines if "earlier run" in line]  # a fresh sweep: every summary.json is its own
     for n_hidden in ("50", "64"):
         members = ",".join(sorted((jobs[(n_hidden, "0.01")], jobs[(n_hidden, "100")]), key=int))
         assert any(re.fullmatch(rf"group \d: job\(s\) {members} as one population of 2", line) for line in lines)
@@ -296,6 +301,44 @@ def test_optuna_trains_each_batch_of_trials_as_a_population_by_the_engine(tmp_pa
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
     check_rows_match_jobs(sweep_dir, rows)
     assert all(job_summary(sweep_dir, r["job"])["population_size"] == 2 for r in rows)
+
+
+@pytest.mark.slow
+def test_the_same_population_sweep_run_again_continues_it_by_the_engine(tmp_path, small_names):
+    """As under the basic launcher (sweep_policy.py): Ctrl-C, then the same command again resumes every interrupted
+    member from its last.ckpt in one population; once more, and every finished job is kept, nothing retrained."""
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "train.py"), "-m", *POPULATION, "model=mlp", "optimizer.lr=0.02,0.05",
+               "trainer.max_steps=3000", "trainer.val_check_interval=3000", "trainer.accelerator=cpu", "threads=1",
+               "num_samples=1", "callbacks.last_checkpoint.every_seconds=0.5", f"data.path={small_names}",
+               f"hydra.sweep.dir={sweep_dir}"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for job in ("0", "1"):
+        wait_for(sweep_dir / job / "checkpoints" / "last.ckpt", first)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and "Traceback" not in err, err[-3000:]
+    stopped = saved_step(sweep_dir / "0" / "checkpoints" / "last.ckpt")
+    assert 0 < stopped < 3000 and not (sweep_dir / "0" / "summary.json").exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = launcher_lines(again.stdout + again.stderr)
+    assert "group 0: job(s) 0,1 as one population of 2" in lines and not [l for l in lines if "refused" in l]
+    for job in ("0", "1"):
+        summary = job_summary(sweep_dir, job)
+        assert (summary["steps"], summary["resumed_from_step"], summary["population_size"]) == (3000, stopped, 2)
+    finished = {job: (sweep_dir / job / "summary.json").read_bytes() for job in ("0", "1")}
+
+    third = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    lines = launcher_lines(third.stdout + third.stderr)
+    assert [line for line in lines if "earlier run" in line] == [
+        f"job {job} finished in an earlier run of this sweep: kept (val_loss {job_summary(sweep_dir, job)['val_loss']})"
+        for job in ("0", "1")]
+    assert not [line for line in lines if "group" in line]  # nothing left to group or train
+    assert {job: (sweep_dir / job / "summary.json").read_bytes() for job in ("0", "1")} == finished
+    assert sorted(r["job"] for r in read_rows(sweep_dir) if r["val_loss"]) == ["0", "1"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

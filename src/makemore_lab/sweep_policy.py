@@ -41,20 +41,22 @@ def in_multirun() -> bool:
 jobs_ended = 0
 
 
-def run_job(train, cfg) -> float:
-    """`train(cfg)`'s val loss; under a multirun a failure is recorded and returned as +inf instead of raised."""
+def run_job(train, cfg, continue_sweep: bool = True) -> float:
+    """`train(cfg)`'s val loss; under a multirun a failure is recorded and returned as +inf instead of raised.
+    `continue_sweep=False`: the caller has already looked for the job's earlier result (earlier_outcome), as the
+    population launcher does before training its jobs together; `train` runs (or replays) without a second look."""
     if not in_multirun():
         return train(cfg).get("val_loss", math.nan)
     global jobs_ended
     try:
-        return job_result(train, cfg, HydraConfig.get().job.num)
+        return job_result(train, cfg, HydraConfig.get().job.num, continue_sweep)
     finally:
         jobs_ended += 1
 
 
-def job_result(train, cfg, job: int) -> float:
+def job_result(train, cfg, job: int, continue_sweep: bool = True) -> float:
     try:
-        earlier = earlier_result(cfg, job)
+        earlier = earlier_result(cfg, job) if continue_sweep else None
         return earlier if earlier is not None else train(cfg).get("val_loss", math.nan)
     except TrainingInterrupted:
         raise  # Ctrl-C / SIGTERM stop the whole sweep
@@ -73,10 +75,11 @@ def job_result(train, cfg, job: int) -> float:
     return math.inf
 
 
-def earlier_result(cfg, job) -> float | None:
+def earlier_result(cfg, job, task_overrides=None) -> float | None:
     """What this job's dir holds from an earlier run of the same sweep: its val loss if it finished (or +inf if it
-    failed), None if it is to train — from its last.ckpt (set as cfg.ckpt_path) if it was interrupted."""
-    out_dir, overrides = Path(cfg.paths.output_dir), run_overrides()
+    failed), None if it is to train — from its last.ckpt (set as cfg.ckpt_path) if it was interrupted.
+    `task_overrides`: the job's (by default HydraConfig's, the job's while it runs)."""
+    out_dir, overrides = Path(cfg.paths.output_dir), run_overrides(task_overrides)
     summary_file, last = out_dir / "summary.json", out_dir / "checkpoints" / "last.ckpt"
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
@@ -92,6 +95,17 @@ def earlier_result(cfg, job) -> float | None:
         with open_dict(cfg):
             cfg.ckpt_path = str(last)
     return None
+
+
+def earlier_outcome(cfg, job, task_overrides) -> float | None:
+    """earlier_result for a launcher that looks before it trains (the population launcher, with the job's task
+    overrides): a job dir that holds another job is that job's result as job_result records it (+inf, nothing
+    written in it)."""
+    try:
+        return earlier_result(cfg, job, task_overrides)
+    except RunDirRefused as err:
+        log.error("job %s refused: %s", job, err)
+        return math.inf
 
 
 def check_same_job(out_dir: Path, recorded, overrides: list[str]) -> None:

@@ -4,7 +4,9 @@ The launcher prepares every job of the batch it is given (a grid sweep's jobs, o
 sweeper asks for at once) through Hydra's own run_job: its job dir, its `.hydra/` files, its train config resolved
 while HydraConfig is that job's. makemore_lab.population.grouping then groups the jobs and the groups run one
 after another: a group of two or more through the engine's `train_population`, a group of one exactly as the basic
-launcher runs a job (run_job with train.py's task function). Every job gets its JobReturn, its failure.json when it
+launcher runs a job (run_job with train.py's task function). The same sweep run again into its own dir continues
+it as under the basic launcher (sweep_policy.py): a finished or failed job is kept, not grouped; an interrupted one
+resumes from its last.ckpt in its population. Every job gets its JobReturn, its failure.json when it
 fails (sweep_policy.run_job, as for a solo job) and its row in the sweep summary. Where the engine
 (makemore_lab.population.train_population) is not installed, every job runs alone.
 
@@ -66,6 +68,7 @@ class Job:
     num: int
     sweep_config: DictConfig  # the job's whole config, hydra node included (hydra.runtime.output_dir set)
     prepared: JobReturn       # run_job's: cfg, hydra_cfg, overrides, working_dir; the result is filled in later
+    kept: float | None = None  # its result from an earlier run of this sweep (sweep_policy): not trained again
 
     @property
     def resolves(self) -> bool:
@@ -155,14 +158,21 @@ class PopulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from makemore_lab.population.grouping import group_jobs  # here, not at import: see the module docstring
-
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs as populations")
         jobs = [self.prepare(initial_job_idx + index, overrides) for index, overrides in enumerate(job_overrides)]
+        returns = {job.num: self.keep(job) for job in jobs if job.kept is not None}
+        to_train = [job for job in jobs if job.kept is None]
+        if to_train:
+            returns.update(self.train(to_train))
+        return [returns[job.num] for job in jobs]
+
+    def train(self, jobs: list[Job]) -> dict[int, JobReturn]:
+        """Group the jobs and run the groups one after another."""
+        from makemore_lab.population.grouping import group_jobs  # here, not at import: see the module docstring
 
         engine = population_engine()
         refusals = [self.refusal(job, jobs[0], engine) for job in jobs]
@@ -172,7 +182,6 @@ class PopulationLauncher(Launcher):
         if engine is None:
             log.warning("the population engine (makemore_lab.population.train_population) is not installed: "
                         "every job runs alone, as under the basic launcher")
-
         returns: dict[int, JobReturn] = {}
         for group in grouping.groups:
             members = [jobs[index] for index in group]
@@ -181,7 +190,7 @@ class PopulationLauncher(Launcher):
             else:
                 returns.update(self.run_population(members, engine.train_population))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return [returns[job.num] for job in jobs]
+        return returns
 
     def prepare(self, num: int, overrides: Sequence[str]) -> Job:
         """The job's config as the basic launcher builds it, and run_job's job dir and .hydra/ for it."""
@@ -198,7 +207,30 @@ class PopulationLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
             configure_logging=False,  # the member's train.log is the engine's (or run_job's, for a job alone)
         )
-        return Job(num, sweep_config, prepared)
+        job = Job(num, sweep_config, prepared)
+        if job.resolves:
+            # The same sweep run again into its own dir continues it, as under the basic launcher: a finished or
+            # failed job keeps its result, an interrupted one resumes from its last.ckpt (sweep_policy sets
+            # ckpt_path in its train config) in whichever population it joins. Looked at here, before any job
+            # trains: after training every member's summary.json is this run's own.
+            from makemore_lab import sweep_policy  # imports torch: not at Hydra's plugin scan
+
+            job.kept = sweep_policy.earlier_outcome(job.train_config, num, prepared.overrides)
+        return job
+
+    def keep(self, job: Job) -> JobReturn:
+        """A job kept from an earlier run of the sweep: its result, with the callbacks (the sweep table) fired
+        around it as run_job fires them around a job that trains."""
+        hydra_config = HydraConfig.instance()
+        sweep_hydra_cfg = hydra_config.cfg
+        try:
+            hydra_config.set_config(job.sweep_config)
+            self.hydra_context.callbacks.on_job_start(config=job.sweep_config, task_function=self.task_function)
+            job.prepared.return_value = job.kept
+            self.hydra_context.callbacks.on_job_end(config=job.sweep_config, job_return=job.prepared)
+        finally:
+            hydra_config.cfg = sweep_hydra_cfg
+        return job.prepared
 
     @staticmethod
     def refusal(job: Job, first: Job, engine: ModuleType | None) -> str | None:
@@ -242,7 +274,8 @@ class PopulationLauncher(Launcher):
                 outcomes = train_members(train_population, [job.train_config for job in members])
             for job, outcome in zip(members, outcomes, strict=True):
                 hydra_config.set_config(job.sweep_config)
-                job.prepared.return_value = sweep_policy.run_job(replay(outcome), job.train_config)
+                # the earlier results were looked at before training (prepare): this summary.json is this run's
+                job.prepared.return_value = sweep_policy.run_job(replay(outcome), job.train_config, continue_sweep=False)
                 callbacks.on_job_end(config=job.sweep_config, job_return=job.prepared)
         finally:
             hydra_config.cfg = sweep_hydra_cfg
