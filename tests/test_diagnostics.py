@@ -95,6 +95,8 @@ def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
         assert image.encoded_image_string == png
         assert (image.height, image.width) == (400, 1000)  # 10 x 4 inches at 100 dpi
         assert Image.open(io.BytesIO(png)).mode == "RGB"
+        idat = png.index(b"IDAT") + 4
+        assert png[idat:idat + 2] == b"\x78\x01"  # zlib's fastest level (figures.PNG_COMPRESS_LEVEL)
 
     health = json.loads((out / "summary.json").read_text())["health"]
     assert health["rules"].keys() == RULES
@@ -105,6 +107,41 @@ def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
     assert "training health" in printed and "verdict:" in printed
     assert "why: an untrained network should be equally unsure" in printed  # the lecture's reasoning, one line
     assert "[TensorBoard: initial_loss/measured]" in printed  # and where to look
+
+
+def test_figures_draw_their_text_unhinted_and_leave_the_users_matplotlib_settings(tmp_path):
+    """figures.FAST_TEXT holds while the figures are drawn (glyphs rendered with it differ from the default's) and
+    only then: a user's own rcParams (a notebook's style) are as they were after save_figures."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from makemore_lab.diagnostics import figures
+
+    def text_pixels():
+        fig = Figure(figsize=(2, 1), dpi=100)
+        fig.text(0.1, 0.4, "activation 0.97")
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba()).copy()
+
+    with matplotlib.rc_context({"text.hinting": "force_autohint", "text.hinting_factor": 8}):
+        hinted = text_pixels()
+        with matplotlib.rc_context(figures.FAST_TEXT):
+            assert not np.array_equal(text_pixels(), hinted)  # the setting changes what is drawn
+        seen = {}
+        original = figures.draw
+
+        def spy(*args, **kwargs):
+            seen.update({k: matplotlib.rcParams[k] for k in figures.FAST_TEXT})
+            return original(*args, **kwargs)
+
+        diagnostics = SimpleNamespace(last={"step": 3, "layers": {}, "weights": {}}, history=[])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(figures, "draw", spy)
+            paths = figures.save_figures(diagnostics, tmp_path, None, 3)
+        assert seen == figures.FAST_TEXT and len(paths) == 4
+        assert (matplotlib.rcParams["text.hinting"], matplotlib.rcParams["text.hinting_factor"]) == ("force_autohint", 8)
 
 
 @pytest.fixture(scope="module")
