@@ -3,6 +3,7 @@
     python scripts/benchmark_population_step.py                       # mlp and wavenet, N = 16
     python scripts/benchmark_population_step.py --models mlp rnn --members 4 16 64 --threads 2
     python scripts/benchmark_population_step.py --models mlp model.n_hidden=4 model.n_embd=2   # the host-work floor
+    python scripts/benchmark_population_step.py --models wavenet --threads 2 --profile 100    # where a step goes
 
 The population is trained by the engine itself (train_population's Population.step: vmapped forward, one
 backward, per-member clipping and optimizer steps, one lr per member as a sweep has); the single model by the
@@ -81,6 +82,21 @@ def solo_steps(pop: Population):
     return run
 
 
+def print_profile(run_steps, steps: int, title: str, rows: int = 20) -> None:
+    """torch.profiler's ops by self CPU time over `steps` population steps (times per step: divide by steps), then
+    the same by op and input shapes (which matmul is which layer)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run_steps(steps)
+    print(f"\n{title}: torch.profiler over {steps} population steps (profiled: slower than the rates above)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=50))
+    print(f"{title}, by input shapes:")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows // 2,
+                                                             max_name_column_width=30, max_shapes_column_width=70),
+          flush=True)
+
+
 @exit_on_user_error  # a bad override: one line, as from train.py
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +106,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also run this many population steps under torch.profiler and print its top ops")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every member and the single model")
     args = parser.parse_args()
     print(f"torch threads {args.threads}; steps/s, best of {args.repeats} x {args.steps} steps")
@@ -105,6 +123,8 @@ def main() -> None:
                 # N solo runs take N / solo; the population takes 1 / together for all N.
                 print(f"| {model} | {size} | {solo:.0f} | {together:.0f} | {solo / together:.2f}x | "
                       f"{solo / together:.2f}x (vs {size}x one after another) |", flush=True)
+                if args.profile:
+                    print_profile(population_steps(pop), args.profile, f"{model}, {size} members")
                 for member in pop.members:
                     member.release()
 

@@ -30,8 +30,14 @@ def test_population_step_benchmark_has_a_row_per_model_and_size_and_takes_overri
     """scripts/benchmark_population_step.py end to end: its rows, and the overrides reaching every member and the
     single model (a tiny width, as for the host-work floor)."""
     result = run_script("scripts/benchmark_population_step.py", "--models", "mlp", "--members", "2", "3",
-                        "--steps", "20", "--warmup", "5", "--repeats", "1", "model.n_hidden=4", "model.n_embd=2")
+                        "--steps", "20", "--warmup", "5", "--repeats", "1", "--profile", "3",
+                        "model.n_hidden=4", "model.n_embd=2")
     assert result.returncode == 0, result.stderr[-3000:]
+    for size in (2, 3):  # a profile after each row: the folded forward's ops, counted over the 3 steps
+        assert f"mlp, {size} members: torch.profiler over 3 population steps" in result.stdout
+        assert f"mlp, {size} members, by input shapes:" in result.stdout
+    assert "aten::bmm" in result.stdout and "MembersLinearBackward" in result.stdout
+    assert "Input Shapes" in result.stdout and "[[3, 32, " in result.stdout  # 3 members' rows of 32, stacked
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| mlp")]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [("mlp", "2"), ("mlp", "3")]
     for row in rows:
@@ -47,3 +53,15 @@ def test_population_step_benchmark_refuses_a_bad_override_in_one_line():
                         "model.n_hidden=wide")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: model.n_hidden must be a positive integer, got 'wide'"
+
+
+def test_figures_benchmark_times_each_setting_on_a_measured_member():
+    """scripts/benchmark_figures.py end to end: a row per setting, each with the four PNGs it wrote (timings are
+    never asserted: noise here)."""
+    result = run_script("scripts/benchmark_figures.py", "--models", "mlp", "--rounds", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| mlp")]
+    assert [r[1].strip() for r in rows] == ["defaults (force_autohint x8, zlib 6)", "unhinted, zlib 6",
+                                            "figures.py's (unhinted, zlib 1)"]
+    for row in rows:
+        assert float(row[2]) > 0 and int(row[3].replace(",", "")) > 4 * 10_000  # four real figures
