@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 BINS = 100
-# Text drawn without FreeType's hinting (matplotlib's default force-autohints every glyph at 8x): a quarter of the
-# figures' drawing time, which a population pays once per member, for glyphs a little softer at 100 dpi.
+# Text drawn without FreeType's hinting (matplotlib's default force-autohints every glyph at 8x; text is most of
+# the drawing) and the PNGs at zlib level 1 instead of PIL's 6: together 50-100 ms less of a run's ~0.6 s of
+# figures, which a population pays once per member, for glyphs a little softer at 100 dpi and PNGs 16-25% larger
+# (scripts/benchmark_figures.py times each setting).
 FAST_TEXT = {"text.hinting": "no_hinting", "text.hinting_factor": 1}
-# zlib level 1 instead of PIL's 6: the PNGs ~8% larger, their encoding ~40% faster.
 PNG_COMPRESS_LEVEL = 1
 
 
