@@ -34,19 +34,17 @@ def save_figures(diagnostics, directory: Path, loggers, step: int, dpi: int = 10
     directory.mkdir(parents=True, exist_ok=True)
     paths, record = [], StepLog()
     with matplotlib.rc_context(FAST_TEXT):  # this call's own settings: the user's rcParams are left as they are
-        rendered = {}
         for name, figure in draw(diagnostics, dpi).items():
             canvas = FigureCanvasAgg(figure)
             canvas.draw()  # rendered once, for the file and for the loggers
-            rendered[name] = np.asarray(canvas.buffer_rgba())[..., :3]
-    for name, rgb in rendered.items():
-        encoded = io.BytesIO()
-        Image.fromarray(rgb).save(encoded, format="png", compress_level=PNG_COMPRESS_LEVEL)  # once: file and TensorBoard
-        png = encoded.getvalue()
-        path = directory / f"{name}.png"
-        path.write_bytes(png)
-        paths.append(path)
-        record.image(f"figures/{name}", rgb, dataformats="HWC", png=png)
+            rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+            encoded = io.BytesIO()
+            Image.fromarray(rgb).save(encoded, format="png", compress_level=PNG_COMPRESS_LEVEL)  # once: file and TB
+            png = encoded.getvalue()
+            path = directory / f"{name}.png"
+            path.write_bytes(png)
+            paths.append(path)
+            record.image(f"figures/{name}", rgb, dataformats="HWC", png=png)
     if loggers:
         loggers.write(record, step)
     return paths
