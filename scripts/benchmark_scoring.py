@@ -3,6 +3,7 @@ tanh (losses.ScoringTanh, 2 * sigmoid(2x) - 1) against torch's own CPU tanh.
 
     OMP_NUM_THREADS=1 python scripts/benchmark_scoring.py                 # mlp and wavenet, 7 rounds
     OMP_NUM_THREADS=2 python scripts/benchmark_scoring.py --threads 2 --models mlp rnn
+    python scripts/benchmark_scoring.py --models mlp data.path=words.txt      # your own data
 
 Builds each model as a run builds it (its default config, the embedded names) and times split_loss on every split
 with each tanh, the two alternated in every round so that the machine's drift falls on both; prints the median
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mlp", "wavenet"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every model, e.g. data.path=words.txt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     allocator.keep_freed_memory()  # as train.py and eval.py run
@@ -60,7 +62,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            member = population(model, 1, Path(tmp) / model).members[0]
+            member = population(model, 1, Path(tmp) / model, tuple(args.overrides)).members[0]
             times = {name: {split: [] for split in SPLITS} for name in variants}
             scored = {name: {} for name in variants}
             for round_ in range(args.rounds + 1):  # the first round warms the caches and is dropped

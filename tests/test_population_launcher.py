@@ -211,6 +211,25 @@ def test_the_launcher_logs_its_groups_and_why_each_job_could_not_join(population
 
 
 @pytest.mark.slow
+def test_each_members_console_lines_name_it_and_its_train_log_has_them_as_a_solo_runs(population_sweep):
+    sweep_dir, output, jobs, _ = population_sweep
+    for n_hidden in ("50", "64"):
+        good, diverged = jobs[(n_hidden, "0.01")], jobs[(n_hidden, "100")]
+        assert re.search(rf"\[#{good}\] step 10: val loss \d", output)
+        assert re.search(rf"\[#{good}\] final report at step 20 \(.*optimizer\.lr=0\.01", output)
+        assert re.search(rf"\[#{diverged}\] the loss became .* training diverged", output)
+        for job in (good, diverged):
+            log = (sweep_dir / job / "train.log").read_text()
+            assert f"[#{job}]" not in log and "Seed set to" in log
+        assert re.search(r"\] - step 10: val loss \d", (sweep_dir / good / "train.log").read_text())
+        # the second member's data is the first's: a line for its train.log, not for the console
+        second = max(good, diverged, key=int)
+        assert "the population's copy" in (sweep_dir / second / "train.log").read_text()
+    assert "the population's copy" not in output
+    assert re.search(r"\[#\d+\] data: [\d,]+ items", output)  # each population's first member: the data line
+
+
+@pytest.mark.slow
 def test_every_member_is_a_job_dir_with_its_hydra_files_and_summary(population_sweep):
     sweep_dir, _, jobs, _ = population_sweep
     assert sorted(jobs.values(), key=int) == [str(n) for n in range(6)]

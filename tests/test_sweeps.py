@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR, ROOT, TINY, read_scalars, run_script
+from makemore_lab import sweep_summary
 
 METRIC_COLUMNS = ["params", "steps", "train_loss", "val_loss", "test_loss", "time_s", "error"]
 
@@ -84,7 +85,24 @@ def grid_sweep(tmp_path_factory, small_names) -> Path:
         *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir.parent / "console.txt").write_text(result.stdout)
     return sweep_dir
+
+
+@pytest.mark.slow
+def test_the_sweep_ends_with_its_table_on_the_console_once(grid_sweep):
+    console = (grid_sweep.parent / "console.txt").read_text()
+    assert console.count("sweep summary (4 jobs)") == 1  # at the end, not after every job
+    md_table = [line for line in (grid_sweep / "summary.md").read_text().splitlines() if line.startswith("|")]
+    assert console.rstrip().endswith("\n".join(md_table))  # the table itself, last
+
+
+@pytest.mark.slow
+def test_a_long_sweep_prints_its_best_rows_and_says_how_many_more(grid_sweep, monkeypatch, capsys):
+    monkeypatch.setattr(sweep_summary, "PRINTED_ROWS", 3)
+    sweep_summary.SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(grid_sweep)}}}))
+    md_table = [line for line in (grid_sweep / "summary.md").read_text().splitlines() if line.startswith("|")]
+    assert capsys.readouterr().out == "\n".join(md_table[:5]) + "\n... 1 more in summary.md\n"
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Each row is one job: its overrides as columns (those its summary.json recorded, else <job dir>/.hydra/overrides.yaml,
 which Hydra rewrites whenever a job starts in that dir), then the numbers from its summary.json. A job that failed
 (its failure.json, see sweep_policy.py) is listed last with its one-line reason; one with neither file (still running, or killed) is listed last with empty numbers.
-The table is rewritten after every job too, so a sweep stopped by Ctrl-C or a kill keeps the table of the jobs done.
+The table is rewritten after every job too, so a sweep stopped by Ctrl-C or a kill keeps the table of the jobs done;
+when the multirun ends, its path is logged and the table printed (its best PRINTED_ROWS rows).
 Enabled for every multirun by configs/hydra/default.yaml; `python scripts/sweep_summary.py <sweep dir>` re-summarises.
 """
 
@@ -37,16 +38,29 @@ class SweepSummary(Callback):
     when the multirun ends."""
 
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN:
-            self.on_multirun_end(config)
+        if config.hydra.mode == RunMode.MULTIRUN and rank_zero():
+            rows = write_summary(Path(config.hydra.sweep.dir))  # quietly: a population's members end all at once
+            log.debug("sweep summary updated (%d jobs)", len(rows))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        # Lightning's DDP launcher re-runs the whole command in each extra rank (LOCAL_RANK >= 1); one writer is enough.
-        if os.environ.get("LOCAL_RANK", "0") != "0":
+        """The tables, their path, and the table itself on the console (its best PRINTED_ROWS rows)."""
+        if not rank_zero():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
         log.info("sweep summary (%d jobs): %s", len(rows), sweep_dir / "summary.md")
+        table = [line for line in (sweep_dir / "summary.md").read_text().splitlines() if line.startswith("|")]
+        more = len(table) - 2 - PRINTED_ROWS
+        print("\n".join(table[: 2 + PRINTED_ROWS]) + (f"\n... {more} more in summary.md" if more > 0 else ""),
+              flush=True)
+
+
+PRINTED_ROWS = 20  # a 500-job search prints its best 20; summary.md and summary.csv hold every job
+
+
+def rank_zero() -> bool:
+    """Lightning's DDP launcher re-runs the whole command in each extra rank (LOCAL_RANK >= 1); one writer is enough."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def job_sort_key(name: str):

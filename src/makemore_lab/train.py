@@ -146,7 +146,8 @@ def shared_datamodule(cfg: DictConfig, plan: StepPlan, shared: dict):
     datamodule = copy.copy(shared[key])
     datamodule.seed = data["seed"]
     log.info("data: the population's copy of %s (%d characters, read once)", datamodule.path or "names.txt",
-             sum(len(s) - s.num_items for s in datamodule.splits.values()))
+             sum(len(s) - s.num_items for s in datamodule.splits.values()),
+             extra={"train_log_only": True})  # the member's own record; the console has the first member's line
     return datamodule
 
 

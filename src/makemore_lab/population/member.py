@@ -39,6 +39,27 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's j
 STEP_CALLBACKS = (Diagnostics, SampleText)  # the callbacks that run per member (the contract above)
 
 
+class Labelled(logging.Formatter):
+    """A console handler's own formatter, with `[label] ` before each message (the record itself is left as it
+    was: the member's train.log, formatted after, gets the message alone)."""
+
+    def __init__(self, inner: logging.Formatter | None, label: str):
+        super().__init__()
+        self.inner, self.label = inner or logging.Formatter(), label
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg, args = record.msg, record.args
+        record.msg, record.args = f"[{self.label}] {record.getMessage()}", None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.msg, record.args = msg, args
+
+
+def not_train_log_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "train_log_only", False)
+
+
 @dataclass
 class MemberTrainer:
     """What the step callbacks and final_report read of a trainer, for one member (a member has no Trainer)."""
@@ -81,13 +102,27 @@ class Member:
     def net(self) -> torch.nn.Module:
         return self.module.net
 
+    @property
+    def label(self) -> str:
+        """The member as its console lines name it: `#3` for Hydra's job dir `3` (the launcher's `#3 : overrides`
+        line), else the job dir's name."""
+        name = self.out_dir.name
+        return f"#{name}" if name.isdigit() else name
+
     @contextlib.contextmanager
     def logging_to_train_log(self):
-        """This member's log lines (and the package's, while it works for this member) go to its train.log."""
+        """This member's log lines (and the package's, while it works for this member) go to its train.log, as a
+        solo run's; on the console (every other handler of the root logger but files) each starts with the member's
+        label, so that the lines of a population's members tell apart, and a record logged with
+        `extra={"train_log_only": True}` is left out there."""
         handler = logging.FileHandler(self.out_dir / "train.log")
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root = logging.getLogger()
         level = root.level
+        consoles = [(h, h.formatter) for h in root.handlers if not isinstance(h, logging.FileHandler)]
+        for console, formatter in consoles:
+            console.setFormatter(Labelled(formatter, self.label))
+            console.addFilter(not_train_log_only)
         root.addHandler(handler)
         root.setLevel(min(level or logging.INFO, logging.INFO))  # INFO, as Hydra's job logging has it in a solo run
         try:
@@ -96,6 +131,9 @@ class Member:
             root.removeHandler(handler)
             root.setLevel(level)
             handler.close()
+            for console, formatter in consoles:
+                console.setFormatter(formatter)
+                console.removeFilter(not_train_log_only)
 
     def set_up(self, device: torch.device, shared_data: dict | None = None) -> None:
         """Build the member as train() builds a solo run; on resume, load its checkpoint (weights, optimizer state,

@@ -191,6 +191,8 @@ class Population:
         """The member's final report; a UserError there (final_weights=best without a validation, a full disk)
         ends this member alone."""
         with member.logging_to_train_log():
+            overrides = " ".join(member.module.checkpoint_meta.get("overrides", []))
+            log.info("final report at step %d%s", step, f" ({overrides})" if overrides else "")  # what prints next
             try:
                 member.finish(step, seconds, len(self.members))
             except UserError as err:
