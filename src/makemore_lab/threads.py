@@ -62,6 +62,15 @@ def fair_share(runs: int | None = None) -> int:
     return max(1, cores() // (runs or live_runs()))
 
 
+def budget(setting) -> int:
+    """The threads a run with this `threads` setting would use now: N, OMP_NUM_THREADS, or the fair share (auto)."""
+    if setting != "auto":
+        return int(setting)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return fair_share()
+
+
 def choose(setting) -> bool:
     """Set torch's thread count for this run; returns whether the framework chose it (and should keep choosing)."""
     if setting != "auto":

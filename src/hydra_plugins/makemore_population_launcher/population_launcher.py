@@ -13,9 +13,12 @@ fails (sweep_policy.run_job, as for a solo job) and its row in the sweep summary
 Nothing here imports torch or the engine at import time: Hydra imports every hydra_plugins module at start-up.
 """
 
+import atexit
 import copy
 import dataclasses
+import importlib.util
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -93,6 +96,14 @@ def population_engine() -> ModuleType | None:
     return population
 
 
+def population_engine_spec():
+    """Whether the engine is installed, without importing it (it imports torch)."""
+    try:
+        return importlib.util.find_spec("makemore_lab.population")
+    except ImportError:
+        return None
+
+
 def replay(outcome: dict | BaseException):
     """A stand-in for train(cfg) that gives a member's outcome back, so that sweep_policy.run_job turns it into the
     job's result exactly as it does a solo job's: the val loss, or failure.json and +inf."""
@@ -143,8 +154,12 @@ class ComposedOnce:
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self) -> None:
+    def __init__(self, processes: int | str = "auto") -> None:
+        """`processes`: at most this many processes per group on a CPU ("auto": one per thread of the group's
+        budget); makemore_lab/population/processes.py."""
         super().__init__()
+        self.processes = processes
+        self.workers = None  # processes.Workers, spawned at the first launch that may need them
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -163,6 +178,7 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs as populations")
+        self.start_workers(len(job_overrides))
         jobs = [self.prepare(initial_job_idx + index, overrides) for index, overrides in enumerate(job_overrides)]
         returns = {job.num: self.keep(job) for job in jobs if job.kept is not None}
         to_train = [job for job in jobs if job.kept is None]
@@ -191,6 +207,47 @@ class PopulationLauncher(Launcher):
                 returns.update(self.run_population(members, engine.train_population))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
+
+    def start_workers(self, jobs: int) -> None:
+        """Spawn the worker processes that the batch's largest possible group could use, now: their imports (torch,
+        Lightning) overlap this process's preparation of the jobs. Kept for the launcher's later batches (an Optuna
+        sweep launches one batch after another) and closed at exit. None where every group trains in one process:
+        a GPU, a thread budget of 1, fewer than 2 x processes.MIN_MEMBERS jobs."""
+        from makemore_lab.population import processes  # no torch import: see the module docstring
+
+        cpu_only = str(self.config.get("trainer", {}).get("accelerator", "auto")) == "cpu"
+        # an upper bound of the budget: a group's own (threads.budget, with torch imported) may be smaller
+        setting, omp = self.config.get("threads", "auto"), os.environ.get("OMP_NUM_THREADS", "")
+        budget = int(setting) if setting != "auto" else int(omp) if omp.isdigit() else processes.cores()
+        count = processes.process_count(self.processes, budget, jobs, on_cpu=True)
+        if self.workers is not None or count < 2 or population_engine_spec() is None:
+            return
+        if not cpu_only:
+            import torch
+
+            if torch.cuda.is_available():
+                return
+        self.workers = processes.Workers(count - 1, self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        atexit.register(self.workers.close)
+
+    def parts(self, members: list[Job]) -> list[list[DictConfig]]:
+        """The members' train configs cut into the parts that train side by side (processes.py), each config with
+        its part's threads; one part where the group trains in one process."""
+        from makemore_lab import threads
+        from makemore_lab.population import choose_device, processes
+
+        cfgs = [job.train_config for job in members]
+        budget = threads.budget(cfgs[0].threads)
+        on_cpu = choose_device(cfgs[0]).type == "cpu"
+        count = min(processes.process_count(self.processes, budget, len(cfgs), on_cpu), 1 + len(self.workers or []))
+        if count == 1:
+            return [cfgs]
+        share = max(1, budget // count)
+        parts = [[processes.with_threads(cfg, share) for cfg in part] for part in processes.split(cfgs, count)]
+        log.info("job(s) %s: %d populations side by side in %d processes (%s members), %d thread(s) each",
+                 ",".join(str(job.num) for job in members), count, count, " + ".join(str(len(p)) for p in parts),
+                 share)
+        return parts
 
     def prepare(self, num: int, overrides: Sequence[str]) -> Job:
         """The job's config as the basic launcher builds it, and run_job's job dir and .hydra/ for it."""
@@ -270,6 +327,15 @@ class PopulationLauncher(Launcher):
                 hydra_config.set_config(job.sweep_config)
                 callbacks.on_job_start(config=job.sweep_config, task_function=self.task_function)
             hydra_config.cfg = sweep_hydra_cfg
+            parts = self.parts(members)
+            if len(parts) > 1:
+                from makemore_lab.population.processes import train_side_by_side
+                from makemore_lab.population.run import resume_command
+
+                dirs = [Path(job.train_config.paths.output_dir) for job in members]
+                one_population = train_population
+                train_population = lambda _: train_side_by_side(one_population, parts, self.workers,  # noqa: E731
+                                                                lambda: resume_command(dirs))
             with env_override(members[0].env_set):
                 outcomes = train_members(train_population, [job.train_config for job in members])
             for job, outcome in zip(members, outcomes, strict=True):

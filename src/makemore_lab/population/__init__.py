@@ -3,135 +3,18 @@
 The engine's two entry points (the population launcher calls them; docs/population.md has the long form):
 `train_population(cfgs)` trains full train configs as one population, each member in its own job dir, exactly
 as `train(cfg)` would train it alone; `population_refusal(cfg)` says in one line why a config cannot join one.
+
+The package imports nothing heavy itself: its names come from population/train.py on first use, so that the
+launcher can import population/processes.py (and spawn its workers) before torch is loaded.
 """
 
-import json
-import logging
-import traceback
-from pathlib import Path
+import importlib
 
-import torch
-from omegaconf import DictConfig, OmegaConf
-
-from makemore_lab.errors import TrainingInterrupted, UserError
-from makemore_lab.population import grouping, memory
-from makemore_lab.population.member import Member
-from makemore_lab.population.run import Population
-
-log = logging.getLogger(__name__)
-
-# The callbacks a population honours: last.ckpt's cadence and the best checkpoint (the population saves them), the
-# diagnostics and the sample text (run per member: member.STEP_CALLBACKS), and a progress bar (left out).
-KNOWN_CALLBACKS = {
-    "makemore_lab.callbacks.last_checkpoint.LastCheckpoint",
-    "pytorch_lightning.callbacks.ModelCheckpoint",
-    "makemore_lab.callbacks.step_progress_bar.StepProgressBar",
-    "makemore_lab.diagnostics.Diagnostics",
-    "makemore_lab.callbacks.sample_text.SampleText",
-}
+EXPORTS = {"train_population", "population_refusal", "population_key", "populations", "choose_device", "set_up",
+           "KNOWN_CALLBACKS"}
 
 
-def population_refusal(cfg: DictConfig) -> str | None:
-    """None if `cfg` can be a member of a population of more than one; otherwise one line why not."""
-    trainer = cfg.trainer
-    if "ddp" in str(trainer.get("strategy") or "") or trainer.get("devices", 1) not in (1, "1", "auto"):
-        return f"trainer.strategy={trainer.get('strategy')}, devices={trainer.get('devices')}: a DDP run is one process per device"
-    if str(trainer.get("precision")) not in ("32", "32-true"):
-        return f"trainer.precision={trainer.precision}: a population trains in 32-bit only"
-    if trainer.get("max_time"):
-        return f"trainer.max_time={trainer.max_time}: a population stops by steps only"
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node and "_target_" in node and node._target_ not in KNOWN_CALLBACKS:
-            return f"callbacks.{name} ({node._target_}): a population runs no Lightning callbacks of its own"
-    return None
-
-
-def train_population(cfgs: list[DictConfig]) -> list[dict | BaseException]:
-    """Train the members (full train configs, each with its own paths.output_dir) as populations in this process.
-
-    Returns per member, in order, its summary dict (train(cfg)'s, plus population_size) or the exception that ended
-    it alone. Members that cannot share one population (different shapes, data, step counts, memory) are split
-    into several, trained one after another. TrainingInterrupted is raised after every member is saved.
-    """
-    members = [Member(cfg, Path(cfg.paths.output_dir)) for cfg in cfgs]
-    device = choose_device(cfgs[0])
-    shared_data: dict = {}  # one encoded corpus per data config: members read it, none copies it
-    for member in members:
-        set_up(member, device, shared_data)
-    for group in populations(members, device):
-        log.info("population of %d: %s", len(group), ", ".join(str(m.out_dir) for m in group))
-        try:
-            Population(group, device).fit()
-        except TrainingInterrupted as err:
-            for member in members:
-                if member.active:
-                    member.release(err)
-            raise
-        except Exception as err:  # a crash ends this population's members, not the sweep (as sweep_policy does)
-            log.debug("population crashed:\n%s", traceback.format_exc())
-            for member in group:
-                if member.active:
-                    member.fail(err)
-    return [m.result for m in members]
-
-
-def set_up(member: Member, device: torch.device, shared_data: dict) -> None:
-    member.out_dir.mkdir(parents=True, exist_ok=True)
-    with member.logging_to_train_log():
-        try:
-            refusal = population_refusal(member.cfg)
-            if refusal:
-                raise UserError(f"cannot train in a population: {refusal}")
-            member.set_up(device, shared_data)
-            done = member.finished_summary()
-            if done is not None:
-                member.result = done
-                member.release()
-        except Exception as err:  # UserError or a crash: this member's result, the others go on
-            log.debug("member set-up failed:\n%s", traceback.format_exc())
-            member.fail(err)
-
-
-def choose_device(cfg: DictConfig) -> torch.device:
-    """The solo run's accelerator choice: a GPU where there is one and the config allows it, else the CPU."""
-    wants_gpu = str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
-    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
-
-
-def population_key(member: Member) -> str:
-    """Members with the same key can be stacked: same architecture and shapes, same data and steps. The model and
-    data keys that may differ are the launcher's (grouping.may_differ): one rule for both."""
-    cfg = member.cfg
-    same = lambda section: {k: v for k, v in OmegaConf.to_container(cfg[section], resolve=True).items()
-                            if not grouping.may_differ(f"{section}.{k}", v)}
-    model, data = same("model"), same("data")
-    trainer = {k: cfg.trainer.get(k) for k in ("max_steps", "val_check_interval", "log_every_n_steps",
-                                               "gradient_clip_algorithm")}
-    shapes = [(name, tuple(t.shape)) for name, t in member.net.state_dict().items()]
-    return json.dumps([model, data, trainer, cfg.block_size, member.start_step, shapes], sort_keys=True, default=str)
-
-
-def populations(members: list[Member], device: torch.device) -> list[list[Member]]:
-    """The active members grouped by population_key, each group cut to the memory budget; a member too big for the
-    budget alone ends with one line before training."""
-    groups: dict[str, list[Member]] = {}
-    for member in members:
-        if member.active:
-            groups.setdefault(population_key(member), []).append(member)
-    result = []
-    for group in groups.values():
-        first = group[0]
-        x, y = first.datamodule.train_examples[torch.arange(first.cfg.data.batch_size)]
-        need = memory.member_bytes(first.cfg, first.net, first.datamodule, x.to(device), y.to(device),
-                                   first.datamodule.train_on == "items")
-        budget = memory.budget_bytes(first.cfg, device)
-        if need > budget:
-            for member in group:
-                with member.logging_to_train_log():
-                    member.fail(UserError(
-                        f"{member.cfg.model_name}: one member needs about {need / memory.GB:.3g} GB (weights, "
-                        f"gradients, optimizer state, activations), more than the population memory budget "
-                        f"{budget / memory.GB:.3g} GB (population_max_memory_gb)"))
-            continue
-        result += memory.cut(group, need, budget)
-    return result
+def __getattr__(name: str):
+    if name in EXPORTS:
+        return getattr(importlib.import_module("makemore_lab.population.train"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

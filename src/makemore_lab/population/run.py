@@ -12,12 +12,12 @@ optimizer's step(), so the callbacks' hooks see what they would see in a solo ru
 200th step by default: one such step in 200 (the clock arms their forward hooks before it: StepClock.arm).
 """
 
+import contextlib
 import logging
 import math
 import shlex
-import signal
 import sys
-import threading
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from makemore_lab.engine import divergence
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from makemore_lab.losses import split_loss, training_loss
 from makemore_lab.population.member import Member
+from makemore_lab.population.processes import StopFlag, stopping_on_signals
 from makemore_lab.population.stacked import StackedNets
 from makemore_lab.resume import hydra_quote
 
@@ -37,7 +38,7 @@ MAX_CHUNK = 200  # steps between host syncs, as steps_per_call for a solo run
 
 
 class Population:
-    def __init__(self, members: list[Member], device: torch.device):
+    def __init__(self, members: list[Member], device: torch.device, stop: "StopFlag | None" = None):
         self.members, self.device = members, device
         first = members[0].cfg
         self.max_steps = first.trainer.max_steps
@@ -57,7 +58,13 @@ class Population:
         self.clip_algorithm = first.trainer.get("gradient_clip_algorithm") or "norm"
         self.plain_sgd = all(is_plain_sgd(m.optimizer) for m in members)
         self._sgd_rates: tuple | None = None  # the (lr, weight decay) per member that _minus_lr and _wd hold
-        self.stop_signal: str | None = None
+        # Why to stop early: this population's own, with its own signal handlers, or the one shared by populations
+        # trained side by side in several processes (population/processes.py), whose handlers are their parent's.
+        self.stop, self.owns_stop = (StopFlag(), True) if stop is None else (stop, False)
+
+    @property
+    def stop_signal(self) -> str | None:
+        return self.stop.requested
 
     def loss(self, net, x, y):
         return training_loss(net, x, y, self.all_positions)
@@ -155,7 +162,7 @@ class Population:
         for member in self.members:
             member.start_callbacks()
         started = last_save = time.perf_counter()
-        with self.signals_stop_cleanly():
+        with stopping_on_signals(self.stop) if self.owns_stop else contextlib.nullcontext():
             while step < self.max_steps and self.active and not self.stop_signal:
                 hooked = self.next_hooked_step(step)
                 count = 1 if hooked == step else min(
@@ -240,38 +247,11 @@ class Population:
             if stop and step < self.max_steps:
                 self.finish(member, step, seconds)
 
-    def signals_stop_cleanly(self):
-        """Ctrl-C or SIGTERM: stop after the current chunk and save every member (a second Ctrl-C aborts)."""
-        population = self
-
-        class Handlers:
-            def __enter__(self):
-                self.previous = {}
-                if threading.current_thread() is not threading.main_thread():
-                    return self
-                for signum in (signal.SIGINT, signal.SIGTERM):
-                    self.previous[signum] = signal.signal(signum, self.request_stop)
-                return self
-
-            def request_stop(self, signum, frame):
-                if population.stop_signal:
-                    raise TrainingInterrupted("aborted by a second signal; the last saved checkpoints are kept")
-                population.stop_signal = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-                print(f"\n{population.stop_signal}: stopping the population after the current steps and saving "
-                      "every member", file=sys.stderr, flush=True)
-
-            def __exit__(self, *exc):
-                for signum, handler in self.previous.items():
-                    signal.signal(signum, handler)
-
-        return Handlers()
-
     def interrupted(self, step: int) -> None:
-        code = 143 if self.stop_signal == "SIGTERM" else 130
         error = TrainingInterrupted(
             f"{self.stop_signal}: population of {len(self.members)} stopped at step {step} of {self.max_steps}; every "
             f"member's checkpoint saved. Resume with: {resume_command([m.out_dir for m in self.members])}",
-            exit_code=code,
+            exit_code=self.stop.exit_code,
         )
         for member in self.active:
             member.save_last(step)

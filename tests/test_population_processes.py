@@ -1,0 +1,130 @@
+"""A group of jobs as populations side by side in several processes (makemore_lab/population/processes.py): the
+rules for how many, and real multiruns of ./train.py under the population launcher read back (their logs, job dirs,
+summaries), against the same sweep in one process, and stopped by a signal."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_script
+from makemore_lab.errors import UserError
+from makemore_lab.population.processes import MIN_MEMBERS, process_count, split
+from test_reliability import saved_step
+from test_sweeps import job_summary, read_rows
+
+POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]
+LRS = "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,100"  # 8 jobs, the last one diverges
+
+
+@pytest.mark.parametrize("setting, budget, members, on_cpu, expected", [
+    ("auto", 2, 16, True, 2),   # the lecture sweep on two cores: 8 + 8
+    ("auto", 2, 2 * MIN_MEMBERS - 1, True, 1),  # too few for two parts of MIN_MEMBERS
+    ("auto", 2, 2 * MIN_MEMBERS, True, 2),
+    ("auto", 1, 64, True, 1),   # threads=1: one process
+    ("auto", 16, 16, True, 16 // MIN_MEMBERS),
+    (3, 16, 64, True, 3),       # hydra.launcher.processes caps it
+    (1, 16, 64, True, 1),
+    ("auto", 16, 256, False, 1),  # a GPU: one process
+])
+def test_how_many_processes_a_group_trains_in(setting, budget, members, on_cpu, expected):
+    assert process_count(setting, budget, members, on_cpu) == expected
+
+
+@pytest.mark.parametrize("setting", [0, -2, "two", True, 1.5, None])
+def test_a_bad_processes_setting_is_refused_in_one_line(setting):
+    with pytest.raises(UserError, match="hydra.launcher.processes must be auto or a positive whole number"):
+        process_count(setting, 2, 16, True)
+
+
+def test_parts_are_runs_of_consecutive_jobs_of_near_equal_size():
+    parts = split(list(range(10)), 3)
+    assert [len(p) for p in parts] == [4, 3, 3] and sum(parts, []) == list(range(10))
+    assert split(list(range(16)), 2) == [list(range(8)), list(range(8, 16))]
+
+
+def sweep_command(sweep_dir, small_names, *extra: str) -> list[str]:
+    return ["-m", *POPULATION, "model=mlp", "model.n_hidden=16", "trainer.accelerator=cpu", "threads=2", "num_samples=1",
+            f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}", *extra]
+
+
+@pytest.mark.slow
+def test_a_group_of_eight_trains_as_two_populations_in_two_processes_as_it_would_in_one(tmp_path, small_names):
+    """threads=2 on this CPU: two parts of 4, one thread each; every member's numbers are those of the same sweep in
+    one process (hydra.launcher.processes=1), the diverging member fails alone in the worker's part, and the table
+    has every job."""
+    steps = ["trainer.max_steps=60", "trainer.val_check_interval=30", LRS]
+    two = run_script("train.py", *sweep_command(tmp_path / "two", small_names, *steps))
+    one = run_script("train.py", *sweep_command(tmp_path / "one", small_names, *steps, "hydra.launcher.processes=1"))
+    assert two.returncode == 0 and one.returncode == 0, (two.stderr + one.stderr)[-3000:]
+    output = two.stdout + two.stderr
+    assert re.search(r"job\(s\) 0,1,2,3,4,5,6,7: 2 populations side by side in 2 processes \(4 \+ 4 members\), "
+                     r"1 thread\(s\) each", output)
+    assert "side by side" not in one.stdout + one.stderr
+    assert "Traceback" not in output
+    for job in map(str, range(7)):
+        ours, theirs = job_summary(tmp_path / "two", job), job_summary(tmp_path / "one", job)
+        assert (ours["population_size"], theirs["population_size"]) == (4, 8)
+        for key in ("train_loss", "val_loss", "test_loss", "initial_loss"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), (job, key)
+        assert (tmp_path / "two" / job / "checkpoints" / "last.ckpt").is_file()
+    failure = json.loads((tmp_path / "two" / "7" / "failure.json").read_text())
+    assert "training diverged" in failure["error"]
+    rows = {r["job"]: r for r in read_rows(tmp_path / "two")}
+    assert len(rows) == 8 and "diverged" in rows["7"]["error"] and not any(rows[str(j)]["error"] for j in range(7))
+
+
+def wait_for_validations(sweep_dir, jobs, proc, timeout=180):
+    """Until every job's train.log has a val loss (each part has trained and saved)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not all((sweep_dir / job / "train.log").is_file() and "val loss" in (sweep_dir / job / "train.log").read_text()
+                  for job in jobs):
+        assert proc.poll() is None, f"the sweep ended early:\n{proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no validation in time"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, to_group, code, name", [
+    (signal.SIGTERM, False, 143, "SIGTERM"),  # a scheduler's kill of the parent alone: the workers do not get it
+    (signal.SIGINT, True, 130, "Ctrl-C"),     # the terminal's Ctrl-C reaches every process of the group
+])
+def test_a_signal_stops_every_part_saves_every_member_and_the_printed_command_resumes_them(
+        tmp_path, small_names, signum, to_group, code, name):
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_command(sweep_dir, small_names, "trainer.max_steps=5000", "trainer.val_check_interval=100",
+                         "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,2")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    jobs = [str(j) for j in range(8)]
+    wait_for_validations(sweep_dir, jobs, proc)
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if "Resume with:" in line]
+    assert line.startswith(f"error: {name}: 8 members in 2 processes stopped; every member's checkpoint saved.")
+    stopped = {job: saved_step(sweep_dir / job / "checkpoints" / "last.ckpt") for job in jobs}
+    assert all(0 < step < 5000 for step in stopped.values()) and not list(sweep_dir.glob("*/summary.json"))
+
+    resume = line.split("Resume with: python train.py ", 1)[1]
+    again = run_script("train.py", *resume_args(resume))
+    assert again.returncode == 0, again.stderr[-3000:]
+    for job in jobs:
+        summary = job_summary(sweep_dir, job)
+        assert (summary["steps"], summary["resumed_from_step"]) == (5000, stopped[job])
+
+
+def resume_args(command: str) -> list[str]:
+    import shlex
+
+    return shlex.split(command)
