@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, run_script
 from makemore_lab.errors import UserError
-from makemore_lab.population.processes import MIN_MEMBERS, process_count, split
+from makemore_lab.population.processes import MIN_MEMBERS, environment, process_count, split
 from test_reliability import saved_step
 from test_sweeps import job_summary, read_rows
 
@@ -45,6 +45,15 @@ def test_parts_are_runs_of_consecutive_jobs_of_near_equal_size():
     parts = split(list(range(10)), 3)
     assert [len(p) for p in parts] == [4, 3, 3] and sum(parts, []) == list(range(10))
     assert split(list(range(16)), 2) == [list(range(8)), list(range(8, 16))]
+
+
+def test_a_worker_trains_a_part_in_its_jobs_environment_and_restores_its_own(monkeypatch):
+    """hydra.job.env_set: the parent trains under Hydra's env_override; a worker spawned before it gets the same."""
+    monkeypatch.setenv("MAKEMORE_TEST_KEPT", "before")
+    monkeypatch.delenv("MAKEMORE_TEST_NEW", raising=False)
+    with environment({"MAKEMORE_TEST_KEPT": "job", "MAKEMORE_TEST_NEW": 3}):
+        assert (os.environ["MAKEMORE_TEST_KEPT"], os.environ["MAKEMORE_TEST_NEW"]) == ("job", "3")
+    assert os.environ["MAKEMORE_TEST_KEPT"] == "before" and "MAKEMORE_TEST_NEW" not in os.environ
 
 
 def sweep_command(sweep_dir, small_names, *extra: str) -> list[str]:

@@ -334,8 +334,13 @@ class PopulationLauncher(Launcher):
 
                 dirs = [Path(job.train_config.paths.output_dir) for job in members]
                 one_population = train_population
-                train_population = lambda _: train_side_by_side(one_population, parts, self.workers,  # noqa: E731
-                                                                lambda: resume_command(dirs))
+                shares_cores = members[0].train_config.threads == "auto"
+                if shares_cores:
+                    from makemore_lab import threads
+
+                    threads.register()  # this process, as its workers do: other runs count them
+                train_population = lambda _: train_side_by_side(  # noqa: E731
+                    one_population, parts, self.workers, lambda: resume_command(dirs), members[0].env_set, shares_cores)
             with env_override(members[0].env_set):
                 outcomes = train_members(train_population, [job.train_config for job in members])
             for job, outcome in zip(members, outcomes, strict=True):

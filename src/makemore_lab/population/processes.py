@@ -153,20 +153,41 @@ def serve(conn, shared_stop, logging_config, verbose) -> None:
     stop = StopFlag(shared_stop)
     while True:
         try:
-            part = conn.recv()
+            task = conn.recv()
         except EOFError:  # the parent is gone
             return
-        if part is None:
+        if task is None:
             return
+        part, env, shares_cores = task
         busy = True
+        if shares_cores:  # threads=auto: other runs on the machine count this process (threads.py)
+            from makemore_lab import threads
+
+            threads.register()
         try:
-            outcomes = [picklable(outcome) for outcome in train_population(part, stop)]
+            with environment(env):
+                outcomes = [picklable(outcome) for outcome in train_population(part, stop)]
         except TrainingInterrupted:
             outcomes = Interrupted()
         except Exception as err:  # noqa: BLE001 - the part as a whole crashed: every member's outcome
             outcomes = [picklable(err)] * len(part)
         busy = False
         conn.send(outcomes)
+
+
+@contextlib.contextmanager
+def environment(env: dict):
+    """The job's hydra.job.env_set in this process's environment while its part trains (as Hydra's env_override)."""
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update({name: str(value) for name, value in env.items()})
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class Workers:
@@ -217,8 +238,9 @@ class Workers:
 
 
 def train_side_by_side(train_population: Callable, parts: list[list[DictConfig]], workers: Workers,
-                       resume_command: Callable[[], str]) -> list:
-    """Train parts[0] here and parts[1:] in `workers` at the same time; every member's outcome, in order.
+                       resume_command: Callable[[], str], env: dict, shares_cores: bool) -> list:
+    """Train parts[0] here and parts[1:] in `workers` at the same time; every member's outcome, in order. `env`: the
+    jobs' hydra.job.env_set; `shares_cores`: the jobs' threads=auto (each worker registers as a run, threads.py).
 
     While they train, this process's handlers for Ctrl-C and SIGTERM set the shared StopFlag (every part stops after
     its current chunk and saves its members; then one TrainingInterrupted with `resume_command()`); a second signal
@@ -228,7 +250,7 @@ def train_side_by_side(train_population: Callable, parts: list[list[DictConfig]]
     try:
         with stopping_on_signals(stop):
             for index, part in enumerate(parts[1:]):
-                workers.conns[index].send(part)
+                workers.conns[index].send((part, env, shares_cores))
             try:
                 outcomes = list(train_population(parts[0], stop))
             except TrainingInterrupted:
