@@ -3,6 +3,7 @@ launchers, next to one run of the same config.
 
     python scripts/benchmark_population.py                             # mlp and wavenet, 20,000 steps, 2 threads
     python scripts/benchmark_population.py --models mlp --steps 2000 --repeats 3 --launchers basic population
+    python scripts/benchmark_population.py --models mlp --launchers population population-one-process --repeats 2
     python scripts/benchmark_population.py --device cuda --members 64 256   # a GPU: one run vs populations of N
 
 Every measurement is one `python train.py ...` subprocess timed from start to exit: start-up, data, training, the
@@ -13,6 +14,10 @@ joblib launcher runs `--joblib-jobs` (default: `--threads`) jobs at once with on
 `--repeats` is kept (the least disturbed by other work on the machine); the launchers alternate within each repeat,
 so that load from elsewhere hits them alike. On a loaded machine use `--threads 1`: two OpenMP threads that must
 meet at every operation collapse when other processes hold the cores (measured here: 4 steps/s instead of 106).
+
+`population-one-process` is the population launcher with `hydra.launcher.processes=1` (every group in one process,
+with all the threads), next to `population`'s default (on a CPU, parts side by side, one process per thread:
+src/makemore_lab/population/processes.py): an A/B of the two layouts in the same minutes.
 
 Each sweep row also says how its jobs were trained: from every job's summary.json, the population sizes (the
 engine adds "population_size"; a job without it ran alone), and the members' median training steps/s against one
@@ -35,7 +40,8 @@ from pathlib import Path
 from makemore_lab.sweep_summary import read_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCHERS = ["basic", "joblib", "population"]
+LAUNCHERS = ["basic", "joblib", "population", "population-one-process"]
+DEFAULT_LAUNCHERS = LAUNCHERS[:3]  # population-one-process: the population launcher with hydra.launcher.processes=1
 
 
 def lrs(points: int) -> list[str]:
@@ -66,6 +72,8 @@ def launcher_overrides(launcher: str, threads: int, joblib_jobs: int) -> tuple[l
     under joblib, which runs `joblib_jobs` processes at once with one thread each."""
     if launcher == "joblib":
         return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={joblib_jobs}", "threads=1"], 1
+    if launcher == "population-one-process":  # each group in one process (the layout before processes.py)
+        return ["hydra/launcher=population", "hydra.launcher.processes=1", f"threads={threads}"], threads
     selected = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]
     return [*selected, f"threads={threads}"], threads
 
@@ -143,7 +151,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="the CPU budget of each command (torch threads)")
     parser.add_argument("--joblib-jobs", type=int, help="joblib's n_jobs, each with 1 thread (default: --threads)")
-    parser.add_argument("--launchers", nargs="+", choices=LAUNCHERS, default=LAUNCHERS)
+    parser.add_argument("--launchers", nargs="+", choices=LAUNCHERS, default=DEFAULT_LAUNCHERS)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--members", type=int, nargs="+", default=[64, 256],
                         help="with --device cuda: population sizes to time against one run (population launcher only)")

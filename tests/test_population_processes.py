@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import ROOT, run_script
 from makemore_lab.errors import UserError
-from makemore_lab.population.processes import MIN_MEMBERS, environment, process_count, split
+from makemore_lab.population.processes import MIN_MEMBERS, Workers, environment, process_count, split
 from test_reliability import saved_step
 from test_sweeps import job_summary, read_rows
 
@@ -54,6 +55,17 @@ def test_a_worker_trains_a_part_in_its_jobs_environment_and_restores_its_own(mon
     with environment({"MAKEMORE_TEST_KEPT": "job", "MAKEMORE_TEST_NEW": 3}):
         assert (os.environ["MAKEMORE_TEST_KEPT"], os.environ["MAKEMORE_TEST_NEW"]) == ("job", "3")
     assert os.environ["MAKEMORE_TEST_KEPT"] == "before" and "MAKEMORE_TEST_NEW" not in os.environ
+
+
+def test_a_worker_that_dies_fails_its_parts_members_with_its_exit_code():
+    workers = Workers(1, OmegaConf.create({"version": 1}), False)
+    try:
+        workers.processes[0].kill()
+        outcomes = workers.receive(0, ["a", "b"])
+    finally:
+        workers.close()
+    assert len(outcomes) == 2 and all(isinstance(o, RuntimeError) for o in outcomes)
+    assert "worker process ended (exit code -9) before its members finished" in str(outcomes[0])
 
 
 def sweep_command(sweep_dir, small_names, *extra: str) -> list[str]:
@@ -137,3 +149,14 @@ def resume_args(command: str) -> list[str]:
     import shlex
 
     return shlex.split(command)
+
+
+def test_the_benchmark_times_the_one_process_layout_next_to_the_default():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_population", ROOT / "scripts" / "benchmark_population.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.launcher_overrides("population-one-process", 2, 2) == (
+        ["hydra/launcher=population", "hydra.launcher.processes=1", "threads=2"], 2)
+    assert benchmark.launcher_overrides("population", 2, 2) == (["hydra/launcher=population", "threads=2"], 2)
