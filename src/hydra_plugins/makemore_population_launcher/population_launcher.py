@@ -249,6 +249,23 @@ class PopulationLauncher(Launcher):
                  share)
         return parts
 
+    def side_by_side(self, members: list[Job], parts: list[list[DictConfig]], train_population):
+        """train_population's stand-in for a group cut into parts: part 0 here, the others in the workers."""
+        from makemore_lab import threads
+        from makemore_lab.population.processes import train_side_by_side
+        from makemore_lab.population.run import resume_command
+
+        dirs = [Path(job.train_config.paths.output_dir) for job in members]
+        shares_cores = members[0].train_config.threads == "auto"
+        if shares_cores:
+            threads.register()  # this process, as each worker does: other runs on the machine count them
+
+        def train(cfgs: list[DictConfig]) -> list:
+            return train_side_by_side(train_population, parts, self.workers, lambda: resume_command(dirs),
+                                      members[0].env_set, shares_cores)
+
+        return train
+
     def prepare(self, num: int, overrides: Sequence[str]) -> Job:
         """The job's config as the basic launcher builds it, and run_job's job dir and .hydra/ for it."""
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
@@ -328,21 +345,9 @@ class PopulationLauncher(Launcher):
                 callbacks.on_job_start(config=job.sweep_config, task_function=self.task_function)
             hydra_config.cfg = sweep_hydra_cfg
             parts = self.parts(members)
-            if len(parts) > 1:
-                from makemore_lab.population.processes import train_side_by_side
-                from makemore_lab.population.run import resume_command
-
-                dirs = [Path(job.train_config.paths.output_dir) for job in members]
-                one_population = train_population
-                shares_cores = members[0].train_config.threads == "auto"
-                if shares_cores:
-                    from makemore_lab import threads
-
-                    threads.register()  # this process, as its workers do: other runs count them
-                train_population = lambda _: train_side_by_side(  # noqa: E731
-                    one_population, parts, self.workers, lambda: resume_command(dirs), members[0].env_set, shares_cores)
+            train = train_population if len(parts) == 1 else self.side_by_side(members, parts, train_population)
             with env_override(members[0].env_set):
-                outcomes = train_members(train_population, [job.train_config for job in members])
+                outcomes = train_members(train, [job.train_config for job in members])
             for job, outcome in zip(members, outcomes, strict=True):
                 hydra_config.set_config(job.sweep_config)
                 # the earlier results were looked at before training (prepare): this summary.json is this run's

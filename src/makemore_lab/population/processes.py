@@ -191,7 +191,7 @@ def environment(env: dict):
 
 
 class Workers:
-    """`count` spawned worker processes, started now, sharing `stop` with this process."""
+    """`count` spawned worker processes, started now, sharing their `stop` flag with this process."""
 
     def __init__(self, count: int, logging_config, verbose):
         context = multiprocessing.get_context("spawn")
@@ -207,7 +207,17 @@ class Workers:
             self.conns.append(parent_end)
 
     def __len__(self) -> int:
-        return len(self.processes)
+        return len(self.alive())
+
+    def alive(self) -> list[int]:
+        """The indices of the workers still running (one that died fails only the part it had)."""
+        return [index for index, process in enumerate(self.processes) if process.is_alive()]
+
+    def send(self, index: int, task) -> None:
+        try:
+            self.conns[index].send(task)
+        except OSError:  # it died just now: receive() reports it for its part
+            pass
 
     def close(self) -> None:
         for conn, process in zip(self.conns, self.processes):
@@ -247,17 +257,20 @@ def train_side_by_side(train_population: Callable, parts: list[list[DictConfig]]
     kills the workers and aborts."""
     stop = workers.stop
     interrupted = False
+    ready = workers.alive()[: len(parts) - 1]  # the launcher cut no more parts than there are live workers + 1
     try:
         with stopping_on_signals(stop):
-            for index, part in enumerate(parts[1:]):
-                workers.conns[index].send((part, env, shares_cores))
+            for index, part in zip(ready, parts[1:]):
+                workers.send(index, (part, env, shares_cores))
             try:
                 outcomes = list(train_population(parts[0], stop))
             except TrainingInterrupted:
                 if not stop.requested or stop.aborted:
                     raise
                 interrupted, outcomes = True, [None] * len(parts[0])
-            for index, part in enumerate(parts[1:]):
+            except Exception as err:  # noqa: BLE001 - this part crashed as a whole: its members' outcome; the workers'
+                outcomes = [err] * len(parts[0])  # parts go on, and their answers are still read (none left behind)
+            for index, part in zip(ready, parts[1:]):
                 answer = workers.receive(index, part)
                 interrupted |= isinstance(answer, Interrupted)
                 outcomes += [None] * len(part) if isinstance(answer, Interrupted) else answer
