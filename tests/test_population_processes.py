@@ -79,8 +79,10 @@ def test_a_worker_that_dies_fails_its_parts_members_with_its_exit_code():
 
 
 def sweep_command(sweep_dir, small_names, *extra: str) -> list[str]:
+    """8 tiny MLP jobs with threads=2: two parts of 4 on this CPU. Without the diagnostics and TensorBoard (each
+    member's end-of-run figures and event files: the same code in a worker as in one process, tested there)."""
     return ["-m", *POPULATION, "model=mlp", "model.n_hidden=16", "trainer.accelerator=cpu", "threads=2", "num_samples=1",
-            f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}", *extra]
+            "~callbacks.diagnostics", "logger=none", f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}", *extra]
 
 
 @pytest.mark.slow
@@ -117,10 +119,8 @@ def test_a_group_of_eight_trains_as_two_populations_in_two_processes_as_it_would
 def test_a_signal_stops_every_part_saves_every_member_and_the_printed_command_resumes_them(
         tmp_path, small_names, signum, to_group, code, name):
     sweep_dir = tmp_path / "sweep"
-    # no diagnostics (their figures are each member's end-of-run cost; the 8-job test above has them in the workers)
     args = sweep_command(sweep_dir, small_names, "trainer.max_steps=3000", "trainer.val_check_interval=3000",
-                         "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,2",
-                         "~callbacks.diagnostics")
+                         "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,2")
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
     jobs = [str(j) for j in range(8)]
