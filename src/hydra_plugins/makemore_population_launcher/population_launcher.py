@@ -211,7 +211,7 @@ class PopulationLauncher(Launcher):
     def start_workers(self, jobs: int) -> None:
         """Spawn the worker processes that the batch's largest possible group could use, now: their imports (torch,
         Lightning) overlap this process's preparation of the jobs. Kept for the launcher's later batches (an Optuna
-        sweep launches one batch after another) and closed at exit. None where every group trains in one process:
+        sweep launches one batch after another) and closed at exit. No workers where every group trains in one process:
         a GPU, a thread budget of 1, fewer than 2 x processes.MIN_MEMBERS jobs."""
         from makemore_lab.population import processes  # no torch import: see the module docstring
 

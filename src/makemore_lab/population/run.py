@@ -17,7 +17,6 @@ import logging
 import math
 import shlex
 import sys
-import sys
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ MAX_CHUNK = 200  # steps between host syncs, as steps_per_call for a solo run
 
 
 class Population:
-    def __init__(self, members: list[Member], device: torch.device, stop: "StopFlag | None" = None):
+    def __init__(self, members: list[Member], device: torch.device, stop: StopFlag | None = None):
         self.members, self.device = members, device
         first = members[0].cfg
         self.max_steps = first.trainer.max_steps
