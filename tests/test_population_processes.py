@@ -163,3 +163,24 @@ def test_the_benchmark_times_the_one_process_layout_next_to_the_default():
     assert benchmark.launcher_overrides("population-one-process", 2, 2) == (
         ["hydra/launcher=population", "hydra.launcher.processes=1", "threads=2"], 2)
     assert benchmark.launcher_overrides("population", 2, 2) == (["hydra/launcher=population", "threads=2"], 2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_every_optuna_batch_under_threads_auto_trains_side_by_side(tmp_path, small_names):
+    """Two batches of 8 trials (threads: auto, the default). The group registers once, as one run (threads.py): its
+    workers counted as runs made the second batch's fair share 1 thread, one process. TMPDIR isolates the registry
+    from the other tests' runs."""
+    (tmp_path / "tmp").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(tmp_path / "tmp"))
+        mp.delenv("OMP_NUM_THREADS", raising=False)
+        result = run_script("train.py", "-m", "hparams_search=mlp_lr_population", "hydra.sweeper.n_trials=16",
+                            "trainer.max_steps=20", "trainer.val_check_interval=20", "trainer.accelerator=cpu",
+                            "~callbacks.progress_bar", "~callbacks.diagnostics", "logger=none", "num_samples=0",
+                            f"data.path={small_names}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "side by side" in line]
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        f"job(s) {','.join(map(str, jobs))}: 2 populations side by side in 2 processes (4 + 4 members), 1 thread(s) each"
+        for jobs in (range(8), range(8, 16))]

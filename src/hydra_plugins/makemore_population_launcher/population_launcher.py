@@ -256,13 +256,14 @@ class PopulationLauncher(Launcher):
         from makemore_lab.population.run import resume_command
 
         dirs = [Path(job.train_config.paths.output_dir) for job in members]
-        shares_cores = members[0].train_config.threads == "auto"
-        if shares_cores:
-            threads.register()  # this process, as each worker does: other runs on the machine count them
+        if members[0].train_config.threads == "auto":
+            # the group is one run of threads.py's registry (this process): others on the machine count it once,
+            # as it took one run's fair share; its workers do not register, or the next group would count them
+            threads.register()
 
         def train(cfgs: list[DictConfig]) -> list:
             return train_side_by_side(train_population, parts, self.workers, lambda: resume_command(dirs),
-                                      members[0].env_set, shares_cores)
+                                      members[0].env_set)
 
         return train
 

@@ -158,12 +158,8 @@ def serve(conn, shared_stop, logging_config, verbose) -> None:
             return
         if task is None:
             return
-        part, env, shares_cores = task
+        part, env = task
         busy = True
-        if shares_cores:  # threads=auto: other runs on the machine count this process (threads.py)
-            from makemore_lab import threads
-
-            threads.register()
         try:
             with environment(env):
                 outcomes = [picklable(outcome) for outcome in train_population(part, stop)]
@@ -248,9 +244,9 @@ class Workers:
 
 
 def train_side_by_side(train_population: Callable, parts: list[list[DictConfig]], workers: Workers,
-                       resume_command: Callable[[], str], env: dict, shares_cores: bool) -> list:
+                       resume_command: Callable[[], str], env: dict) -> list:
     """Train parts[0] here and parts[1:] in `workers` at the same time; every member's outcome, in order. `env`: the
-    jobs' hydra.job.env_set; `shares_cores`: the jobs' threads=auto (each worker registers as a run, threads.py).
+    jobs' hydra.job.env_set.
 
     While they train, this process's handlers for Ctrl-C and SIGTERM set the shared StopFlag (every part stops after
     its current chunk and saves its members; then one TrainingInterrupted with `resume_command()`); a second signal
@@ -261,7 +257,7 @@ def train_side_by_side(train_population: Callable, parts: list[list[DictConfig]]
     try:
         with stopping_on_signals(stop):
             for index, part in zip(ready, parts[1:]):
-                workers.send(index, (part, env, shares_cores))
+                workers.send(index, (part, env))
             try:
                 outcomes = list(train_population(parts[0], stop))
             except TrainingInterrupted:
