@@ -5,6 +5,7 @@ summaries), against the same sweep in one process, and stopped by a signal."""
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -141,17 +142,11 @@ def test_a_signal_stops_every_part_saves_every_member_and_the_printed_command_re
     if to_group:  # the resume itself is the same command either way: run once, for SIGTERM
         return
     resume = line.split("Resume with: python train.py ", 1)[1]
-    again = run_script("train.py", *resume_args(resume))
+    again = run_script("train.py", *shlex.split(resume))
     assert again.returncode == 0, again.stderr[-3000:]
     for job in jobs:
         summary = job_summary(sweep_dir, job)
         assert (summary["steps"], summary["resumed_from_step"]) == (3000, stopped[job])
-
-
-def resume_args(command: str) -> list[str]:
-    import shlex
-
-    return shlex.split(command)
 
 
 def test_the_benchmark_times_the_one_process_layout_next_to_the_default():
