@@ -213,6 +213,8 @@ class PopulationLauncher(Launcher):
         Lightning) overlap this process's preparation of the jobs. Kept for the launcher's later batches (an Optuna
         sweep launches one batch after another) and closed at exit. No workers where every group trains in one process:
         a GPU, a thread budget of 1, fewer than 2 x processes.MIN_MEMBERS jobs."""
+        if self.workers is not None or population_engine_spec() is None:
+            return
         from makemore_lab.population import processes  # no torch import: see the module docstring
 
         cpu_only = str(self.config.get("trainer", {}).get("accelerator", "auto")) == "cpu"
@@ -220,7 +222,7 @@ class PopulationLauncher(Launcher):
         setting, omp = self.config.get("threads", "auto"), os.environ.get("OMP_NUM_THREADS", "")
         budget = int(setting) if setting != "auto" else int(omp) if omp.isdigit() else processes.cores()
         count = processes.process_count(self.processes, budget, jobs, on_cpu=True)
-        if self.workers is not None or count < 2 or population_engine_spec() is None:
+        if count < 2:
             return
         if not cpu_only:
             import torch
