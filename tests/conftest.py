@@ -1,7 +1,11 @@
 """Shared fixtures: configs composed the way ./train.py composes them, shrunk to seconds, writing under tmp_path."""
 
+import atexit
+import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,14 +48,61 @@ def compose_train(tmp_path):
 
 def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 300,
                python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run one of the root entry points as a user would, capturing stdout and stderr separately."""
-    return subprocess.run(
-        [sys.executable, *python_flags, str(ROOT / script), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or ROOT,
-        timeout=timeout,
-    )
+    """Run one of the root entry points as a user would, capturing stdout and stderr separately.
+
+    The process is forked from a Python whose imports are done (tests/preimported_python.py: the same process,
+    minus ~5-7 s of importing torch and Lightning), with this process's environment as it is now; a fresh
+    interpreter where that could differ: Python flags given (-X importtime), or a variable read at start-up
+    (READ_AT_START) changed since this session started, e.g. another TMPDIR or OMP_NUM_THREADS."""
+    argv = [str(ROOT / script), *args]
+    env = dict(os.environ)
+    if python_flags or environment_differs(env):
+        return subprocess.run([sys.executable, *python_flags, *argv], capture_output=True, text=True,
+                              cwd=cwd or ROOT, timeout=timeout)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        request = {"argv": argv, "cwd": str(cwd or ROOT), "env": env, "stdout": str(out), "stderr": str(err),
+                   "timeout": timeout}
+        reply = PreimportedPython.get().run(request)
+        stdout, stderr = out.read_text(), err.read_text()
+    if reply.get("timeout"):
+        raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, stdout, stderr)
+    return subprocess.CompletedProcess([sys.executable, *argv], reply["returncode"], stdout, stderr)
+
+
+STARTUP_ENV = dict(os.environ)
+# What a process reads of its environment when it starts or loads a library (glibc's malloc, OpenMP, MKL, Python
+# itself, tempfile's directory, which threads.py reads at import): where one differs from this session's start-up
+# value, a forked child would not see it, so the run takes a fresh interpreter. PYTHONPATH the child follows.
+READ_AT_START = ("OMP_", "GOMP_", "KMP_", "MKL_", "MALLOC_", "GLIBC_", "LD_", "PYTHON", "TMPDIR", "TEMP", "TMP")
+
+
+def environment_differs(env: dict) -> bool:
+    keys = {key for key in set(env) | set(STARTUP_ENV) if key.startswith(READ_AT_START) and key != "PYTHONPATH"}
+    return any(env.get(key) != STARTUP_ENV.get(key) for key in keys)
+
+
+class PreimportedPython:
+    """This test worker's tests/preimported_python.py, started at its first use."""
+
+    server: subprocess.Popen | None = None
+
+    @classmethod
+    def get(cls) -> "PreimportedPython":
+        if cls.server is None or cls.server.poll() is not None:
+            cls.server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preimported_python.py")],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                          env=STARTUP_ENV)
+            atexit.register(cls.server.kill)
+        return cls()
+
+    def run(self, request: dict) -> dict:
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        line = self.server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"tests/preimported_python.py exited ({self.server.wait()}); see its stderr above")
+        return json.loads(line)
 
 
 def read_scalar_events(event_dir: Path) -> dict:
