@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from makemore_lab import threads
+from makemore_lab.callbacks.thread_budget import ThreadBudget
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_a_run_alone_gets_every_core_and_shares_them_with_live_runs(registry):
         (registry / "999999999").touch()  # a run that died without cleaning up: not counted, removed
         assert threads.fair_share() == 2
         assert not (registry / "999999999").exists()
-        budget = threads.ThreadBudget(every_seconds=0)
+        budget = ThreadBudget(every_seconds=0)
         budget.on_train_batch_end(None)
         assert torch.get_num_threads() == 2
     finally:
@@ -52,3 +53,11 @@ def test_four_runs_on_two_cores_get_one_thread_each(registry, monkeypatch):
         registry.mkdir(exist_ok=True)
         (registry / str(pid)).touch()
     assert threads.fair_share() == 1
+
+
+def test_counting_a_budget_imports_neither_torch_nor_lightning():
+    """The population launcher counts a sweep's threads before it spawns the workers that import torch."""
+    code = ("import sys, makemore_lab.threads as t, makemore_lab.population.processes; t.budget('auto'); "
+            "print(sorted({'torch', 'pytorch_lightning'} & set(sys.modules)))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0 and found.stdout.strip() == "[]", found.stderr

@@ -3,21 +3,20 @@
 torch starts as many threads as there are cores, and its threads spin while they wait: two runs of a lecture-sized
 model on a 2-core machine, each with 2 threads, ran at 0.02x of one run alone. With `threads: auto` (the default)
 each run registers itself in a directory under the system temp dir, counts the live runs there, and uses
-cores // live runs threads (at least 1); it counts again every few seconds of training (`ThreadBudget`), so a run
-alone gets every core and speeds up again when the others finish. `threads=N` or an `OMP_NUM_THREADS` in the
+cores // live runs threads (at least 1); it counts again every few seconds of training
+(callbacks/thread_budget.py), so a run alone gets every core and speeds up again when the others finish. `threads=N` or an `OMP_NUM_THREADS` in the
 environment is the user's choice and is left alone. A joblib sweep of n jobs gives each cores // n threads the
 same way, since each job registers.
+
+Nothing here imports torch until `choose` sets its thread count: the population launcher counts a sweep's budget
+before it spawns the processes that import torch (hydra_plugins/makemore_population_launcher).
 """
 
 import atexit
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
-
-import pytorch_lightning as pl
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +72,8 @@ def budget(setting) -> int:
 
 def choose(setting) -> bool:
     """Set torch's thread count for this run; returns whether the framework chose it (and should keep choosing)."""
+    import torch
+
     if setting != "auto":
         torch.set_num_threads(int(setting))
         return False
@@ -85,18 +86,3 @@ def choose(setting) -> bool:
              torch.get_num_threads(), cores(), runs)
     return True
 
-
-class ThreadBudget(pl.Callback):
-    """Recounts the live runs every few seconds of training and resizes torch's thread pool to the fair share."""
-
-    def __init__(self, every_seconds: float = RECOUNT_SECONDS):
-        self.every_seconds = every_seconds
-        self._next = 0.0
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + self.every_seconds
-            share = fair_share()
-            if share != torch.get_num_threads():
-                torch.set_num_threads(share)

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from makemore_lab import (allocator, config_schema, final_report, lightning_flags, logging_media, resume, sweep_policy,
                           tensorboard_events, threads)
+from makemore_lab.callbacks.thread_budget import ThreadBudget
 from makemore_lab.console import quiet_third_party_messages
 from makemore_lab.engine import StepPlan
 from makemore_lab.errors import OverParamBudget, UserError, exit_on_user_error
@@ -104,7 +105,7 @@ def build_run(cfg: DictConfig, population: bool = False, shared_data: dict | Non
     lightning_flags.check_callbacks(nodes)
     allocator.keep_freed_memory()  # before the data and the net: their tensors reuse freed pages
     if threads.choose(cfg.threads):
-        callbacks.append(threads.ThreadBudget())
+        callbacks.append(ThreadBudget())
     plan = StepPlan.from_config(cfg, callbacks)
     check_final_weights(cfg, callbacks)
     datamodule = (build(cfg.data, "data", steps_per_call=plan.steps_per_batch) if shared_data is None

@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import importlib.util
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -215,13 +214,13 @@ class PopulationLauncher(Launcher):
         a GPU, a thread budget of 1, fewer than 2 x processes.MIN_MEMBERS jobs."""
         if self.workers is not None or population_engine_spec() is None:
             return
-        from makemore_lab.population import processes  # no torch import: see the module docstring
+        from makemore_lab import threads  # neither imports torch: see the module docstring
+        from makemore_lab.population import processes
 
         cpu_only = str(self.config.get("trainer", {}).get("accelerator", "auto")) == "cpu"
-        # an upper bound of the budget: a group's own (threads.budget, with torch imported) may be smaller
-        setting, omp = self.config.get("threads", "auto"), os.environ.get("OMP_NUM_THREADS", "")
-        budget = int(setting) if setting != "auto" else int(omp) if omp.isdigit() else processes.cores()
-        count = processes.process_count(self.processes, budget, jobs, on_cpu=True)
+        # the sweep's budget now; a group's own (parts(), later) is at most this many processes + 1
+        count = processes.process_count(self.processes, threads.budget(self.config.get("threads", "auto")), jobs,
+                                        on_cpu=True)
         if count < 2:
             return
         if not cpu_only:

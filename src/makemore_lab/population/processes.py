@@ -63,11 +63,6 @@ def split(items: Sequence, parts: int) -> list[list]:
     return [list(items[bounds[i] : bounds[i + 1]]) for i in range(parts)]
 
 
-def cores() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def with_threads(cfg: DictConfig, threads: int) -> DictConfig:
     """A copy of a member's train config whose `threads` is its part's share of the group's budget."""
     cfg = cfg.copy()
