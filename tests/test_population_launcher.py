@@ -347,6 +347,9 @@ def test_the_same_population_sweep_run_again_continues_it_by_the_engine(tmp_path
     for job in ("0", "1"):
         summary = job_summary(sweep_dir, job)
         assert (summary["steps"], summary["resumed_from_step"], summary["population_size"]) == (3000, stopped, 2)
+        last = str(sweep_dir / job / "checkpoints" / "last.ckpt")  # its resume said once, by the member itself
+        assert [line.split("] ", 1)[-1] for line in again.stdout.splitlines() if last in line] == [
+            f"[#{job}] resumed from {last} at step {summary['resumed_from_step']}"], again.stdout[-3000:]
     finished = {job: (sweep_dir / job / "summary.json").read_bytes() for job in ("0", "1")}
 
     third = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)

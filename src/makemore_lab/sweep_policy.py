@@ -75,10 +75,11 @@ def job_result(train, cfg, job: int, continue_sweep: bool = True) -> float:
     return math.inf
 
 
-def earlier_result(cfg, job, task_overrides=None) -> float | None:
+def earlier_result(cfg, job, task_overrides=None, announce_resume: bool = True) -> float | None:
     """What this job's dir holds from an earlier run of the same sweep: its val loss if it finished (or +inf if it
     failed), None if it is to train — from its last.ckpt (set as cfg.ckpt_path) if it was interrupted.
-    `task_overrides`: the job's (by default HydraConfig's, the job's while it runs)."""
+    `task_overrides`: the job's (by default HydraConfig's, the job's while it runs). `announce_resume=False`: the
+    resume is left to the run that trains to log (the population launcher looks before it trains)."""
     out_dir, overrides = Path(cfg.paths.output_dir), run_overrides(task_overrides)
     summary_file, last = out_dir / "summary.json", out_dir / "checkpoints" / "last.ckpt"
     if summary_file.is_file():
@@ -91,7 +92,8 @@ def earlier_result(cfg, job, task_overrides=None) -> float | None:
         return math.inf
     if last.is_file() and not cfg.get("ckpt_path"):
         check_same_job(out_dir, read_checkpoint(last)["makemore_lab"].get("overrides"), overrides)
-        log.info("job %s was interrupted in an earlier run of this sweep: resuming from %s", job, last)
+        if announce_resume:
+            log.info("job %s was interrupted in an earlier run of this sweep: resuming from %s", job, last)
         with open_dict(cfg):
             cfg.ckpt_path = str(last)
     return None
@@ -100,9 +102,10 @@ def earlier_result(cfg, job, task_overrides=None) -> float | None:
 def earlier_outcome(cfg, job, task_overrides) -> float | None:
     """earlier_result for a launcher that looks before it trains (the population launcher, with the job's task
     overrides): a job dir that holds another job is that job's result as job_result records it (+inf, nothing
-    written in it)."""
+    written in it). An interrupted job's resume is logged once, by what trains it: a member ("resumed from <last.ckpt>
+    at step N"), or a job alone, whose own run looks again."""
     try:
-        return earlier_result(cfg, job, task_overrides)
+        return earlier_result(cfg, job, task_overrides, announce_resume=False)
     except RunDirRefused as err:
         log.error("job %s refused: %s", job, err)
         return math.inf
