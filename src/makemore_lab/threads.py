@@ -4,9 +4,9 @@ torch starts as many threads as there are cores, and its threads spin while they
 model on a 2-core machine, each with 2 threads, ran at 0.02x of one run alone. With `threads: auto` (the default)
 each run registers itself in a directory under the system temp dir, counts the live runs there, and uses
 cores // live runs threads (at least 1); it counts again every few seconds of training
-(callbacks/thread_budget.py), so a run alone gets every core and speeds up again when the others finish. `threads=N` or an `OMP_NUM_THREADS` in the
-environment is the user's choice and is left alone. A joblib sweep of n jobs gives each cores // n threads the
-same way, since each job registers.
+(callbacks/thread_budget.py), so a run alone gets every core and speeds up again when the others finish.
+`threads=N` or an `OMP_NUM_THREADS` in the environment is the user's choice and is left alone. A joblib sweep of
+n jobs gives each cores // n threads the same way, since each job registers.
 
 Nothing here imports torch until `choose` sets its thread count: the population launcher counts a sweep's budget
 before it spawns the processes that import torch (hydra_plugins/makemore_population_launcher).
