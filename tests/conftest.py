@@ -63,7 +63,7 @@ def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         request = {"argv": argv, "cwd": str(cwd or ROOT), "env": env, "stdout": str(out), "stderr": str(err),
                    "timeout": timeout}
-        reply = PreimportedPython.get().run(request)
+        reply = run_preimported(request)
         stdout, stderr = out.read_text(), err.read_text()
     if reply.get("timeout"):
         raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, stdout, stderr)
@@ -82,27 +82,23 @@ def environment_differs(env: dict) -> bool:
     return any(env.get(key) != STARTUP_ENV.get(key) for key in keys)
 
 
-class PreimportedPython:
-    """This test worker's tests/preimported_python.py, started at its first use."""
+PREIMPORTED: subprocess.Popen | None = None  # this test worker's tests/preimported_python.py, started at first use
 
-    server: subprocess.Popen | None = None
 
-    @classmethod
-    def get(cls) -> "PreimportedPython":
-        if cls.server is None or cls.server.poll() is not None:
-            cls.server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preimported_python.py")],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                          env=STARTUP_ENV)
-            atexit.register(cls.server.kill)
-        return cls()
-
-    def run(self, request: dict) -> dict:
-        self.server.stdin.write(json.dumps(request) + "\n")
-        self.server.stdin.flush()
-        line = self.server.stdout.readline()
-        if not line:
-            raise RuntimeError(f"tests/preimported_python.py exited ({self.server.wait()}); see its stderr above")
-        return json.loads(line)
+def run_preimported(request: dict) -> dict:
+    """One run forked by this worker's tests/preimported_python.py: its reply ({"pid", "returncode"} or a timeout)."""
+    global PREIMPORTED
+    if PREIMPORTED is None or PREIMPORTED.poll() is not None:
+        PREIMPORTED = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preimported_python.py")],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                                       env=STARTUP_ENV)
+        atexit.register(PREIMPORTED.kill)
+    PREIMPORTED.stdin.write(json.dumps(request) + "\n")
+    PREIMPORTED.stdin.flush()
+    line = PREIMPORTED.stdout.readline()
+    if not line:
+        raise RuntimeError(f"tests/preimported_python.py exited ({PREIMPORTED.wait()}); see its stderr above")
+    return json.loads(line)
 
 
 def read_scalar_events(event_dir: Path) -> dict:

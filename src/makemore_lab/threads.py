@@ -85,4 +85,3 @@ def choose(setting) -> bool:
     log.info("threads: %d (%d cores, %d run(s) on this machine; set threads=N to choose)",
              torch.get_num_threads(), cores(), runs)
     return True
-
