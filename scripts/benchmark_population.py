@@ -19,16 +19,18 @@ meet at every operation collapse when other processes hold the cores (measured h
 with all the threads), next to `population`'s default (on a CPU, parts side by side, one process per thread:
 src/makemore_lab/population/processes.py): an A/B of the two layouts in the same minutes.
 
-Each sweep row also says how its jobs were trained: from every job's summary.json, the population sizes (the
-engine adds "population_size"; a job without it ran alone), and the members' median training steps/s against one
-run's (the GPU target: 256 MLP members at >= 0.5x one model's steps/s). `--json` (docs/benchmark_population.json)
-gains one entry per invocation: its date, command, rows and table.
+Each row also says when the command built its first model (from its console's timestamps: the start-up before
+training, Python, Hydra, composing and preparing the jobs, the imports, the data), and each sweep row how its jobs
+were trained: from every job's summary.json, the population sizes (the engine adds "population_size"; a job
+without it ran alone), and the members' median training steps/s against one run's (the GPU target: 256 MLP members
+at >= 0.5x one model's steps/s). `--json` (docs/benchmark_population.json) gains one entry per invocation: its date, command, rows and table.
 """
 
 import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -49,16 +51,32 @@ def lrs(points: int) -> list[str]:
     return [f"{10 ** (-2 + 2 * i / max(points - 1, 1)):.4g}" for i in range(points)]
 
 
-def timed(command: list[str], threads: int) -> float:
-    """Wall seconds of one train.py command, start to exit; a failed command ends the benchmark with its stderr."""
+# train.build_run's line for each model it builds ("[<time>][...] - wavenet: 76,579 params, vocab 27, ..."; a
+# population member's: "[<time>][HYDRA] [#0] wavenet: 76,579 params, ...")
+MODEL_BUILT = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\].*: [\d,]+ params, vocab ", re.MULTILINE)
+
+
+def startup_seconds(output: str, started: float) -> float | None:
+    """Seconds from a command's start (time.time()) to the first model it built, from its console: the start-up
+    before training (Python, Hydra, composing and preparing the jobs, the imports, the data)."""
+    match = MODEL_BUILT.search(output)
+    if match is None:
+        return None
+    built = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(match.group(2)) / 1000
+    return built - started
+
+
+def timed(command: list[str], threads: int) -> tuple[float, float | None]:
+    """(wall seconds start to exit, start-up seconds) of one train.py command; a failed command ends the benchmark
+    with its stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), *command], cwd=ROOT, env=env,
                             capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"error: train.py {' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return seconds
+    return seconds, startup_seconds(result.stdout + result.stderr, started)
 
 
 def config(model: str, steps: int, device: str, extra: list[str]) -> list[str]:
@@ -103,17 +121,18 @@ def measure(model: str, steps: int, points: int, launchers: list[str], args) -> 
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = Path(tmp) / "run"
-            seconds = timed([*base, f"threads={args.threads}", f"hydra.run.dir={run_dir}"], args.threads)
+            seconds, startup = timed([*base, f"threads={args.threads}", f"hydra.run.dir={run_dir}"], args.threads)
             if seconds < best.get("one run", {}).get("seconds", float("inf")):
-                best["one run"] = {"seconds": seconds, "jobs": 1, "failed": 0, "population_sizes": [],
+                best["one run"] = {"seconds": seconds, "startup_seconds": startup, "jobs": 1, "failed": 0,
+                                   "population_sizes": [],
                                    "member_steps_per_s": one_run_steps_per_s(run_dir)}
             for launcher in launchers:
                 sweep_dir = Path(tmp) / launcher
                 overrides, threads = launcher_overrides(launcher, args.threads, args.joblib_jobs or args.threads)
-                seconds = timed(["-m", *base, *overrides, f"optimizer.lr={','.join(lrs(points))}",
-                                 f"hydra.sweep.dir={sweep_dir}"], threads)
+                seconds, startup = timed(["-m", *base, *overrides, f"optimizer.lr={','.join(lrs(points))}",
+                                          f"hydra.sweep.dir={sweep_dir}"], threads)
                 if seconds < best.get(launcher, {}).get("seconds", float("inf")):
-                    best[launcher] = {"seconds": seconds, **sweep_jobs(sweep_dir)}
+                    best[launcher] = {"seconds": seconds, "startup_seconds": startup, **sweep_jobs(sweep_dir)}
     one = best["one run"]
     return [{"model": model, "device": args.device, "steps": steps, "points": points, "launcher": name,
              "threads": args.threads, "joblib_jobs": args.joblib_jobs or args.threads, **row,
@@ -134,12 +153,13 @@ def trained_as(row: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | device | steps | launcher | jobs | wall time (s) | × one run | trained as | member steps/s "
-             "vs one run |", "|---|---|---:|---|---:|---:|---:|---|---:|"]
+    lines = ["| model | device | steps | launcher | jobs | wall time (s) | × one run | first model built at (s) | "
+             "trained as | member steps/s vs one run |", "|---|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         ratio = "–" if r["member_vs_one_run_steps_per_s"] is None else f"{r['member_vs_one_run_steps_per_s']:.2f}"
+        startup = "–" if r.get("startup_seconds") is None else f"{r['startup_seconds']:.1f}"
         lines.append(f"| {r['model']} | {r['device']} | {r['steps']:,} | {r['launcher']} | {r['jobs']} | "
-                     f"{r['seconds']:.1f} | {r['x_one_run']:.2f} | {trained_as(r)} | {ratio} |")
+                     f"{r['seconds']:.1f} | {r['x_one_run']:.2f} | {startup} | {trained_as(r)} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 rules for how many, and real multiruns of ./train.py under the population launcher read back (their logs, job dirs,
 summaries), against the same sweep in one process, and stopped by a signal."""
 
+import importlib.metadata
 import json
 import os
 import re
@@ -9,17 +10,28 @@ import shlex
 import signal
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, run_script
 from makemore_lab.errors import UserError
-from makemore_lab.population.processes import MIN_MEMBERS, Workers, environment, process_count, split
+from makemore_lab.population.processes import (MIN_MEMBERS, Workers, environment, process_count, split,
+                                               trains_on_cpu)
 from test_reliability import saved_step, wait_for
 from test_sweeps import job_summary, read_rows
 
 POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]
+PROBE = """import atexit, runpy, sys
+from pathlib import Path
+heavy = [name for name in ("torch", "pytorch_lightning") if name in sys.modules]
+assert not heavy, heavy  # a fresh interpreter
+atexit.register(lambda: Path({record!r}).write_text(
+    " ".join(name for name in ("torch", "pytorch_lightning") if name in sys.modules) or "neither"))
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
 LRS = "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,100"  # 8 jobs, the last one diverges
 
 
@@ -79,6 +91,22 @@ def test_a_worker_that_dies_fails_its_parts_members_with_its_exit_code():
     assert "worker process ended (exit code -9) before its members finished" in str(outcomes[0])
 
 
+@pytest.mark.parametrize("accelerator", ["cpu", "auto", "gpu", "cuda", "mps"])
+def test_the_launcher_knows_where_a_population_trains_as_the_engine_chooses(accelerator):
+    from makemore_lab.population import choose_device
+
+    cfg = OmegaConf.create({"trainer": {"accelerator": accelerator}})
+    assert trains_on_cpu(accelerator) == (choose_device(cfg).type == "cpu")
+
+
+@pytest.mark.skipif(not importlib.metadata.version("torch").endswith("+cpu"), reason="a CPU-only torch build")
+def test_on_a_cpu_only_torch_the_launcher_knows_it_trains_on_the_cpu_without_importing_torch():
+    probe = ("import sys; from makemore_lab.population.processes import trains_on_cpu; "
+             "print(trains_on_cpu('auto'), trains_on_cpu('gpu'), 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "True", "False"]
+
+
 def sweep_command(sweep_dir, small_names, *extra: str) -> list[str]:
     """8 tiny MLP jobs with threads=2: two parts of 4 on this CPU. Without the diagnostics and TensorBoard (each
     member's end-of-run figures and event files: the same code in a worker as in one process, tested there)."""
@@ -92,12 +120,23 @@ def test_a_group_of_eight_trains_as_two_populations_in_two_processes_as_it_would
     one process (hydra.launcher.processes=1), the diverging member fails alone in the worker's part, and the table
     has every job."""
     steps = ["trainer.max_steps=60", "trainer.val_check_interval=30", LRS]
-    two = run_script("train.py", *sweep_command(tmp_path / "two", small_names, *steps))
+    # the side-by-side sweep in a fresh interpreter (not forked from the tests' pre-imported one), through a probe
+    # that records what the launcher's own process imported by its exit
+    imported = tmp_path / "launcher_imported.txt"
+    probe = tmp_path / "launcher_probe.py"
+    probe.write_text(PROBE.format(record=str(imported), train=str(ROOT / "train.py")))
+    two = run_script(str(probe), *sweep_command(tmp_path / "two", small_names, *steps), python_flags=("-B",))
     one = run_script("train.py", *sweep_command(tmp_path / "one", small_names, *steps, "hydra.launcher.processes=1"))
     assert two.returncode == 0 and one.returncode == 0, (two.stderr + one.stderr)[-3000:]
     output = two.stdout + two.stderr
     assert re.search(r"job\(s\) 0,1,2,3,4,5,6,7: 2 populations side by side in 2 processes \(4 \+ 4 members\), "
                      r"1 thread\(s\) each", output)
+    # every part trained in a worker: the launcher never imported torch or Lightning
+    assert imported.read_text() == "neither"
+    # the workers log through Hydra's handlers, with the member's prefix: Lightning added no console handler of its
+    # own when the fork server imported it (population/worker_imports.py)
+    seeded = [line for line in output.splitlines() if "Seed set to" in line]
+    assert len(seeded) == 8 and all(re.search(r"\]\[HYDRA\] \[#\d\] Seed set to", line) for line in seeded), seeded
     assert "side by side" not in one.stdout + one.stderr
     assert "Traceback" not in output
     for job in map(str, range(7)):
@@ -158,6 +197,16 @@ def test_the_benchmark_times_the_one_process_layout_next_to_the_default():
     assert benchmark.launcher_overrides("population-one-process", 2, 2) == (
         ["hydra/launcher=population", "hydra.launcher.processes=1", "threads=2"], 2)
     assert benchmark.launcher_overrides("population", 2, 2) == (["hydra/launcher=population", "threads=2"], 2)
+    # the start-up column: the first model's line, as a solo run and a population member log it
+    started = datetime(2026, 12, 2, 16, 52, 50).timestamp()
+    solo = ("[2026-12-02 16:52:53,634][lightning_fabric.utilities.seed][INFO] - Seed set to 42\n"
+            "[2026-12-02 16:52:53,687][makemore_lab.train][INFO] - wavenet: 76,579 params, vocab 27, block_size 8\n")
+    member = ("[2026-12-02 16:52:58,123][HYDRA] Launching 16 jobs as populations\n"
+              "[2026-12-02 16:53:04,053][HYDRA] [#0] wavenet: 76,579 params, vocab 27, block_size 8\n"
+              "[2026-12-02 16:53:04,072][HYDRA] [#8] wavenet: 76,579 params, vocab 27, block_size 8\n")
+    assert benchmark.startup_seconds(solo, started) == pytest.approx(3.687, abs=1e-6)
+    assert benchmark.startup_seconds(member, started) == pytest.approx(14.053, abs=1e-6)
+    assert benchmark.startup_seconds("no model was built\n", started) is None
 
 
 @pytest.mark.slow

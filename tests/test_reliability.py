@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROOT, read_scalar_steps, read_scalars, run_script
 from makemore_lab.errors import TrainingDiverged, UserError
-from makemore_lab.resume import hydra_quote
+from makemore_lab.commands import hydra_quote
 from makemore_lab.train import train
 
 

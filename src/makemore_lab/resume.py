@@ -6,7 +6,6 @@ exits 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C aborts at once (exit 130, t
 """
 
 import contextlib
-import re
 import shlex
 import signal
 import sys
@@ -16,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from makemore_lab.checkpoint import check_weights_fit, describe, net_state_dict, read_checkpoint
+from makemore_lab.commands import resume_command
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 
 
@@ -61,34 +60,6 @@ def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_step
     if step >= max_steps:
         raise UserError(f"checkpoint {ckpt_path} is at step {step:,}, and trainer.max_steps={max_steps:,}: nothing "
                         f"to train. To train longer, raise trainer.max_steps (e.g. trainer.max_steps={2 * step})")
-
-
-def hydra_quote(value: str) -> str:
-    """A value for Hydra's override grammar: as is when plain, else double-quoted with backslashes and quotes escaped."""
-    if re.fullmatch(r"[\w./:+-]+", value, flags=re.ASCII):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def run_overrides(task_overrides=None) -> list[str]:
-    """What the user typed for this run (Hydra's task overrides), without where it runs and what it resumes from:
-    the same for a run and its resumption, so a checkpoint and summary.json record it to tell runs apart."""
-    if task_overrides is None:
-        task_overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    return [str(o) for o in task_overrides if not str(o).startswith(("ckpt_path=", "hydra.run.dir="))]
-
-
-def resume_command(out_dir: Path, task_overrides=None) -> str:
-    """The command that continues this run: its own overrides, its run dir, its last checkpoint.
-
-    Paths are quoted twice over: for Hydra's override grammar (spaces, parentheses, '=' ...) inside, and for
-    the shell outside, so the line runs as printed.
-    """
-    last = out_dir / "checkpoints" / "last.ckpt"
-    return shlex.join([
-        "python", "train.py", *run_overrides(task_overrides), f"hydra.run.dir={hydra_quote(str(out_dir))}",
-        f"ckpt_path={hydra_quote(str(last))}",
-    ])
 
 
 @contextlib.contextmanager

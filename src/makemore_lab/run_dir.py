@@ -23,6 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from makemore_lab.commands import resume_command
 from makemore_lab.errors import UserError
 
 
@@ -146,8 +147,6 @@ class RunDirLock:
             raise RunDirRefused(f"run dir {self.out_dir} holds a finished run (summary.json): choose another "
                                 "hydra.run.dir, delete it, or continue it with ckpt_path=<run dir>/checkpoints/last.ckpt")
         if (self.out_dir / "checkpoints" / "last.ckpt").exists():
-            from makemore_lab.resume import resume_command  # imports Lightning: only when there is a run to resume
-
             raise RunDirRefused(f"run dir {self.out_dir} holds an interrupted run (checkpoints/last.ckpt, no "
                                 f"summary.json): continue it with: {resume_command(self.out_dir, self.task_overrides)} "
                                 "(or choose another hydra.run.dir)")

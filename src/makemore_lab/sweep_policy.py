@@ -22,9 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from makemore_lab.checkpoint import read_checkpoint
+from makemore_lab.commands import run_overrides
 from makemore_lab.errors import TrainingInterrupted, UserError
-from makemore_lab.resume import run_overrides
 from makemore_lab.run_dir import RunDirRefused
 
 log = logging.getLogger(__name__)
@@ -91,6 +90,8 @@ def earlier_result(cfg, job, task_overrides=None, announce_resume: bool = True) 
         log.info("job %s failed in an earlier run of this sweep: kept (delete %s to retry it)", job, out_dir / FAILURE_FILE)
         return math.inf
     if last.is_file() and not cfg.get("ckpt_path"):
+        from makemore_lab.checkpoint import read_checkpoint  # torch: only where there is a checkpoint to read
+
         check_same_job(out_dir, read_checkpoint(last)["makemore_lab"].get("overrides"), overrides)
         if announce_resume:
             log.info("job %s was interrupted in an earlier run of this sweep: resuming from %s", job, last)

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import (allocator, config_schema, final_report, lightning_flags, logging_media, resume, sweep_policy,
-                          tensorboard_events, threads)
+from makemore_lab import (allocator, commands, config_schema, final_report, lightning_flags, logging_media, resume,
+                          sweep_policy, tensorboard_events, threads)
 from makemore_lab.callbacks.thread_budget import ThreadBudget
 from makemore_lab.console import quiet_third_party_messages
 from makemore_lab.engine import StepPlan
@@ -123,7 +123,7 @@ def build_run(cfg: DictConfig, population: bool = False, shared_data: dict | Non
         "block_size": datamodule.block_size,
         "optimizer": cfg.optimizer._target_,  # resuming with another optimizer is refused (its state would not fit)
         "data_fingerprint": datamodule.fingerprint,  # eval.py refuses a data file changed since training
-        "overrides": resume.run_overrides(),  # what was typed: a sweep run again tells its own jobs apart by it
+        "overrides": commands.run_overrides(),  # what was typed: a sweep run again tells its own jobs apart by it
     }
     if cfg.get("ckpt_path"):
         resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta, net, cfg.trainer.max_steps, population)

@@ -86,12 +86,12 @@ class Job:
 
 
 def population_engine() -> ModuleType | None:
-    """makemore_lab.population with its train_population and population_refusal, or None where the engine is absent."""
-    try:
-        from makemore_lab import population
-        population.train_population, population.population_refusal  # noqa: B018  (both, or neither)
-    except (ImportError, AttributeError):
+    """makemore_lab.population, or None where the engine is absent. Its population_refusal is torch-free; its
+    train_population imports torch at first use (a group trained in this process, not side by side)."""
+    if population_engine_spec() is None:
         return None
+    from makemore_lab import population
+
     return population
 
 
@@ -158,7 +158,7 @@ class PopulationLauncher(Launcher):
         budget); makemore_lab/population/processes.py."""
         super().__init__()
         self.processes = processes
-        self.workers = None  # processes.Workers, spawned at the first launch that may need them
+        self.workers = None  # processes.Workers, started at the first launch that may need them
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -170,6 +170,13 @@ class PopulationLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        if self.may_train_side_by_side():
+            from makemore_lab.population import processes
+
+            try:
+                processes.start_fork_server()  # its imports for the workers run while the sweeper composes the jobs
+            except OSError as err:  # start_workers tries again, and the groups train here if it cannot
+                log.warning("the population's fork server did not start (%s)", err)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -177,11 +184,11 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs as populations")
-        self.start_workers(len(job_overrides))
         jobs = [self.prepare(initial_job_idx + index, overrides) for index, overrides in enumerate(job_overrides)]
         returns = {job.num: self.keep(job) for job in jobs if job.kept is not None}
         to_train = [job for job in jobs if job.kept is None]
         if to_train:
+            self.start_workers(len(to_train))
             returns.update(self.train(to_train))
         return [returns[job.num] for job in jobs]
 
@@ -203,45 +210,59 @@ class PopulationLauncher(Launcher):
             if engine is None or len(members) == 1:
                 returns.update((job.num, self.run_alone(job)) for job in members)
             else:
-                returns.update(self.run_population(members, engine.train_population))
+                returns.update(self.run_population(members, engine))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
-    def start_workers(self, jobs: int) -> None:
-        """Spawn the worker processes that the batch's largest possible group could use, now: their imports (torch,
-        Lightning) overlap this process's preparation of the jobs. Kept for the launcher's later batches (an Optuna
-        sweep launches one batch after another) and closed at exit. No workers where every group trains in one process:
-        a GPU, a thread budget of 1, fewer than 2 x processes.MIN_MEMBERS jobs."""
-        if self.workers is not None or population_engine_spec() is None:
-            return
+    def may_train_side_by_side(self) -> bool:
+        """Whether a group of this sweep may train side by side in worker processes (processes.py): the engine is
+        installed, populations train on the CPU, and the thread budget and hydra.launcher.processes allow two
+        processes. Decided from the sweep's config, before any job is composed (a job's own `threads` or
+        `trainer.accelerator` can only send its group back to one process)."""
+        if population_engine_spec() is None:
+            return False
         from makemore_lab import threads  # neither imports torch: see the module docstring
         from makemore_lab.population import processes
 
-        cpu_only = str(self.config.get("trainer", {}).get("accelerator", "auto")) == "cpu"
-        # the sweep's budget now; a group's own (parts(), later) is at most this many processes + 1
+        if not processes.trains_on_cpu(self.config.get("trainer", {}).get("accelerator", "auto")):
+            return False
+        budget = threads.budget(self.config.get("threads", "auto"))
+        return processes.process_count(self.processes, budget, 2 * processes.MIN_MEMBERS, on_cpu=True) >= 2
+
+    def start_workers(self, jobs: int) -> None:
+        """Start, forked from the fork server (setup), the worker processes that the batch's largest possible group
+        could use: one per part. Kept for the launcher's later batches (an Optuna sweep launches one batch after
+        another) and closed at exit. None where every group trains in one process: a GPU, a thread budget of 1,
+        fewer than 2 x processes.MIN_MEMBERS jobs to train."""
+        if self.workers is not None or not self.may_train_side_by_side():
+            return
+        from makemore_lab import threads
+        from makemore_lab.population import processes
+
+        # the sweep's budget now; a group's own (parts(), later) is at most this many processes
         count = processes.process_count(self.processes, threads.budget(self.config.get("threads", "auto")), jobs,
                                         on_cpu=True)
         if count < 2:
             return
-        if not cpu_only:
-            import torch
-
-            if torch.cuda.is_available():
-                return
-        self.workers = processes.Workers(count - 1, self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        try:
+            self.workers = processes.Workers(count, self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        except (OSError, EOFError) as err:  # no process could be started: the groups train here, one process each
+            log.warning("the population's worker processes did not start (%s): every group trains in this process",
+                        err)
+            return
         atexit.register(self.workers.close)
 
     def parts(self, members: list[Job]) -> list[list[DictConfig]]:
-        """The members' train configs cut into the parts that train side by side (processes.py), each config with
-        its part's threads; one part where the group trains in one process."""
+        """The members' train configs cut into the parts that train side by side, one per worker (processes.py),
+        each config with its part's threads; one part where the group trains in this process."""
         from makemore_lab import threads
-        from makemore_lab.population import choose_device, processes
+        from makemore_lab.population import processes
 
         cfgs = [job.train_config for job in members]
         budget = threads.budget(cfgs[0].threads)
-        on_cpu = choose_device(cfgs[0]).type == "cpu"
-        count = min(processes.process_count(self.processes, budget, len(cfgs), on_cpu), 1 + len(self.workers or []))
-        if count == 1:
+        on_cpu = processes.trains_on_cpu(cfgs[0].trainer.get("accelerator", "auto"))
+        count = min(processes.process_count(self.processes, budget, len(cfgs), on_cpu), len(self.workers or []))
+        if count < 2:
             return [cfgs]
         share = max(1, budget // count)
         parts = [[processes.with_threads(cfg, share) for cfg in part] for part in processes.split(cfgs, count)]
@@ -250,11 +271,11 @@ class PopulationLauncher(Launcher):
                  share)
         return parts
 
-    def side_by_side(self, members: list[Job], parts: list[list[DictConfig]], train_population):
-        """train_population's stand-in for a group cut into parts: part 0 here, the others in the workers."""
+    def side_by_side(self, members: list[Job], parts: list[list[DictConfig]]):
+        """train_population's stand-in for a group cut into parts: each part in a worker, this process waiting."""
         from makemore_lab import threads
+        from makemore_lab.commands import sweep_resume_command
         from makemore_lab.population.processes import train_side_by_side
-        from makemore_lab.population.run import resume_command
 
         dirs = [Path(job.train_config.paths.output_dir) for job in members]
         if members[0].train_config.threads == "auto":
@@ -263,8 +284,7 @@ class PopulationLauncher(Launcher):
             threads.register()
 
         def train(cfgs: list[DictConfig]) -> list:
-            return train_side_by_side(train_population, parts, self.workers, lambda: resume_command(dirs),
-                                      members[0].env_set)
+            return train_side_by_side(parts, self.workers, lambda: sweep_resume_command(dirs), members[0].env_set)
 
         return train
 
@@ -289,7 +309,7 @@ class PopulationLauncher(Launcher):
             # failed job keeps its result, an interrupted one resumes from its last.ckpt (sweep_policy sets
             # ckpt_path in its train config) in whichever population it joins. Looked at here, before any job
             # trains: after training every member's summary.json is this run's own.
-            from makemore_lab import sweep_policy  # imports torch: not at Hydra's plugin scan
+            from makemore_lab import sweep_policy
 
             job.kept = sweep_policy.earlier_outcome(job.train_config, num, prepared.overrides)
         return job
@@ -330,13 +350,13 @@ class PopulationLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
-    def run_population(self, members: list[Job], train_population) -> dict[int, JobReturn]:
+    def run_population(self, members: list[Job], engine: ModuleType) -> dict[int, JobReturn]:
         """Train the members together; each member's callbacks and result as run_job would give them.
 
         on_job_start fires for every member before training starts, on_job_end for each after the population
         ends, each with HydraConfig set to that member's config. During training HydraConfig is the sweep's.
         """
-        from makemore_lab import sweep_policy  # imports torch: not at Hydra's plugin scan (see __init__.py)
+        from makemore_lab import sweep_policy
 
         hydra_config = HydraConfig.instance()
         sweep_hydra_cfg = hydra_config.cfg
@@ -347,7 +367,8 @@ class PopulationLauncher(Launcher):
                 callbacks.on_job_start(config=job.sweep_config, task_function=self.task_function)
             hydra_config.cfg = sweep_hydra_cfg
             parts = self.parts(members)
-            train = train_population if len(parts) == 1 else self.side_by_side(members, parts, train_population)
+            # one part: trained here (torch imported now); side by side: in the workers, this process torch-free
+            train = engine.train_population if len(parts) == 1 else self.side_by_side(members, parts)
             with env_override(members[0].env_set):
                 outcomes = train_members(train, [job.train_config for job in members])
             for job, outcome in zip(members, outcomes, strict=True):

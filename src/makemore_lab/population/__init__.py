@@ -10,11 +10,12 @@ launcher can import population/processes.py (and spawn its workers) before torch
 
 import importlib
 
-EXPORTS = {"train_population", "population_refusal", "population_key", "populations", "choose_device", "set_up",
-           "KNOWN_CALLBACKS"}
+# name: the module it comes from (population_refusal's is torch-free: the launcher asks it before torch is loaded)
+EXPORTS = {"train_population": "train", "population_key": "train", "populations": "train", "choose_device": "train",
+           "set_up": "train", "population_refusal": "grouping", "KNOWN_CALLBACKS": "grouping"}
 
 
 def __getattr__(name: str):
     if name in EXPORTS:
-        return getattr(importlib.import_module("makemore_lab.population.train"), name)
+        return getattr(importlib.import_module(f"makemore_lab.population.{EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,8 +19,8 @@ and its seed, train_on), `trainer.*` (max_steps, val_check_interval, clipping, p
 loggers, `steps_per_call`, `threads`, `final_weights`, `num_samples`, `max_params`. A key present in one job only
 (`+optimizer.nesterov=true`) is a difference too. Each of these decisions is argued in docs/population_launcher.md.
 
-A job whose config breaks a documented rule (config_schema), or that the caller refuses (the engine's
-`population_refusal`, or the launcher's own reasons), is a group of one: it runs alone, exactly as under the basic
+A job whose config breaks a documented rule (config_schema), or that cannot train in a population at all
+(`population_refusal` below, or the launcher's own reasons), is a group of one: it runs alone, exactly as under the basic
 launcher, and fails there with its usual one line.
 """
 
@@ -35,6 +35,32 @@ from makemore_lab.errors import UserError
 
 JOB_DIR = "<job dir>"  # what a job's own output dir reads as when configs are compared
 SHOWN_DIFFERENCES = 3  # keys named in one reason line; the rest are counted
+
+
+# The callbacks a population honours: last.ckpt's cadence and the best checkpoint (the population saves them), the
+# diagnostics and the sample text (run per member: member.STEP_CALLBACKS), and a progress bar (left out).
+KNOWN_CALLBACKS = {
+    "makemore_lab.callbacks.last_checkpoint.LastCheckpoint",
+    "pytorch_lightning.callbacks.ModelCheckpoint",
+    "makemore_lab.callbacks.step_progress_bar.StepProgressBar",
+    "makemore_lab.diagnostics.Diagnostics",
+    "makemore_lab.callbacks.sample_text.SampleText",
+}
+
+
+def population_refusal(cfg: DictConfig) -> str | None:
+    """None if `cfg` can be a member of a population of more than one; otherwise one line why not."""
+    trainer = cfg.trainer
+    if "ddp" in str(trainer.get("strategy") or "") or trainer.get("devices", 1) not in (1, "1", "auto"):
+        return f"trainer.strategy={trainer.get('strategy')}, devices={trainer.get('devices')}: a DDP run is one process per device"
+    if str(trainer.get("precision")) not in ("32", "32-true"):
+        return f"trainer.precision={trainer.precision}: a population trains in 32-bit only"
+    if trainer.get("max_time"):
+        return f"trainer.max_time={trainer.max_time}: a population stops by steps only"
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node and "_target_" in node and node._target_ not in KNOWN_CALLBACKS:
+            return f"callbacks.{name} ({node._target_}): a population runs no Lightning callbacks of its own"
+    return None
 
 
 def is_number(value) -> bool:

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import config_schema, final_report, resume
+from makemore_lab import commands, config_schema, final_report
 from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
 from makemore_lab.callbacks.sample_text import SampleText
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
@@ -151,7 +151,7 @@ class Member:
         callbacks, _, self.datamodule, self.module = build_run(cfg, population=True, shared_data=shared_data)
         job_overrides = self.out_dir / ".hydra" / "overrides.yaml"  # the launcher's, written before training
         if job_overrides.exists():  # the member's own, not the sweep's (HydraConfig during a population)
-            self.module.checkpoint_meta["overrides"] = resume.run_overrides(OmegaConf.load(job_overrides))
+            self.module.checkpoint_meta["overrides"] = commands.run_overrides(OmegaConf.load(job_overrides))
         self.module.net.to(device)
         self.optimizer = self.module.make_optimizer(cfg.trainer.max_steps)
         for callback in callbacks:

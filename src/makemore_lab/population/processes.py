@@ -6,16 +6,20 @@ figures, the checkpoints. Measured on the 2-core machine (a 16-point lr sweep, 2
 members with 2 threads took 96-98 s for the MLP at 20,000 steps and 127 s for WaveNet at 5,000; two processes of 8
 members with 1 thread each took 75-79 s and 100 s. So on a CPU the launcher cuts a group of N jobs into P parts of
 at least MIN_MEMBERS members, P = the group's thread budget (`threads`, or the fair share under `threads: auto`)
-capped by `hydra.launcher.processes`, and trains part 0 in its own process and the others in worker processes,
-each with budget // P threads. Every member still trains exactly as its solo run (a part is a population like any
-other); its summary.json's population_size is its part's size. A GPU keeps one process (one device, one process).
+capped by `hydra.launcher.processes`, and trains every part in a worker process of its own, each with budget // P
+threads, while the launcher only waits for their answers. Every member still trains exactly as its solo run (a part
+is a population like any other); its summary.json's population_size is its part's size. A GPU keeps one process
+(one device, one process), and so does a group of one part: it trains in the launcher's own process.
 
 The contract with the parent (the launcher, and `train_side_by_side` below):
 
-- Workers are started with multiprocessing's spawn (a fresh interpreter: no fork of a process with live OpenMP,
-  logging or TensorBoard threads), as early as the launcher knows it will need them, so that their imports (torch,
-  Lightning: several seconds) overlap its preparation of the jobs. A worker serves parts until told to stop or until
-  its parent's end closes the pipe.
+- Workers are forked from multiprocessing's fork server (spawned where the platform has no fork server), which the
+  launcher starts as soon as Hydra sets it up (`start_fork_server`): the server imports torch, Lightning and the
+  engine (worker_imports.py) on another core while the launcher composes and prepares the jobs, and each worker is
+  a fork of it with all of that imported. The launcher itself never imports torch for a group trained side by side:
+  everything it does there (preparing job dirs, grouping, the sweep's records) is torch-free, so its start-up is
+  Hydra's alone. Nothing in the fork server runs a torch operation or starts a thread, so a fork is as clean as a
+  fresh interpreter. A worker serves parts until told to stop or until its parent's end closes the pipe.
 - Signals are the parent's alone: workers ignore SIGINT and SIGTERM, and read one shared `StopFlag` that the
   parent's handlers set (a Ctrl-C at the terminal reaches every process of the group; a SIGTERM from a scheduler
   may reach only the parent). Every part then stops after its current chunk of steps and saves every member; the
@@ -27,8 +31,10 @@ The contract with the parent (the launcher, and `train_side_by_side` below):
 """
 
 import contextlib
+import importlib.metadata
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import signal
@@ -43,6 +49,35 @@ from makemore_lab.errors import TrainingInterrupted, UserError
 log = logging.getLogger(__name__)
 
 MIN_MEMBERS = 4  # the smallest part: below it a worker's start (its imports) weighs more than what it saves
+PRELOAD = "makemore_lab.population.worker_imports"  # what the fork server imports for every worker
+
+
+def start_method() -> str:
+    """How workers start: forked from the fork server where the platform has one (Linux, macOS), else spawned."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, importing PRELOAD in the background; a no-op where it runs or cannot run."""
+    if start_method() == "forkserver":
+        multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD])
+        multiprocessing.forkserver.ensure_running()
+
+
+def trains_on_cpu(accelerator) -> bool:
+    """Whether a population with this `trainer.accelerator` trains on the CPU (train.choose_device's choice),
+    without importing torch where the answer is known without it: accelerator=cpu (or anything but auto, gpu and
+    cuda), or a CPU-only torch build (its version ends in "+cpu", as this project pins it), which has no CUDA."""
+    if str(accelerator) not in ("auto", "gpu", "cuda"):
+        return True
+    try:
+        if importlib.metadata.version("torch").endswith("+cpu"):
+            return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def process_count(setting, budget: int, members: int, on_cpu: bool) -> int:
@@ -143,7 +178,7 @@ def serve(conn, shared_stop, logging_config, verbose) -> None:
     from hydra.core.utils import configure_log
 
     configure_log(logging_config, verbose)  # the console lines as in the parent (Hydra's hydra_logging)
-    from makemore_lab.population import train_population  # torch, Lightning, the models: while the parent prepares
+    from makemore_lab.population import train_population  # imported already where forked from the fork server
 
     stop = StopFlag(shared_stop)
     while True:
@@ -182,10 +217,12 @@ def environment(env: dict):
 
 
 class Workers:
-    """`count` spawned worker processes, started now, sharing their `stop` flag with this process."""
+    """`count` worker processes, started now (forked from the fork server: start_fork_server), sharing their
+    `stop` flag with this process."""
 
     def __init__(self, count: int, logging_config, verbose):
-        context = multiprocessing.get_context("spawn")
+        start_fork_server()
+        context = multiprocessing.get_context(start_method())
         self.stop = stop = StopFlag()
         self.processes, self.conns = [], []
         for _ in range(count):
@@ -238,31 +275,26 @@ class Workers:
             return [error] * len(part)
 
 
-def train_side_by_side(train_population: Callable, parts: list[list[DictConfig]], workers: Workers,
-                       resume_command: Callable[[], str], env: dict) -> list:
-    """Train parts[0] here and parts[1:] in `workers` at the same time; every member's outcome, in order. `env`: the
-    jobs' hydra.job.env_set.
+def train_side_by_side(parts: list[list[DictConfig]], workers: Workers, resume_command: Callable[[], str],
+                       env: dict) -> list:
+    """Train each part in a worker of its own, all at the same time; every member's outcome, in order. `env`: the
+    jobs' hydra.job.env_set. The launcher cut no more parts than there are live workers.
 
     While they train, this process's handlers for Ctrl-C and SIGTERM set the shared StopFlag (every part stops after
     its current chunk and saves its members; then one TrainingInterrupted with `resume_command()`); a second signal
     kills the workers and aborts."""
     stop = workers.stop
-    interrupted = False
-    ready = workers.alive()[: len(parts) - 1]  # the launcher cut no more parts than there are live workers + 1
+    alive = workers.alive()
+    outcomes, interrupted = [], False
     try:
         with stopping_on_signals(stop):
-            for index, part in zip(ready, parts[1:]):
+            for index, part in zip(alive, parts):
                 workers.send(index, (part, env))
-            try:
-                outcomes = list(train_population(parts[0], stop))
-            except TrainingInterrupted:
-                if not stop.requested or stop.aborted:
-                    raise
-                interrupted, outcomes = True, [None] * len(parts[0])
-            except Exception as err:  # noqa: BLE001 - this part crashed as a whole: its members' outcome; the workers'
-                outcomes = [err] * len(parts[0])  # parts go on, and their answers are still read (none left behind)
-            for index, part in zip(ready, parts[1:]):
-                answer = workers.receive(index, part)
+            for position, part in enumerate(parts):
+                if position >= len(alive):  # a worker died since the parts were cut: nobody trains this part
+                    outcomes += [RuntimeError("no worker process was left to train this member's part")] * len(part)
+                    continue
+                answer = workers.receive(alive[position], part)
                 interrupted |= isinstance(answer, Interrupted)
                 outcomes += [None] * len(part) if isinstance(answer, Interrupted) else answer
     except TrainingInterrupted:  # the second signal: stop now

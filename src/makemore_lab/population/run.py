@@ -15,13 +15,12 @@ optimizer's step(), so the callbacks' hooks see what they would see in a solo ru
 import contextlib
 import logging
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from makemore_lab.commands import sweep_resume_command
 from makemore_lab.data.batches import MinibatchStream
 from makemore_lab.engine import divergence
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
@@ -29,7 +28,6 @@ from makemore_lab.losses import split_loss, training_loss
 from makemore_lab.population.member import Member
 from makemore_lab.population.processes import StopFlag, stopping_on_signals
 from makemore_lab.population.stacked import StackedNets
-from makemore_lab.resume import hydra_quote
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +247,7 @@ class Population:
     def interrupted(self, step: int) -> None:
         error = TrainingInterrupted(
             f"{self.stop_signal}: population of {len(self.members)} stopped at step {step} of {self.max_steps}; every "
-            f"member's checkpoint saved. Resume with: {resume_command([m.out_dir for m in self.members])}",
+            f"member's checkpoint saved. Resume with: {sweep_resume_command([m.out_dir for m in self.members])}",
             exit_code=self.stop.exit_code,
         )
         for member in self.active:
@@ -261,13 +259,3 @@ class Population:
 def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     return type(optimizer) is torch.optim.SGD and all(
         not g["momentum"] and not g["maximize"] for g in optimizer.param_groups)
-
-
-def resume_command(out_dirs: list[Path]) -> str:
-    """The multirun command again, in the same sweep dir, each job resuming from its own last.ckpt."""
-    sweep_dir = Path(*Path(out_dirs[0]).parts[:-1]) if len({Path(d).parent for d in out_dirs}) == 1 else None
-    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "ckpt_path="))]
-    if "-m" not in args and "--multirun" not in args:
-        args.insert(0, "-m")
-    extra = [f"hydra.sweep.dir={hydra_quote(str(sweep_dir))}"] if sweep_dir else []
-    return shlex.join(["python", "train.py", *args, *extra, "ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"])

@@ -1,4 +1,4 @@
-"""`train_population` and `population_refusal`, the engine's two entry points (re-exported by the package).
+"""`train_population`, the engine's entry point (re-exported by the package, with grouping.py's `population_refusal`).
 """
 
 import json
@@ -11,35 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from makemore_lab.errors import TrainingInterrupted, UserError
 from makemore_lab.population import grouping, memory
+from makemore_lab.population.grouping import population_refusal
 from makemore_lab.population.member import Member
 from makemore_lab.population.run import Population, StopFlag
 
 log = logging.getLogger(__name__)
-
-# The callbacks a population honours: last.ckpt's cadence and the best checkpoint (the population saves them), the
-# diagnostics and the sample text (run per member: member.STEP_CALLBACKS), and a progress bar (left out).
-KNOWN_CALLBACKS = {
-    "makemore_lab.callbacks.last_checkpoint.LastCheckpoint",
-    "pytorch_lightning.callbacks.ModelCheckpoint",
-    "makemore_lab.callbacks.step_progress_bar.StepProgressBar",
-    "makemore_lab.diagnostics.Diagnostics",
-    "makemore_lab.callbacks.sample_text.SampleText",
-}
-
-
-def population_refusal(cfg: DictConfig) -> str | None:
-    """None if `cfg` can be a member of a population of more than one; otherwise one line why not."""
-    trainer = cfg.trainer
-    if "ddp" in str(trainer.get("strategy") or "") or trainer.get("devices", 1) not in (1, "1", "auto"):
-        return f"trainer.strategy={trainer.get('strategy')}, devices={trainer.get('devices')}: a DDP run is one process per device"
-    if str(trainer.get("precision")) not in ("32", "32-true"):
-        return f"trainer.precision={trainer.precision}: a population trains in 32-bit only"
-    if trainer.get("max_time"):
-        return f"trainer.max_time={trainer.max_time}: a population stops by steps only"
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node and "_target_" in node and node._target_ not in KNOWN_CALLBACKS:
-            return f"callbacks.{name} ({node._target_}): a population runs no Lightning callbacks of its own"
-    return None
 
 
 def train_population(cfgs: list[DictConfig], stop: StopFlag | None = None) -> list[dict | BaseException]:
