@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, run_script
 from makemore_lab.errors import UserError
 from makemore_lab.population.processes import (MIN_MEMBERS, Workers, environment, process_count, split,
-                                               trains_on_cpu)
+                                               train_side_by_side, trains_on_cpu)
 from test_reliability import saved_step, wait_for
 from test_sweeps import job_summary, read_rows
 
@@ -89,6 +89,17 @@ def test_a_worker_that_dies_fails_its_parts_members_with_its_exit_code():
         workers.close()
     assert len(outcomes) == 2 and all(isinstance(o, RuntimeError) for o in outcomes)
     assert "worker process ended (exit code -9) before its members finished" in str(outcomes[0])
+
+
+def test_a_part_left_without_a_live_worker_fails_its_members_and_the_other_parts_are_answered():
+    """Two parts, one live worker: the first part (empty: nothing to train) is the worker's, the second fails."""
+    workers = Workers(1, OmegaConf.create({"version": 1}), False)
+    try:
+        outcomes = train_side_by_side([[], ["a", "b"]], workers, lambda: "resume", {})
+    finally:
+        workers.close()
+    assert len(outcomes) == 2 and all(isinstance(o, RuntimeError) for o in outcomes)
+    assert "no worker process was left to train this member's part" in str(outcomes[0])
 
 
 @pytest.mark.parametrize("accelerator", ["cpu", "auto", "gpu", "cuda", "mps"])
