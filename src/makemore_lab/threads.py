@@ -9,7 +9,7 @@ cores // live runs threads (at least 1); it counts again every few seconds of tr
 n jobs gives each cores // n threads the same way, since each job registers.
 
 Nothing here imports torch until `choose` sets its thread count: the population launcher counts a sweep's budget
-before it spawns the processes that import torch (hydra_plugins/makemore_population_launcher).
+in a process that never imports torch (hydra_plugins/makemore_population_launcher).
 """
 
 import atexit

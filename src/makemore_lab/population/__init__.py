@@ -4,8 +4,8 @@ The engine's two entry points (the population launcher calls them; docs/populati
 `train_population(cfgs)` trains full train configs as one population, each member in its own job dir, exactly
 as `train(cfg)` would train it alone; `population_refusal(cfg)` says in one line why a config cannot join one.
 
-The package imports nothing heavy itself: its names come from population/train.py on first use, so that the
-launcher can import population/processes.py (and spawn its workers) before torch is loaded.
+The package imports nothing heavy itself: its names come from their modules on first use, so that the
+launcher can import population/processes.py (and start its workers) without loading torch.
 """
 
 import importlib
