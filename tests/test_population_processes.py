@@ -102,12 +102,23 @@ def test_a_part_left_without_a_live_worker_fails_its_members_and_the_other_parts
     assert "no worker process was left to train this member's part" in str(outcomes[0])
 
 
-@pytest.mark.parametrize("accelerator", ["cpu", "auto", "gpu", "cuda", "mps"])
-def test_the_launcher_knows_where_a_population_trains_as_the_engine_chooses(accelerator):
+@pytest.mark.parametrize("accelerator, cuda, on_cpu", [
+    ("cpu", True, True), ("mps", True, True),  # an accelerator that allows no CUDA GPU
+    ("auto", True, False), ("gpu", True, False), ("cuda", True, False),
+    ("auto", False, True), ("gpu", False, True),  # no CUDA: the CPU
+])
+def test_a_population_trains_on_a_gpu_only_where_its_accelerator_allows_one_and_cuda_is_there(
+        monkeypatch, accelerator, cuda, on_cpu):
+    """The launcher's answer (before torch is loaded) and the engine's device, on a CUDA build of torch."""
+    import torch
+
     from makemore_lab.population import choose_device
 
-    cfg = OmegaConf.create({"trainer": {"accelerator": accelerator}})
-    assert trains_on_cpu(accelerator) == (choose_device(cfg).type == "cpu")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.13.0")  # not a "+cpu" build
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert trains_on_cpu(accelerator) is on_cpu
+    device = choose_device(OmegaConf.create({"trainer": {"accelerator": accelerator}}))
+    assert device.type == ("cpu" if on_cpu else "cuda")
 
 
 @pytest.mark.skipif(not importlib.metadata.version("torch").endswith("+cpu"), reason="a CPU-only torch build")

@@ -170,9 +170,11 @@ class PopulationLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
-        if self.may_train_side_by_side():
-            from makemore_lab.population import processes
+        if population_engine_spec() is None:
+            return
+        from makemore_lab.population import processes  # torch-free: see the module docstring
 
+        if self.sweep_processes(2 * processes.MIN_MEMBERS) >= 2:  # a group of this sweep may train side by side
             try:
                 processes.start_fork_server()  # its imports for the workers run while the sweeper composes the jobs
             except OSError as err:  # start_workers tries again, and the groups train here if it cannot
@@ -214,36 +216,29 @@ class PopulationLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
-    def may_train_side_by_side(self) -> bool:
-        """Whether a group of this sweep may train side by side in worker processes (processes.py): the engine is
-        installed, populations train on the CPU, and the thread budget and hydra.launcher.processes allow two
-        processes. Decided from the sweep's config, before any job is composed (a job's own `threads` or
-        `trainer.accelerator` can only send its group back to one process)."""
+    def sweep_processes(self, jobs: int) -> int:
+        """How many processes a group of `jobs` of this sweep would train in (processes.process_count), from the
+        sweep's config: its thread budget, hydra.launcher.processes, whether populations train on the CPU; 1 where the
+        engine is absent. Torch-free. A job's own `threads` or `trainer.accelerator` (parts(), later) can only send
+        its group back to fewer processes."""
         if population_engine_spec() is None:
-            return False
+            return 1
         from makemore_lab import threads  # neither imports torch: see the module docstring
         from makemore_lab.population import processes
 
-        if not processes.trains_on_cpu(self.config.get("trainer", {}).get("accelerator", "auto")):
-            return False
-        budget = threads.budget(self.config.get("threads", "auto"))
-        return processes.process_count(self.processes, budget, 2 * processes.MIN_MEMBERS, on_cpu=True) >= 2
+        on_cpu = processes.trains_on_cpu(self.config.get("trainer", {}).get("accelerator", "auto"))
+        return processes.process_count(self.processes, threads.budget(self.config.get("threads", "auto")), jobs, on_cpu)
 
     def start_workers(self, jobs: int) -> None:
         """Start, forked from the fork server (setup), the worker processes that the batch's largest possible group
         could use: one per part. Kept for the launcher's later batches (an Optuna sweep launches one batch after
         another) and closed at exit. None where every group trains in one process: a GPU, a thread budget of 1,
         fewer than 2 x processes.MIN_MEMBERS jobs to train."""
-        if self.workers is not None or not self.may_train_side_by_side():
+        count = self.sweep_processes(jobs)
+        if self.workers is not None or count < 2:
             return
-        from makemore_lab import threads
         from makemore_lab.population import processes
 
-        # the sweep's budget now; a group's own (parts(), later) is at most this many processes
-        count = processes.process_count(self.processes, threads.budget(self.config.get("threads", "auto")), jobs,
-                                        on_cpu=True)
-        if count < 2:
-            return
         try:
             self.workers = processes.Workers(count, self.config.hydra.hydra_logging, self.config.hydra.verbose)
         except (OSError, EOFError) as err:  # no process could be started: the groups train here, one process each

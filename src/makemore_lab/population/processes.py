@@ -65,9 +65,10 @@ def start_fork_server() -> None:
 
 
 def trains_on_cpu(accelerator) -> bool:
-    """Whether a population with this `trainer.accelerator` trains on the CPU (train.choose_device's choice),
-    without importing torch where the answer is known without it: accelerator=cpu (or anything but auto, gpu and
-    cuda), or a CPU-only torch build (its version ends in "+cpu", as this project pins it), which has no CUDA."""
+    """Whether a population with this `trainer.accelerator` trains on the CPU: unless it allows a GPU (auto, gpu,
+    cuda) and CUDA is available (train.choose_device builds its device from this). Without importing torch where the
+    answer is known without it: accelerator=cpu (or anything but auto, gpu and cuda), or a CPU-only torch build (its
+    version ends in "+cpu", as this project pins it), which has no CUDA."""
     if str(accelerator) not in ("auto", "gpu", "cuda"):
         return True
     try:

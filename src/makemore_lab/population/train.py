@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from makemore_lab.errors import TrainingInterrupted, UserError
-from makemore_lab.population import grouping, memory
+from makemore_lab.population import grouping, memory, processes
 from makemore_lab.population.grouping import population_refusal
 from makemore_lab.population.member import Member
 from makemore_lab.population.run import Population, StopFlag
@@ -67,9 +67,9 @@ def set_up(member: Member, device: torch.device, shared_data: dict) -> None:
 
 
 def choose_device(cfg: DictConfig) -> torch.device:
-    """The solo run's accelerator choice: a GPU where there is one and the config allows it, else the CPU."""
-    wants_gpu = str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
-    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+    """The solo run's accelerator choice: a GPU where there is one and the config allows it, else the CPU (the rule is
+    processes.trains_on_cpu's, which the launcher also asks, before torch is loaded)."""
+    return torch.device("cpu" if processes.trains_on_cpu(cfg.trainer.get("accelerator", "auto")) else "cuda")
 
 
 def population_key(member: Member) -> str:

@@ -8,7 +8,9 @@ or starts a thread (torch's thread pools start in each worker, at its first para
 starts as clean as a fresh interpreter.
 """
 
+import importlib
 import logging
+import pkgutil
 import signal
 
 # A Ctrl-C at the terminal reaches every process of the group: the launcher reports it. multiprocessing's server
@@ -21,13 +23,9 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 _during_imports = logging.NullHandler()
 logging.getLogger().addHandler(_during_imports)
 import makemore_lab.data.module  # noqa: E402, F401
-import makemore_lab.models.bigram  # noqa: E402, F401  - every model file: a member's instantiate() imports one
-import makemore_lab.models.bow  # noqa: E402, F401
-import makemore_lab.models.mlp  # noqa: E402, F401
-import makemore_lab.models.mlp_bn  # noqa: E402, F401
-import makemore_lab.models.rnn  # noqa: E402, F401
-import makemore_lab.models.transformer  # noqa: E402, F401
-import makemore_lab.models.wavenet  # noqa: E402, F401
+import makemore_lab.models  # noqa: E402
 import makemore_lab.population.train  # noqa: E402, F401  - torch, Lightning, TensorBoard, matplotlib, the engine
 
+for _model in pkgutil.iter_modules(makemore_lab.models.__path__):  # every model file: a member's instantiate() imports one
+    importlib.import_module(f"makemore_lab.models.{_model.name}")
 logging.getLogger().removeHandler(_during_imports)
