@@ -67,14 +67,18 @@ def test_figures_benchmark_times_each_setting_on_a_measured_member():
         assert float(row[2]) > 0 and int(row[3].replace(",", "")) > 4 * 10_000  # four real figures
 
 
-def test_scoring_benchmark_times_both_tanhs_on_every_split(small_names):
-    """scripts/benchmark_scoring.py end to end: a row per split with both timings and a loss difference of float32
-    size (the two tanhs score the same number); its overrides reach the model (the small data file)."""
-    result = run_script("scripts/benchmark_scoring.py", "--models", "mlp", "--rounds", "1", f"data.path={small_names}")
+def test_scoring_benchmark_times_every_window_against_distinct_contexts_on_every_split(small_names):
+    """scripts/benchmark_scoring.py end to end: a row per split with the windows, their distinct contexts (fewer),
+    both timings and a loss difference of float32 size (the same number); its overrides reach the model (the small
+    data file); a model scored on whole items is named, not timed."""
+    result = run_script("scripts/benchmark_scoring.py", "--models", "mlp", "rnn", "--rounds", "1",
+                        f"data.path={small_names}")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
             if line.startswith("| mlp")]
     assert [r[1] for r in rows] == ["train", "val", "test"]
     for row in rows:
-        assert 0 < int(row[2].replace(",", "")) < 5_000 and float(row[3]) > 0 and float(row[4]) > 0
-        assert float(row[6]) < 1e-5
+        windows, contexts = (int(cell.replace(",", "")) for cell in row[2:4])
+        assert 0 < contexts < windows < 5_000 and float(row[4]) > 0 and float(row[5]) > 0
+        assert float(row[7]) < 1e-5
+    assert "| rnn | (scored on whole items: not timed here)" in result.stdout

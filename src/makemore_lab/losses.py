@@ -2,13 +2,13 @@
 
 The seam between the data module and the training engine: the engine asks `training_loss` for a minibatch's loss,
 validation asks `batch_loss` for one evaluation batch, and the final report asks `split_loss` for a whole split.
-What a batch holds (data.Windows: one scored character per row; data.WholeItems: every position of whole items)
-is the data module's business; these functions are the only code that turns a batch into a number.
+What a batch holds (data.Windows: distinct contexts and the windows scored from them; data.WholeItems: every
+position of whole items) is the data module's business; these functions are the only code that turns a batch into
+a number.
 """
 
 import torch
 from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
 
 from makemore_lab.data import WholeItems
 from makemore_lab.models import scores_every_position
@@ -17,28 +17,6 @@ IGNORE = -100  # cross_entropy's ignore_index
 # At most this many logits (64 MB of float32) per evaluation forward pass: data.eval_batch_size rows times the
 # vocabulary would need 3.9 GB for a 100,000-character one, so bigger batches are scored in row chunks.
 EVAL_LOGIT_CELLS = 2**24
-
-
-class ScoringTanh(TorchFunctionMode):
-    """While active, `torch.tanh(x)` (nn.Tanh's forward) and `x.tanh()` of a CPU float tensor outside autograd are
-    computed as 2 * sigmoid(2x) - 1: torch 2.13's CPU tanh kernel is not vectorised (4.2 ns an element on this
-    project's machine, its sigmoid 1.1 ns), and tanh is ~45% of scoring a split with the lecture MLP.
-
-    The contract: only scoring (evaluation batches, whole splits) runs under it, never a training step (a call that
-    autograd records, a member's solo step, the diagnostics' hooks: they see torch's tanh) and never a GPU tensor.
-    Its values are in [-1, 1] and within 2e-7 of torch.tanh's (tests/test_losses.py), so a split's loss moves by
-    less than its float32 sums do; `scripts/benchmark_scoring.py` times it.
-    """
-
-    TANH = (torch.tanh, torch.Tensor.tanh)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in self.TANH and not kwargs and len(args) == 1:
-            x = args[0]
-            if x.is_cpu and x.is_floating_point() and not (torch.is_grad_enabled() and x.requires_grad):
-                return torch.sigmoid(x * 2).mul_(2).sub_(1)
-        return func(*args, **kwargs)
 
 
 def item_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -63,26 +41,37 @@ def training_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, all_po
 
 def position_losses(net: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss of every scored character, its item index) for one evaluation batch (data.Windows or WholeItems),
-    in chunks of rows whose logits stay under EVAL_LOGIT_CELLS; the net's tanh is ScoringTanh's."""
-    with ScoringTanh():
-        return _position_losses(net, batch)
-
-
-def _position_losses(net: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    in chunks of rows whose logits stay under EVAL_LOGIT_CELLS."""
     vocab_size = net.lm_head.weight.shape[0]  # Linear (V, in) or Embedding (V, V): see models/__init__.py
-    logits_per_row = vocab_size * (batch.x.shape[1] if isinstance(batch, WholeItems) else 1)
-    rows = max(1, EVAL_LOGIT_CELLS // logits_per_row)
-    if len(batch.x) > rows:
-        parts = [_position_losses(net, type(batch)(*(t[i : i + rows] for t in batch))) for i in range(0, len(batch.x), rows)]
-        return torch.cat([losses for losses, _ in parts]), torch.cat([items for _, items in parts])
     if isinstance(batch, WholeItems):
-        targets = item_targets(batch.x, batch.y)
-        logits = net(batch.x, all_positions=True)
-        scored = targets != IGNORE
-        losses = F.cross_entropy(logits[scored], targets[scored], reduction="none")
-        return losses, batch.item[:, None].expand_as(targets)[scored]
-    x, y, item = batch
-    return F.cross_entropy(net(x), y, reduction="none"), item
+        rows = max(1, EVAL_LOGIT_CELLS // (vocab_size * batch.x.shape[1]))
+        parts = [item_position_losses(net, WholeItems(*(t[i : i + rows] for t in batch)))
+                 for i in range(0, len(batch.x), rows)]
+    else:
+        rows = max(1, EVAL_LOGIT_CELLS // vocab_size)
+        parts = [window_losses(net, batch, lo, lo + rows) for lo in range(0, len(batch.x), rows)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([losses for losses, _ in parts]), torch.cat([items for _, items in parts])
+
+
+def item_position_losses(net: torch.nn.Module, batch: WholeItems) -> tuple[torch.Tensor, torch.Tensor]:
+    targets = item_targets(batch.x, batch.y)
+    logits = net(batch.x, all_positions=True)
+    scored = targets != IGNORE
+    losses = F.cross_entropy(logits[scored], targets[scored], reduction="none")
+    return losses, batch.item[:, None].expand_as(targets)[scored]
+
+
+def window_losses(net: torch.nn.Module, batch, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The losses of the windows whose context is one of rows lo:hi of batch.x: each context is run once, and
+    each window's loss read from its context's log-probabilities (cross_entropy's own arithmetic: -log_softmax
+    at the target)."""
+    log_probs = F.log_softmax(net(batch.x[lo:hi]), dim=-1)
+    if lo == 0 and hi >= len(batch.x):
+        return -log_probs[batch.context, batch.y], batch.item
+    mine = ((batch.context >= lo) & (batch.context < hi)).nonzero()[:, 0]
+    return -log_probs[batch.context[mine] - lo, batch.y[mine]], batch.item[mine]
 
 
 def batch_loss(net: torch.nn.Module, batch) -> tuple[torch.Tensor, int]:

@@ -139,6 +139,39 @@ class TokenSplit:
         x = self.tokens[positions.clamp(min=0)].long()
         return x.masked_fill_(positions < owners[:, None], 0)
 
+    @cached_property
+    def token_base(self) -> int:
+        """One more than the largest token: the base in which distinct_contexts writes a context as a number."""
+        return int(self.tokens.max()) + 1 if len(self.tokens) else 1
+
+    def distinct_contexts(self, index: torch.Tensor, width: int,
+                          owners: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(order, bounds) for windows `index` (1-D int64): `order` sorts the windows by context (stably), and in
+        that order the windows of the k-th of their distinct contexts are bounds[k]:bounds[k + 1] (bounds: U + 1
+        values from 0 to len(index)); index[order[bounds[:-1]]] is the first window of each distinct context.
+
+        Each context is written as one int64, its `width` tokens as digits in base token_base (renumbered by
+        torch.unique whenever another digit could overflow), built one column at a time: O(len(index)) memory, not
+        len(index) x width; one sort finds the distinct ones. Names at block_size 8 have 70,000 distinct contexts
+        among 228,000 windows; at 3, 11,000.
+        """
+        targets = index + 1
+        owners = self.owners(targets) if owners is None else owners
+        codes, bound = torch.zeros(len(index), dtype=torch.long), 1
+        for column in range(width):
+            if bound * self.token_base >= 2**62:
+                uniques, codes = torch.unique(codes, return_inverse=True)
+                bound = len(uniques)
+            positions = targets - width + column
+            token = self.tokens[positions.clamp(min=0)].long().masked_fill_(positions < owners, 0)
+            codes = codes.mul_(self.token_base).add_(token)
+            bound *= self.token_base
+        codes, order = torch.sort(codes, stable=True)
+        if not len(codes):
+            return order, torch.zeros(1, dtype=torch.long)
+        changes = (codes[1:] != codes[:-1]).nonzero()[:, 0] + 1
+        return order, torch.cat([torch.tensor([0]), changes, torch.tensor([len(codes)])])
+
     def windows(self, index: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows `index` (1-D int64): (contexts (B, block_size), next characters (B,))."""
         targets = index + 1
