@@ -96,9 +96,10 @@ class MinibatchStream(torch.utils.data.Sampler):
             m += self.steps_per_call
 
 
-# Windows whose contexts are made distinct together, at most: one span's index tensors (~40 bytes a window) are all
-# an evaluation pass holds at once, whatever the size of the split; a split of names is one span.
-DISTINCT_SPAN = 2**22
+# Windows whose contexts are made distinct together, at most: one span's index tensors (~80 bytes a window while
+# they are built, 24 kept) are all an evaluation pass holds at once, whatever the size of the split (~80 MB at most);
+# a split of names (228,000 windows) is one span.
+DISTINCT_SPAN = 2**20
 
 
 class EvalBatches(torch.utils.data.Dataset):
