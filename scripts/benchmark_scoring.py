@@ -85,7 +85,7 @@ def main() -> None:
                 old, new = (statistics.median(times[name][split]) for name in variants)
                 difference = abs(scored["every window"][split] - scored["distinct contexts"][split])
                 print(f"| {model} | {split} | {member.datamodule.num_examples(split):,} | "
-                      f"{distinct_contexts(member.datamodule, split):,} | {old:.3f} | {new:.3f} | {old / new:.2f} | "
+                      f"{distinct_contexts(member.datamodule, split):,} | {old:.3g} | {new:.3g} | {old / new:.2f} | "
                       f"{difference:.1e} |", flush=True)
 
 

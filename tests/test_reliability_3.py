@@ -9,6 +9,7 @@ import io
 import json
 import pickle
 import random
+import re
 import resource
 import shutil
 import signal
@@ -17,13 +18,17 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import ROOT, TINY, run_script
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
-from makemore_lab.errors import UserError
+from makemore_lab import resume
+from makemore_lab.errors import TrainingInterrupted, UserError
+from makemore_lab.population import processes
+from makemore_lab.population.processes import StopFlag
 from makemore_lab.train import train
 from test_reliability import start_training, wait_for
 
@@ -334,6 +339,49 @@ def test_ctrl_c_during_the_final_report_says_training_had_finished(tmp_path, sma
         f"error: Ctrl-C after training had finished (step 20): summary.json was not written; the last saved "
         f"weights are in {last}. Their losses: python eval.py ckpt_path={last}")
     assert saved(run_dir)["global_step"] == 20 and not (run_dir / "summary.json").exists()
+
+
+def after_the_fit(tmp_path):
+    """resume.py's handler once fit has ended: Ctrl-C means the final report is cut short."""
+    with resume.stop_cleanly_on_sigint(SimpleNamespace(global_step=20, should_stop=False), tmp_path / "last.ckpt"):
+        pass
+    return "Ctrl-C after training had finished (step 20)"
+
+
+def second_ctrl_c_in_a_fit(tmp_path):
+    with resume.stop_cleanly_on_sigint(SimpleNamespace(global_step=20, should_stop=False), tmp_path / "last.ckpt"):
+        signal.raise_signal(signal.SIGINT)  # the first asks for a stop; from then on a Ctrl-C aborts
+    return "aborted by a second Ctrl-C"
+
+
+def second_signal_in_a_population(tmp_path):
+    stop = StopFlag()
+    with processes.stopping_on_signals(stop):
+        signal.raise_signal(signal.SIGINT)  # the first sets the flag; the second aborts
+        handler = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)  # stopping_on_signals put the earlier one back: the test wants its own
+    return "aborted by a second signal"
+
+
+@pytest.mark.parametrize("handler", [after_the_fit, second_ctrl_c_in_a_fit, second_signal_in_a_population])
+def test_a_signal_that_lands_inside_a_librarys_broad_except_passes_through_it(tmp_path, monkeypatch, handler):
+    """The signal handlers raise TrainingInterrupted wherever the main thread is. CI caught one inside TensorBoard's
+    add_scalar, under the `except Exception` with which Lightning's logger rewraps any error as "ValueError: you tried
+    to log 2.86 which is currently not supported": a traceback and exit 1 instead of the one line and exit 130. No
+    library's broad except may catch it (it is no Exception): each handler's, raised inside Lightning's logger."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.tensorboard import SummaryWriter
+
+    def add_scalar_interrupted(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # its handler runs here, inside Lightning's try
+
+    logger = TensorBoardLogger(tmp_path)
+    with resume.sigint_restored():
+        expected = handler(tmp_path)
+        monkeypatch.setattr(SummaryWriter, "add_scalar", add_scalar_interrupted)
+        with pytest.raises(TrainingInterrupted, match=re.escape(expected)):
+            logger.log_metrics({"test/loss": 2.86}, step=20)
+    assert not issubclass(TrainingInterrupted, Exception)
 
 
 def limit_file_size(size: int):
