@@ -3,7 +3,6 @@ and is committed without outputs."""
 
 import json
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest

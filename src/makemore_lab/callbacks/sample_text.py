@@ -4,9 +4,9 @@ import pytorch_lightning as pl
 import torch
 
 from makemore_lab.config_schema import check, positive_int
+from makemore_lab.logging_media import RunLoggers, StepLog
 from makemore_lab.sampling import generate
 from makemore_lab.step_hooks import StepClock, network, next_multiple
-from makemore_lab.logging_media import RunLoggers, StepLog
 
 
 class SampleText(pl.Callback):

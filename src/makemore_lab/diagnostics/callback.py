@@ -13,8 +13,8 @@ from makemore_lab.diagnostics.figures import save_figures
 from makemore_lab.diagnostics.health import HealthRules
 from makemore_lab.diagnostics.initial_loss import check_initial_loss
 from makemore_lab.diagnostics.weights import WeightUpdateRatios
-from makemore_lab.step_hooks import StepClock, network, next_multiple
 from makemore_lab.logging_media import RunLoggers, StepLog
+from makemore_lab.step_hooks import StepClock, network, next_multiple
 
 log = logging.getLogger(__name__)
 
