@@ -26,11 +26,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import commands, config_schema, final_report
+from makemore_lab import commands, config_schema, final_report, logging_media
 from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
 from makemore_lab.callbacks.sample_text import SampleText
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.diagnostics import Diagnostics
+from makemore_lab.errors import TrainingInterrupted
 from makemore_lab.resume import Segment
 from makemore_lab.run_dir import RunDirLock
 from makemore_lab.train import build, build_run
@@ -259,8 +260,10 @@ class Member:
         if error is not None and self.trainer is not None:
             for callback in self.callbacks:
                 callback.on_exception(self.trainer, self.module, error)
-        for logger in self.loggers:
+        for logger in self.loggers:  # what a Trainer does for a run's loggers at the end of its fit
             logger.save()
+            logger.finalize("failed" if error is not None and not isinstance(error, TrainingInterrupted) else "success")
+        logging_media.finish(self.loggers)  # each W&B run ended: the next member's logger starts its own
         if self.lock is not None:
             self.lock.__exit__()
             self.lock = None
