@@ -13,13 +13,16 @@ is a population like any other); its summary.json's population_size is its part'
 
 The contract with the parent (the launcher, and `train_side_by_side` below):
 
-- Workers are forked from multiprocessing's fork server (spawned where the platform has no fork server), which the
-  launcher starts as soon as Hydra sets it up (`start_fork_server`): the server imports torch, Lightning and the
+- Each worker is the one process of a standard-library `concurrent.futures.ProcessPoolExecutor` (a pool per worker:
+  a pool whose process dies is broken as a whole, and one dead worker must fail only its own part). Workers are
+  forked from multiprocessing's fork server (spawned where the platform has none, or where it cannot start), which
+  the launcher starts as soon as Hydra sets it up (`start_fork_server`): the server imports torch, Lightning and the
   engine (worker_imports.py) on another core while the launcher composes and prepares the jobs, and each worker is
-  a fork of it with all of that imported. The launcher itself never imports torch for a group trained side by side:
-  everything it does there (preparing job dirs, grouping, the sweep's records) is torch-free, so its start-up is
-  Hydra's alone. Nothing in the fork server runs a torch operation or starts a thread, so a fork is as clean as a
-  fresh interpreter. A worker serves parts until told to stop or until its parent's end closes the pipe.
+  a fork of it with all of that imported. The fork server's Unix socket goes in a short temp dir (`short_temp_dir`),
+  so that a long TMPDIR (macOS's /var/folders/..., a cluster job's scratch dir) cannot stop it. The launcher itself
+  never imports torch for a group trained side by side: everything it does there (preparing job dirs, grouping,
+  the sweep's records) is torch-free, so its start-up is Hydra's alone. Nothing in the fork server runs a torch
+  operation or starts a thread, so a fork is as clean as a fresh interpreter.
 - Signals are the parent's alone: workers ignore SIGINT and SIGTERM, and read one shared `StopFlag` that the
   parent's handlers set (a Ctrl-C at the terminal reaches every process of the group; a SIGTERM from a scheduler
   may reach only the parent). Every part then stops after its current chunk of steps and saves every member; the
@@ -27,20 +30,24 @@ The contract with the parent (the launcher, and `train_side_by_side` below):
   once: the workers are killed, and the last saved checkpoints are kept.
 - A worker's outcomes come back pickled: summary dicts, or the exception that ended a member (one that does not
   pickle comes back as a RuntimeError with its type and message). A worker that dies (killed, out of memory) fails
-  its part's members, with its exit code; the other parts go on.
+  its part's members; the other parts go on.
 """
 
+import concurrent.futures
 import contextlib
 import importlib.metadata
 import logging
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.util
 import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 
 from omegaconf import DictConfig, open_dict
 
@@ -50,18 +57,45 @@ log = logging.getLogger(__name__)
 
 MIN_MEMBERS = 4  # the smallest part: below it a worker's start (its imports) weighs more than what it saves
 PRELOAD = "makemore_lab.population.worker_imports"  # what the fork server imports for every worker
+SOCKET_PATH_ROOM = 60  # a Unix socket path has at most 104 (macOS) to 108 bytes; multiprocessing adds ~40 to its dir
+_context = None  # the workers' multiprocessing context, chosen once per process (start_fork_server)
 
 
-def start_method() -> str:
-    """How workers start: forked from the fork server where the platform has one (Linux, macOS), else spawned."""
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+def short_temp_dir() -> None:
+    """multiprocessing's temp dir for this process (where the fork server's socket goes) made under /tmp where the
+    temp dir's path is too long for a socket path. multiprocessing creates that dir once, at its first use, under
+    tempfile's temp dir: pointed at /tmp for that one call, every later socket path is short."""
+    base = tempfile.gettempdir()
+    if len(base) <= SOCKET_PATH_ROOM or not os.path.isdir("/tmp") or not os.access("/tmp", os.W_OK):
+        return
+    saved = tempfile.tempdir
+    tempfile.tempdir = "/tmp"
+    try:
+        multiprocessing.util.get_temp_dir()  # kept by multiprocessing for this process's life
+    finally:
+        tempfile.tempdir = saved
 
 
-def start_fork_server() -> None:
-    """Start the fork server now, importing PRELOAD in the background; a no-op where it runs or cannot run."""
-    if start_method() == "forkserver":
-        multiprocessing.get_context("forkserver").set_forkserver_preload([PRELOAD])
+def start_fork_server() -> multiprocessing.context.BaseContext:
+    """The workers' context: the fork server's, started now, importing PRELOAD in the background; spawn where the
+    platform has no fork server or where it does not start (then each worker imports torch itself)."""
+    global _context
+    if _context is not None:
+        return _context
+    _context = multiprocessing.get_context("spawn")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return _context
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([PRELOAD])
+    try:
+        short_temp_dir()
         multiprocessing.forkserver.ensure_running()
+    except OSError as err:
+        log.warning("the population's fork server did not start (%s): its workers are spawned instead, each "
+                    "importing torch and Lightning itself (several seconds of a core per worker before it trains)", err)
+        return _context
+    _context = context
+    return _context
 
 
 def trains_on_cpu(accelerator) -> bool:
@@ -166,40 +200,32 @@ def picklable(outcome):
         return RuntimeError(f"{type(outcome).__name__}: {outcome}")
 
 
-def serve(conn, shared_stop, logging_config, verbose) -> None:
-    """A worker process: train the parts its parent sends, one at a time, and send each part's outcomes back."""
-    busy = False
+_stop: StopFlag | None = None  # a worker's view of its parent's flag (start_worker)
 
-    def on_sigterm(signum, frame):
-        if not busy:  # waiting for a part: nothing to save
-            raise SystemExit(0)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # while training, the parent decides, through the shared flag
-    signal.signal(signal.SIGTERM, on_sigterm)
+def start_worker(shared_stop, logging_config, verbose) -> None:
+    """A worker process's start (the pool's initializer): signals are its parent's (it ignores SIGINT and SIGTERM
+    and reads the shared flag), and its console lines go through Hydra's handlers as in the parent."""
+    global _stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from hydra.core.utils import configure_log
 
-    configure_log(logging_config, verbose)  # the console lines as in the parent (Hydra's hydra_logging)
+    configure_log(logging_config, verbose)
+    _stop = StopFlag(shared_stop)
+
+
+def train_part(part: list[DictConfig], env: dict):
+    """In a worker: train one part as a population; its members' outcomes, or Interrupted."""
     from makemore_lab.population import train_population  # imported already where forked from the fork server
 
-    stop = StopFlag(shared_stop)
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if task is None:
-            return
-        part, env = task
-        busy = True
-        try:
-            with environment(env):
-                outcomes = [picklable(outcome) for outcome in train_population(part, stop)]
-        except TrainingInterrupted:
-            outcomes = Interrupted()
-        except Exception as err:  # noqa: BLE001 - the part as a whole crashed: every member's outcome
-            outcomes = [picklable(err)] * len(part)
-        busy = False
-        conn.send(outcomes)
+    try:
+        with environment(env):
+            return [picklable(outcome) for outcome in train_population(part, _stop)]
+    except TrainingInterrupted:
+        return Interrupted()
+    except Exception as err:  # noqa: BLE001 - the part as a whole crashed: every member's outcome
+        return [picklable(err)] * len(part)
 
 
 @contextlib.contextmanager
@@ -217,63 +243,59 @@ def environment(env: dict):
                 os.environ[name] = value
 
 
+WORKER_ENDED = ("the population's worker process ended before its members finished (killed, or out of memory: "
+                "its members' last checkpoints are kept)")
+
+
 class Workers:
-    """`count` worker processes, started now (forked from the fork server: start_fork_server), sharing their
-    `stop` flag with this process."""
+    """`count` worker processes, each a one-process ProcessPoolExecutor started now (forked from the fork server:
+    start_fork_server), sharing their `stop` flag with this process."""
 
     def __init__(self, count: int, logging_config, verbose):
-        start_fork_server()
-        context = multiprocessing.get_context(start_method())
+        context = start_fork_server()
         self.stop = stop = StopFlag()
-        self.processes, self.conns = [], []
-        for _ in range(count):
-            parent_end, child_end = context.Pipe()
-            process = context.Process(target=serve, args=(child_end, stop.shared, logging_config, verbose),
-                                      daemon=True, name="population-worker")
-            process.start()
-            child_end.close()
-            self.processes.append(process)
-            self.conns.append(parent_end)
+        self.pools = [concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=start_worker,
+                                                             initargs=(stop.shared, logging_config, verbose))
+                      for _ in range(count)]
+        self.pids = [pool.submit(os.getpid) for pool in self.pools]  # a pool starts its process at its first task
+        self.dead: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.alive())
 
     def alive(self) -> list[int]:
         """The indices of the workers still running (one that died fails only the part it had)."""
-        return [index for index, process in enumerate(self.processes) if process.is_alive()]
+        return [index for index in range(len(self.pools)) if index not in self.dead]
 
-    def send(self, index: int, task) -> None:
+    def submit(self, index: int, part: list, env: dict) -> concurrent.futures.Future:
         try:
-            self.conns[index].send(task)
-        except OSError:  # it died just now: receive() reports it for its part
-            pass
+            return self.pools[index].submit(train_part, part, env)
+        except (BrokenProcessPool, RuntimeError) as err:  # it died while idle: the answer reports it for its part
+            failed = concurrent.futures.Future()
+            failed.set_exception(BrokenProcessPool(str(err)))
+            return failed
 
-    def close(self) -> None:
-        for conn, process in zip(self.conns, self.processes):
-            try:
-                conn.send(None)
-            except OSError:  # already gone
-                pass
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-        self.processes, self.conns = [], []
-
-    def kill(self) -> None:
-        for process in self.processes:
-            process.kill()
-        self.processes, self.conns = [], []
-
-    def receive(self, index: int, part: list):
+    def answer(self, index: int, future: concurrent.futures.Future, part: list):
         """Worker `index`'s outcomes for `part`; its members' failure if the worker died on the way."""
         try:
-            return self.conns[index].recv()
-        except (EOFError, OSError):
-            process = self.processes[index]
-            process.join(timeout=10)
-            error = RuntimeError(f"the population's worker process ended (exit code {process.exitcode}) "
-                                 "before its members finished")
-            return [error] * len(part)
+            return future.result()
+        except BrokenProcessPool:
+            self.dead.add(index)
+            return [RuntimeError(WORKER_ENDED)] * len(part)
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.pools, self.pids = [], []
+
+    def kill(self) -> None:
+        """End every worker now (a second signal): their last saved checkpoints are kept."""
+        for pid in self.pids:
+            with contextlib.suppress(Exception):
+                os.kill(pid.result(timeout=5), getattr(signal, "SIGKILL", signal.SIGTERM))
+        for pool in self.pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.pools, self.pids = [], []
 
 
 def train_side_by_side(parts: list[list[DictConfig]], workers: Workers, resume_command: Callable[[], str],
@@ -289,13 +311,12 @@ def train_side_by_side(parts: list[list[DictConfig]], workers: Workers, resume_c
     outcomes, interrupted = [], False
     try:
         with stopping_on_signals(stop):
-            for index, part in zip(alive, parts):
-                workers.send(index, (part, env))
+            futures = [workers.submit(index, part, env) for index, part in zip(alive, parts)]
             for position, part in enumerate(parts):
                 if position >= len(alive):  # a worker died since the parts were cut: nobody trains this part
                     outcomes += [RuntimeError("no worker process was left to train this member's part")] * len(part)
                     continue
-                answer = workers.receive(alive[position], part)
+                answer = workers.answer(alive[position], futures[position], part)
                 interrupted |= isinstance(answer, Interrupted)
                 outcomes += [None] * len(part) if isinstance(answer, Interrupted) else answer
     except TrainingInterrupted:  # the second signal: stop now
