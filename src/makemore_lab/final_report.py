@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from makemore_lab import console
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.losses import split_loss
@@ -62,7 +63,8 @@ def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
 def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: int) -> dict:
     """Exact losses on all three splits, logged to TensorBoard with the run's hparams."""
     losses = {split: split_loss(net, datamodule, split) for split in ("train", "val", "test")}
-    log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"])
+    log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"],
+             extra=console.job_detail())
     for logger in trainer.loggers:
         logger.log_metrics({"test/loss": losses["test"], "final/val_loss": losses["val"]}, step=trainer.global_step)
         hparams = hparams_for_tensorboard(cfg, params, datamodule.block_size)
@@ -87,7 +89,7 @@ def check_finite(losses: dict[str, float], out_dir: Path) -> None:
 def print_samples(net, datamodule, num_samples: int, seed: int) -> list[str]:
     generator = torch.Generator().manual_seed(seed)
     samples = generate(net, datamodule.vocab, num_samples, datamodule.block_size, generator)
-    print("samples:\n  " + "\n  ".join(samples), flush=True)
+    console.report("samples:\n  " + "\n  ".join(samples), log)
     return samples
 
 
@@ -126,5 +128,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
         if hasattr(callback, "summary_fields"):
             summary.update(callback.summary_fields())
     write_json_atomically(Path(cfg.paths.output_dir) / "summary.json", summary)
-    log.info("summary: %s", Path(cfg.paths.output_dir) / "summary.json")
+    log.info("summary: %s", Path(cfg.paths.output_dir) / "summary.json", extra=console.job_detail())
+    if console.in_multirun():  # the job's one console line; the lines above are in its train.log
+        log.info("%s", console.job_report_line(summary))
     return summary
