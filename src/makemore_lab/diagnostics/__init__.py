@@ -9,6 +9,14 @@
 See docs/diagnostics.md.
 """
 
-from makemore_lab.diagnostics.callback import Diagnostics
-
 __all__ = ["Diagnostics"]
+
+
+def __getattr__(name: str):
+    """`Diagnostics` imported when asked for (Hydra's `_target_`), so that health.py's verdict words load without
+    Lightning (the sweep table, in a launcher process that never imports torch)."""
+    if name == "Diagnostics":
+        from makemore_lab.diagnostics.callback import Diagnostics
+
+        return Diagnostics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

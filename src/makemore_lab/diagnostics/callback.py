@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from makemore_lab import console
 from makemore_lab.diagnostics import settings
 from makemore_lab.diagnostics.activations import ActivationStats
 from makemore_lab.diagnostics.figures import save_figures
@@ -215,7 +216,7 @@ class Diagnostics(pl.Callback):
         loss, vocab_size = self._loss_and_vocab()
         self.verdict = self.health.judge(self.history, loss, vocab_size, self.output_weights)
         self.verdict["measured_every_n_steps"] = self.every_n_steps
-        print(self.health.text(self.verdict), flush=True)
+        console.report(self.health.text(self.verdict), log)  # train.log, and the console of a single run
         if self._loggers:
             record = StepLog()
             record.text("health", self.health.text(self.verdict, markdown=True))

@@ -14,6 +14,7 @@ Each rule gives `ok` (True / False; None when there was nothing to judge or it i
 
 import math
 import statistics
+import textwrap
 from dataclasses import dataclass
 
 from makemore_lab.diagnostics import settings
@@ -109,15 +110,11 @@ class HealthRules:
         return {"ok": all(checked["ok"] is not False for checked in rules.values()), "rules": rules}
 
     def text(self, verdict: dict, markdown: bool = False) -> str:
-        rules = verdict["rules"]
-        broken = [name for name, checked in rules.items() if checked["ok"] is False]
         lines = ["training health (lecture 3's rules of thumb):"]
-        for name, checked in rules.items():
+        for name, checked in verdict["rules"].items():
             lines.append(f"  [{mark(checked)}] {name}: {checked['message']}")
-            lines.append(f"         why: {checked['why']}  [TensorBoard: {checked['look_at']}]")
-        judged = sum(checked["ok"] is not None for checked in rules.values())
-        lines.append("  verdict: " + ("healthy" if not broken else
-                                      f"{len(broken)} of {judged} rules broken ({', '.join(broken)})"))
+            lines += wrapped(f"why: {checked['why']}  [TensorBoard: {checked['look_at']}]", indent=9)
+        lines.append("  verdict: " + verdict_line(verdict))
         indent = "    " if markdown else ""  # indented: a Markdown code block
         return "\n".join(indent + line for line in lines)
 
@@ -236,6 +233,47 @@ class HealthRules:
 
 def saturating(record: dict | None) -> dict:
     return {n: m for n, m in (record or {}).get("layers", {}).items() if m["kind"] in SATURATING}
+
+
+WIDTH = 110  # the report's lines, `why:` wrapped to it
+
+
+def wrapped(text: str, indent: int) -> list[str]:
+    """`text` in lines of at most WIDTH characters, each indented; a `[TensorBoard: ...]` tag list is not split."""
+    head, bracket, tags = text.partition("[TensorBoard: ")
+    words = head.split() + ([(bracket + tags).replace(" ", "\0")] if bracket else [])
+    lines = textwrap.wrap(" ".join(words), WIDTH - indent, break_long_words=False, break_on_hyphens=False)
+    return [" " * indent + line.replace("\0", " ") for line in lines]
+
+
+def judged(verdict: dict) -> tuple[list[str], list[str], list[str]]:
+    """(rules passed, rules broken, rules not checked) of a verdict; information-only rules are none of them."""
+    rules = {name: checked for name, checked in verdict["rules"].items() if not checked.get("info")}
+    return ([name for name, checked in rules.items() if checked["ok"] is True],
+            [name for name, checked in rules.items() if checked["ok"] is False],
+            [name for name, checked in rules.items() if checked["ok"] is None])
+
+
+def verdict_line(verdict: dict) -> str:
+    """The verdict in words. "healthy" only when every rule was checked: a short run or a model without a tanh stack
+    leaves rules unchecked, and the line then says how many were, so it never reads as a clean bill of health."""
+    passed, broken, unchecked = judged(verdict)
+    if broken:
+        return f"{len(broken)} of {len(passed) + len(broken)} rules broken ({', '.join(broken)})"
+    if not unchecked:
+        return f"healthy (all {len(passed)} rules passed)"
+    return (f"no rule broken, {len(passed)} of {len(passed) + len(unchecked)} checked "
+            f"(not checked: {', '.join(unchecked)})")
+
+
+def verdict_word(verdict: dict | None) -> str:
+    """The verdict in a sweep table's cell: `ok`, `ok (3/6 checked)`, `FAIL: update_data`, or `–` (no diagnostics)."""
+    if not verdict:
+        return "–"
+    passed, broken, unchecked = judged(verdict)
+    if broken:
+        return "FAIL: " + ", ".join(broken)
+    return "ok" if not unchecked else f"ok ({len(passed)}/{len(passed) + len(unchecked)} checked)"
 
 
 def stack(record: dict | None) -> dict:
