@@ -208,15 +208,23 @@ def test_members_read_one_copy_of_the_corpus(compose_train, small_names, tmp_pat
     assert train(solo)["train_examples"] == first.num_examples("train")
 
 
-def test_early_stopping_and_per_member_patience(compose_train, small_names, tmp_path):
-    """A member asks for early stopping with +early_stopping_patience; the lr=1e-6 one never improves after its
-    first validation, so it stops at its second, while the other trains on."""
-    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=60", "trainer.val_check_interval=10",
-              *QUIET, *TINY_MODELS["mlp"]]
-    stuck = compose_member(compose_train, tmp_path, "stuck", *common, "optimizer.lr=1e-9", "+early_stopping_patience=1")
-    learning = compose_member(compose_train, tmp_path, "learning", *common, "optimizer.lr=0.1")
-    results = train_population([stuck, learning])
-    assert results[0]["steps"] < 60 and results[1]["steps"] == 60
+def test_members_stop_early_as_lightnings_early_stopping_stops_their_solo_runs(compose_train, small_names, tmp_path):
+    """callbacks=[...,early_stopping] (Lightning's EarlyStopping: patience 3, min_delta 0.001): the lr=1e-9 member,
+    whose val loss still falls by ~1e-9 a validation, stops alone, at the step its solo run stops at; the learning
+    member trains on. A member reads the callback's own patience and min_delta."""
+    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=80", "trainer.val_check_interval=10",
+              "callbacks=[none,early_stopping]", *TINY_MODELS["mlp"]]
+    stuck = ["optimizer.lr=1e-9"]
+    learning = ["optimizer.lr=0.1", "callbacks.early_stopping.min_delta=0"]
+    results = train_population([compose_member(compose_train, tmp_path, "stuck", *common, *stuck),
+                                compose_member(compose_train, tmp_path, "learning", *common, *learning)])
+    solo = train(compose_member(compose_train, tmp_path, "solo", *common, *stuck))
+    assert results[0]["steps"] == solo["steps"] == 40  # its first validation, then three without 0.001 better
+    assert results[0]["val_loss"] == pytest.approx(solo["val_loss"], abs=1e-6)
+    assert results[1]["steps"] == 80
+    patient = train_population([compose_member(compose_train, tmp_path, "patient", *common, *stuck,
+                                               "callbacks.early_stopping.patience=5")])
+    assert patient[0]["steps"] == 60
 
 
 def test_memory_budget_splits_or_refuses(compose_train, small_names, tmp_path):
@@ -235,6 +243,11 @@ def test_refusals_are_one_line(compose_train):
     assert population_refusal(compose_train("model=mlp")) is None
     assert "DDP" in population_refusal(compose_train("trainer=ddp"))
     assert "32-bit" in population_refusal(compose_train("trainer.precision=bf16-mixed"))
+    assert population_refusal(compose_train("callbacks=[default,early_stopping]")) is None
+    for other in ("callbacks.early_stopping.monitor=train/loss", "callbacks.early_stopping.mode=max",
+                  "+callbacks.early_stopping.stopping_threshold=1.5"):
+        assert "stops early on val/loss (mode min, patience, min_delta) only" in population_refusal(
+            compose_train("callbacks=[default,early_stopping]", other)), other
 
 
 POPULATION = ["model=mlp", "model.n_hidden=16", "schedule=constant", "trainer.val_check_interval=50", *QUIET]

@@ -45,6 +45,7 @@ KNOWN_CALLBACKS = {
     "makemore_lab.callbacks.step_progress_bar.StepProgressBar",
     "makemore_lab.diagnostics.Diagnostics",
     "makemore_lab.callbacks.sample_text.SampleText",
+    "pytorch_lightning.callbacks.EarlyStopping",  # on val/loss, lowest best: each member stops alone
 }
 
 
@@ -60,6 +61,11 @@ def population_refusal(cfg: DictConfig) -> str | None:
     for name, node in (cfg.get("callbacks") or {}).items():
         if node and "_target_" in node and node._target_ not in KNOWN_CALLBACKS:
             return f"callbacks.{name} ({node._target_}): a population runs no Lightning callbacks of its own"
+        if node and node.get("_target_", "").endswith("EarlyStopping") and (
+                node.get("monitor") != "val/loss" or node.get("mode", "min") != "min"
+                or node.get("stopping_threshold") is not None or node.get("divergence_threshold") is not None):
+            return (f"callbacks.{name}: a population member stops early on val/loss (mode min, patience, min_delta) "
+                    "only")
     return None
 
 

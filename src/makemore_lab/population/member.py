@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from makemore_lab import commands, config_schema, final_report, logging_media
 from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
@@ -88,9 +88,11 @@ class Member:
     start_step: int = 0
     last_every_seconds: float | None = None  # the last_checkpoint callback's cadence (None: no such callback)
     best_monitor: ModelCheckpoint | None = None  # the model_checkpoint callback's settings (None: not configured)
+    early_stopping: EarlyStopping | None = None  # its patience and min_delta (None: trains to max_steps)
     best_path: str = ""
     best_val: float = float("inf")
-    stale_validations: int = 0  # validations since the best one (early stopping)
+    stale_validations: int = 0  # validations since the last improvement by min_delta (early stopping)
+    stopping_best: float = float("inf")  # the val loss of that improvement (Lightning's EarlyStopping.best_score)
     callbacks: list = field(default_factory=list)  # its STEP_CALLBACKS, as configured
     trainer: MemberTrainer | None = None
     result: dict | BaseException | None = None  # set when the member is done: its summary or what ended it
@@ -160,6 +162,8 @@ class Member:
                 self.last_every_seconds = callback.every_seconds
             elif isinstance(callback, ModelCheckpoint) and callback.monitor == "val/loss":
                 self.best_monitor = callback
+            elif isinstance(callback, EarlyStopping):  # val/loss, mode min: grouping.population_refusal
+                self.early_stopping = callback
             elif isinstance(callback, STEP_CALLBACKS):
                 self.callbacks.append(callback)
         if cfg.get("ckpt_path"):
@@ -188,6 +192,7 @@ class Member:
         state = checkpoint.get("population_member", {})  # a solo run's checkpoint has none: start the counts afresh
         self.best_path, self.best_val = state.get("best_path", ""), state.get("best_val", float("inf"))
         self.stale_validations = state.get("stale_validations", 0)
+        self.stopping_best = state.get("stopping_best", self.best_val)
         saved = checkpoint.get("callbacks") or {}  # Lightning's layout: a solo run's checkpoint resumes them alike
         for callback in self.callbacks:
             if callback.state_key in saved:
@@ -210,7 +215,7 @@ class Member:
             "optimizer_states": [self.optimizer.state_dict()],
             "lr_schedulers": [],
             "population_member": {"best_path": self.best_path, "best_val": self.best_val,
-                                  "stale_validations": self.stale_validations},
+                                  "stale_validations": self.stale_validations, "stopping_best": self.stopping_best},
             "callbacks": {c.state_key: c.state_dict() for c in self.callbacks},  # the diagnostics' history
         }
         self.module.on_save_checkpoint(checkpoint)  # the model config and vocabulary: what rebuilds the net alone
@@ -224,17 +229,20 @@ class Member:
         """Record a validation (its log entry, the best checkpoint); returns whether the member should stop early."""
         for logger in self.loggers:
             logger.log_metrics({"val/loss": val_loss, "step": float(step)}, step=step)
-        improved = val_loss < self.best_val
-        self.best_val = min(self.best_val, val_loss)
-        self.stale_validations = 0 if improved else self.stale_validations + 1
-        if improved and self.best_monitor is not None:
+        # improved, as Lightning's EarlyStopping counts it: by more than min_delta since the last improvement
+        min_delta = abs(self.early_stopping.min_delta) if self.early_stopping is not None else 0.0
+        if val_loss < self.stopping_best - min_delta:
+            self.stopping_best, self.stale_validations = val_loss, 0
+        else:
+            self.stale_validations += 1
+        if val_loss < self.best_val and self.best_monitor is not None:
             old, name = self.best_path, self.best_monitor.filename.format(step=step) + ".ckpt"
             self.best_path = str(Path(self.best_monitor.dirpath) / name)
             self.save(Path(self.best_path), step)
             if old and old != self.best_path:
                 Path(old).unlink(missing_ok=True)  # save_top_k=1, as the solo run's ModelCheckpoint keeps
-        patience = self.cfg.get("early_stopping_patience")
-        return patience is not None and self.stale_validations >= patience
+        self.best_val = min(self.best_val, val_loss)
+        return self.early_stopping is not None and self.stale_validations >= self.early_stopping.patience
 
     def finish(self, step: int, seconds: float, population_size: int) -> None:
         """The solo run's end: last.ckpt, then final_report's exact losses, samples, hparams and summary.json.
