@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from makemore_lab.configs import CONFIG_DIR
 from makemore_lab.data import CharData, Vocabulary
+from makemore_lab.data.reading import read_data_file
 from makemore_lab.errors import UserError
 
 PLAIN = (bool, int, float, str, type(None))
@@ -79,6 +80,36 @@ def model_classes() -> dict[str, type]:
         assert module.startswith("makemore_lab.models."), f"{option} names a model outside the package: {target}"
         classes[target] = getattr(importlib.import_module(module), name)
     return classes
+
+
+def check_resumable(checkpoint: dict, ckpt_path, expected: dict, max_steps: int, population: bool = False) -> None:
+    """The refusals of a resume that the checkpoint and the run's settings decide, one line each: it holds another
+    model, vocabulary, block size, optimizer or data than `expected` gives (the checkpoint_meta this config builds;
+    a key left out is not compared: the run dir's Hydra callback knows the config, not yet the data), it is weights
+    only or a population member's, or it is at or past `max_steps` (nothing to train)."""
+    meta = checkpoint["makemore_lab"]
+    for key in ("model", "vocab", "block_size", "optimizer"):
+        if key in meta and key in expected and meta[key] != expected[key]:
+            raise UserError(
+                f"checkpoint {ckpt_path} was trained with a different {key} ({meta.get(key)}) than this config "
+                f"builds ({expected[key]}): resume with the run's original overrides"
+            )
+    recorded = meta.get("data_fingerprint")
+    if recorded and expected.get("data_fingerprint") and recorded != expected["data_fingerprint"]:  # val/test would hold training items
+        raise UserError(f"checkpoint {ckpt_path} was trained on other data ({describe(recorded)}) than data.path gives "
+                        f"({describe(expected['data_fingerprint'])}): resume with the run's own data file")
+    # A population resumes its members' checkpoints (no Lightning loop state: population/member.py) and solo ones.
+    needed = ("optimizer_states", "global_step") if population else ("optimizer_states", "loops", "global_step")
+    if not population and "population_member" in checkpoint and "loops" not in checkpoint:
+        raise UserError(f"checkpoint {ckpt_path} is a population member's: resume it with its sweep's command "
+                        "(hydra/launcher=population), or sample and evaluate it")
+    if not all(key in checkpoint for key in needed):
+        raise UserError(f"checkpoint {ckpt_path} holds weights only (no optimizer or loop state): it can be sampled "
+                        "and evaluated, not resumed")
+    step = checkpoint["global_step"]
+    if step >= max_steps:
+        raise UserError(f"checkpoint {ckpt_path} is at step {step:,}, and trainer.max_steps={max_steps:,}: nothing "
+                        f"to train. To train longer, raise trainer.max_steps (e.g. trainer.max_steps={2 * step})")
 
 
 def plain_model_config(model, path: Path) -> tuple[type, dict]:
@@ -174,6 +205,13 @@ def check_data_unchanged(meta: dict, datamodule: CharData) -> None:
         f"{describe(datamodule.fingerprint)} now): its split would not be the one trained on. To evaluate "
         "on another file deliberately, pass data.path=<file>"
     )
+
+
+def data_fingerprint(path: str | None, max_bytes: int | None = None) -> dict:
+    """A data file's fingerprint as a checkpoint records it (CharData.fingerprint): its items and bytes' sha256.
+    `path` None: the packaged names.txt."""
+    data = read_data_file(path, max_bytes) if max_bytes else read_data_file(path)
+    return {"items": len(data.items), "sha256": data.sha256}
 
 
 def describe(fingerprint: dict) -> str:

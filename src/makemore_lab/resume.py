@@ -3,9 +3,15 @@
 First Ctrl-C (SIGINT) or a SIGTERM (what `kill`, SLURM and Kubernetes send): training stops after the current
 Lightning batch, `checkpoints/last.ckpt` is written at that step, the resume command is printed, and the process
 exits 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C aborts at once (exit 130, the last saved checkpoint kept).
+SIGUSR2 (what SLURM sends before a time limit or a preemption when asked to, as submitit's jobs ask) stops the same
+way, then hands over to the handler that was there before (submitit's requeues the job, whose next run resumes
+from last.ckpt); without one, or where it does not requeue, the run ends as interrupted (exit 140), never failed.
 """
 
 import contextlib
+import json
+import logging
+import os
 import shlex
 import signal
 import sys
@@ -17,10 +23,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from makemore_lab.checkpoint import check_weights_fit, describe, net_state_dict, read_checkpoint
+from makemore_lab.checkpoint import check_resumable, check_weights_fit, net_state_dict, read_checkpoint
 from makemore_lab.commands import resume_command
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 
+log = logging.getLogger(__name__)
+SEGMENTS_FILE = "segments.json"  # a run dir's interrupted fits (steps, seconds): the sweep table sums its time
 
 @dataclass(frozen=True)
 class Segment:
@@ -36,30 +44,8 @@ def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_step
     leave steps to train: else one line here, not a traceback deep inside Lightning or a run that silently means
     something else. read_checkpoint loads it with weights_only=True, before Lightning loads it (also weights_only)."""
     checkpoint = read_checkpoint(ckpt_path)
-    meta = checkpoint["makemore_lab"]
-    for key in ("model", "vocab", "block_size", "optimizer"):
-        if key in meta and meta[key] != checkpoint_meta[key]:
-            raise UserError(
-                f"checkpoint {ckpt_path} was trained with a different {key} ({meta.get(key)}) than this config "
-                f"builds ({checkpoint_meta[key]}): resume with the run's original overrides"
-            )
-    recorded = meta.get("data_fingerprint")
-    if recorded and recorded != checkpoint_meta["data_fingerprint"]:  # its val/test would hold training items
-        raise UserError(f"checkpoint {ckpt_path} was trained on other data ({describe(recorded)}) than data.path gives "
-                        f"({describe(checkpoint_meta['data_fingerprint'])}): resume with the run's own data file")
-    # A population resumes its members' checkpoints (no Lightning loop state: population/member.py) and solo ones.
-    needed = ("optimizer_states", "global_step") if population else ("optimizer_states", "loops", "global_step")
-    if not population and "population_member" in checkpoint and "loops" not in checkpoint:
-        raise UserError(f"checkpoint {ckpt_path} is a population member's: resume it with its sweep's command "
-                        "(hydra/launcher=population), or sample and evaluate it")
-    if not all(key in checkpoint for key in needed):
-        raise UserError(f"checkpoint {ckpt_path} holds weights only (no optimizer or loop state): it can be sampled "
-                        "and evaluated, not resumed")
+    check_resumable(checkpoint, ckpt_path, checkpoint_meta, max_steps, population)
     check_weights_fit(net, net_state_dict(checkpoint), Path(ckpt_path))
-    step = checkpoint["global_step"]
-    if step >= max_steps:
-        raise UserError(f"checkpoint {ckpt_path} is at step {step:,}, and trainer.max_steps={max_steps:,}: nothing "
-                        f"to train. To train longer, raise trainer.max_steps (e.g. trainer.max_steps={2 * step})")
 
 
 @contextlib.contextmanager
@@ -85,11 +71,17 @@ def stop_cleanly_on_sigint(trainer: pl.Trainer, last: Path):
             f"Ctrl-C after training had finished (step {trainer.global_step}): summary.json was not written; the "
             f"last saved weights are in {last}. Their losses: python eval.py ckpt_path={shlex.quote(str(last))}")
 
+    def request_stop_for_scheduler(signum, frame):  # nothing written here: a handler that logs can re-enter a stream
+        stop["requested"] = stop["scheduler"] = True
+        trainer.should_stop = True
+
     signal.signal(signal.SIGINT, request_stop)
+    stop["scheduler_handler"] = signal.signal(signal.SIGUSR2, request_stop_for_scheduler)
     try:
         yield stop
     finally:  # not the start-up handler: its "nothing was saved" is no longer true (sigint_restored puts it back)
         signal.signal(signal.SIGINT, abort if stop["requested"] else after_training)
+        signal.signal(signal.SIGUSR2, stop["scheduler_handler"])
 
 
 @contextlib.contextmanager
@@ -127,6 +119,10 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(last, weights_only=False)  # the final (or interrupted) weights, whatever the checkpoint cadence
     if stop["requested"] or terminated:
+        record_interrupted_segment(trainer, module, seconds, out_dir)
+    if stop.get("scheduler"):
+        hand_over_to_scheduler(stop["scheduler_handler"], trainer, out_dir)
+    if stop["requested"] or terminated:
         signal_name, code = ("SIGTERM", 143) if terminated else ("Ctrl-C", 130)
         raise TrainingInterrupted(
             f"{signal_name}: stopped at step {trainer.global_step} of {trainer.max_steps}; checkpoint saved. "
@@ -135,3 +131,34 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
         )
     first_step = module.first_step  # where this fit began: 0, or the resumed checkpoint's step
     return Segment(trainer.global_step - first_step, seconds, first_step)
+
+
+def record_interrupted_segment(trainer: pl.Trainer, module, seconds: float, out_dir: Path) -> None:
+    """Append this fit to <run dir>/segments.json (atomically): a resumed run's summary.json times its last fit only,
+    and the sweep table adds these (sweep_summary.py). A fit killed outright (SIGKILL) leaves no record."""
+    if not trainer.is_global_zero:
+        return
+    path = out_dir / SEGMENTS_FILE
+    segments = json.loads(path.read_text()) if path.is_file() else []
+    segments.append({"steps": trainer.global_step - module.first_step, "seconds": seconds,
+                     "resumed_from_step": module.first_step})
+    tmp = path.with_name(f"{SEGMENTS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(segments) + "\n")
+    os.replace(tmp, path)
+
+
+def hand_over_to_scheduler(handler, trainer: pl.Trainer, out_dir: Path):
+    """After SIGUSR2, last.ckpt saved at this step: the handler that was there before runs now, outside any signal
+    handler (submitit's checkpoints the job, requeues it and exits; its next run resumes from last.ckpt). A job it
+    does not requeue (requeued max_num_timeout times already, or no handler) is interrupted, not failed: no
+    failure.json, and running its sweep again resumes it."""
+    where = f"stopped at step {trainer.global_step} of {trainer.max_steps}; checkpoint saved"
+    outcome = "not requeued"
+    if callable(handler):
+        log.warning("SIGUSR2 (a time limit or preemption is near): %s; handing over to the scheduler", where)
+        try:
+            handler(signal.SIGUSR2, None)  # submitit: requeues the job and exits (SystemExit), or raises
+        except Exception as err:
+            outcome = f"not requeued ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    raise TrainingInterrupted(f"SIGUSR2 (time limit or preemption): {where}, {outcome}. Resume with: "
+                              f"{resume_command(out_dir)}", exit_code=140)
