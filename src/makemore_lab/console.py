@@ -23,6 +23,7 @@ multirun, each job's full reports (health, samples) go there, and the console ge
 (`job_report_line`), then the sweep's table.
 """
 
+import contextlib
 import logging
 import warnings
 
@@ -31,6 +32,7 @@ QUIET_PREFIXES = (
     "`Trainer(val_check_interval=1)` was configured so validation will run after every batch",
     "`Trainer.fit` stopped: `max_steps=",  # training ran its trainer.max_steps: the last progress line says so
     "TPU available: False",
+    "You have turned on `Trainer(detect_anomaly=True)`",  # debug=fast turns it on
 )
 LIGHTNING_TIP = QUIET_PREFIXES[0]
 TRAIN_LOG_ONLY = {"train_log_only": True}
@@ -57,8 +59,25 @@ def quiet_third_party_messages() -> None:
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
+_multirun_jobs = 0  # > 0 inside multirun_job()
+
+
+@contextlib.contextmanager
+def multirun_job():
+    """Around a multirun job's work where HydraConfig is not that job's (the population launcher trains its members
+    under the sweep's): its reports then go to its train.log as under Hydra's own run_job."""
+    global _multirun_jobs
+    _multirun_jobs += 1
+    try:
+        yield
+    finally:
+        _multirun_jobs -= 1
+
+
 def in_multirun() -> bool:
     """True while a job of a multirun (`-m`, `makemore_lab.sweep`) runs: its console report is one line."""
+    if _multirun_jobs:
+        return True
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from makemore_lab import console
+
 log = logging.getLogger(__name__)
 
 REGISTRY = Path(tempfile.gettempdir()) / "makemore-lab-runs"
@@ -100,5 +102,5 @@ def choose(setting) -> bool:
     runs = live_runs()
     torch.set_num_threads(fair_share(runs))
     log.info("threads: %d (%d cores, %d run(s) on this machine; set threads=N to choose)",
-             torch.get_num_threads(), cores(), runs)
+             torch.get_num_threads(), cores(), runs, extra=console.job_detail())
     return True

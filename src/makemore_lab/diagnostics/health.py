@@ -112,7 +112,7 @@ class HealthRules:
     def text(self, verdict: dict, markdown: bool = False) -> str:
         lines = ["training health (lecture 3's rules of thumb):"]
         for name, checked in verdict["rules"].items():
-            lines.append(f"  [{mark(checked)}] {name}: {checked['message']}")
+            lines += wrapped(f"{name}: {checked['message']}", indent=9, first=f"  [{mark(checked)}] ")
             lines += wrapped(f"why: {checked['why']}  [TensorBoard: {checked['look_at']}]", indent=9)
         lines.append("  verdict: " + verdict_line(verdict))
         indent = "    " if markdown else ""  # indented: a Markdown code block
@@ -238,12 +238,14 @@ def saturating(record: dict | None) -> dict:
 WIDTH = 110  # the report's lines, `why:` wrapped to it
 
 
-def wrapped(text: str, indent: int) -> list[str]:
-    """`text` in lines of at most WIDTH characters, each indented; a `[TensorBoard: ...]` tag list is not split."""
+def wrapped(text: str, indent: int, first: str | None = None) -> list[str]:
+    """`text` in lines of at most WIDTH characters, indented (the first line starts with `first` if given); a
+    `[TensorBoard: ...]` tag list is not split."""
     head, bracket, tags = text.partition("[TensorBoard: ")
     words = head.split() + ([(bracket + tags).replace(" ", "\0")] if bracket else [])
-    lines = textwrap.wrap(" ".join(words), WIDTH - indent, break_long_words=False, break_on_hyphens=False)
-    return [" " * indent + line.replace("\0", " ") for line in lines]
+    lines = textwrap.wrap(" ".join(words), WIDTH, initial_indent=" " * indent if first is None else first,
+                          subsequent_indent=" " * indent, break_long_words=False, break_on_hyphens=False)
+    return [line.replace("\0", " ") for line in lines]
 
 
 def judged(verdict: dict) -> tuple[list[str], list[str], list[str]]:
