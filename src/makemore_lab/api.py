@@ -5,149 +5,168 @@
     run.val_loss, run.history["train/loss"], run.sample(5), run.health, run.figures, run.run_dir
     table = makemore_lab.sweep("optimizer.lr=0.03,0.1,0.3", "trainer.max_steps=1000")
 
-Each call composes the packaged configs as `makemore-train <overrides>` would (a `config_dir=` is the command
-line's `--config-dir`), runs the real `train(cfg)` in a fresh run dir under ./logs, and reads the results back
-from the run's own files (summary.json, the TensorBoard events, the checkpoint, the figures), so a Run can also be
-opened later from any run dir: `makemore_lab.Run("logs/train/runs/<run>")`. A bad override is a UserError (one
-line); nothing is killed with sys.exit, so a notebook kernel survives it.
+Each call runs the command line: `makemore-train <overrides>` (a sweep: `makemore-train -m <overrides>`; a
+`config_dir=` is its `--config-dir`), the console entry point itself (cli.train), in a child process in this
+working directory, its output streamed into the caller's stdout and stderr as it comes. The results are read back
+from the run's own files (summary.json, the TensorBoard events, the checkpoint, the figures; a sweep's summary
+files), so a Run can also be opened later from any run dir: `makemore_lab.Run("logs/train/runs/<run>")`.
+
+Why a child process rather than Hydra's main in this one: then there is one path. Every launcher and sweeper
+(`hydra/launcher=population`, joblib, submitit, the Optuna sweeper), every check (the run dir's and sweep dir's,
+before Hydra writes anything), every message and exit is the command line's, with nothing re-implemented here;
+and nothing a run does to its process reaches the caller's (a notebook kernel's): malloc thresholds, warning
+filters, logging handlers, signal handlers, torch's thread count, sys.argv, the working directory. Hydra's main
+in-process would have to undo each of those (some, like mallopt, cannot be undone), and its launchers' pools and
+`sys.exit`s would run in the kernel. The price is the child's start-up (~5 s: importing torch and Lightning),
+small next to a run.
+
+The child's error (a bad override, a refused dir: its one `error: ...` line) is raised here as a UserError with
+that line, never `sys.exit`; a KeyboardInterrupt (a notebook's stop button) is forwarded to the child as its
+Ctrl-C (SIGINT: it saves its checkpoint and stops; twice: it aborts), and its one line is raised as
+TrainingInterrupted, naming the call that resumes the run. The child runs in its own session, so a signal sent
+to the caller's process group reaches it once, through here. The command lines the child prints back (resume,
+continue) are written as calls of this API (commands.py, told through MAKEMORE_LAB_API_CALL).
 
 Torch, Lightning and Hydra are imported inside the functions: `import makemore_lab` stays cheap.
 """
 
 import base64
-import copy
-import itertools
+import codecs
 import json
-import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 from functools import cached_property
 from pathlib import Path
 
-from makemore_lab.errors import UserError
+from makemore_lab.errors import TrainingInterrupted, UserError
 
-CONFIG_MODULE = "makemore_lab.configs"
+ENTRY_POINT = "from makemore_lab.cli import train; train()"  # what the console script makemore-train runs
 
 
 def train(*overrides: str, config_dir: str | Path | None = None) -> "Run":
-    """Train one model, as `makemore-train <overrides>` does; the finished Run."""
-    from makemore_lab.train import train as train_config
-
-    cfg = compose("train", overrides, config_dir)
-    run_dir = Path(cfg.hydra.run.dir)  # resolved once: its ${now:...} would change on every access
-    with HydraJob(cfg, run_dir, overrides) as task_cfg:
-        train_config(task_cfg)
+    """Train one model, as `makemore-train <overrides>` does (it runs it); the finished Run."""
+    overrides = list(overrides)
+    run_dir = where("train", overrides, config_dir, "hydra.run.dir", "run")
+    run_entry_point(overrides, config_dir, multirun=False)
     return Run(run_dir)
 
 
 def sweep(*overrides: str, config_dir: str | Path | None = None) -> "SweepTable":
-    """Train every combination of the comma-separated values, one after the other, as `makemore-train -m
-    <overrides>` does: one job dir each under one sweep dir, a failing job a failed row (sweep_policy.py). The
-    sweep's table, best val loss first."""
-    from hydra.types import RunMode
-
-    from makemore_lab import sweep_policy
-    from makemore_lab.sweep_summary import write_summary
-    from makemore_lab.train import train as train_config
-
-    grid = expand_grid(overrides)
-    sweep_dir = Path(compose("train", grid[0], config_dir).hydra.sweep.dir)
-    for num, job_overrides in enumerate(grid):
-        cfg = compose("train", [*job_overrides, f"hydra.sweep.dir={sweep_dir}"], config_dir)
-        cfg.hydra.job.num = num  # the sweep subdir is ${hydra.job.num}
-        with HydraJob(cfg, sweep_dir / str(cfg.hydra.sweep.subdir), job_overrides, RunMode.MULTIRUN) as task_cfg:
-            sweep_policy.run_job(train_config, task_cfg)
-    write_summary(sweep_dir)
+    """Train every job of a sweep, as `makemore-train -m <overrides>` does (it runs it): Hydra's sweep syntax
+    (`a=1,2`, `a=range(1,4)`), any launcher (`hydra/launcher=population`) or sweeper (`hparams_search=...`); a
+    failing job is a failed row (sweep_policy.py). The sweep's table, best val loss first."""
+    overrides = list(overrides)
+    sweep_dir = where("train", overrides, config_dir, "hydra.sweep.dir", "sweep")
+    run_entry_point(overrides, config_dir, multirun=True)
     return SweepTable(sweep_dir)
 
 
-# ---------------------------------------------------------------------------------------------- composing
-
-
-def hydra_message(err: Exception) -> str:
-    """Hydra's and OmegaConf's multi-line messages as one line (without OmegaConf's full_key/object_type lines)."""
-    text = str(err).split("Config search path:")[0]  # a missing option's message ends in the search path
-    lines = [line.strip() for line in text.splitlines()]
-    message = " ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=")))
-    override = getattr(err, "override", None)  # a parse error names the override only here
-    return f"bad override {override!r}: {message}" if override else message
-
-
-def compose(config_name: str, overrides, config_dir: str | Path | None = None):
-    """The config (with its `hydra` node) that the command line composes from the same overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    extra = []
-    if config_dir is not None:
-        if not Path(config_dir).is_dir():
-            raise UserError(f"config dir not found: {config_dir}")
-        extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]  # where --config-dir puts it
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name=config_name):
-            return hydra_compose(config_name, overrides=[*overrides, *extra], return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise UserError(hydra_message(err)) from None
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def expand_grid(overrides) -> list[list[str]]:
-    """Hydra's basic sweep: every combination of the comma-separated (or range(...)) values, in order."""
+def where(config_name: str, overrides: list[str], config_dir, key: str, kind: str) -> Path:
+    """The run dir (or sweep dir) the command will use: the one given, else the one the configs compose now,
+    appended to `overrides` (its name holds a timestamp: the child must use the same). Overrides that do not
+    compose are the command's to refuse, in its own words."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
 
+    from makemore_lab.commands import hydra_quote
+    from makemore_lab.hydra_app import compose
+
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    if given:
+        return Path(given[-1])
+    try:  # a sweep's axes are not one config; where it goes does not depend on them
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        cfg = compose(config_name, [o.input_line for o in parsed if not o.is_sweep_override()],
+                      str(config_dir) if config_dir else None)
+    except Exception:
+        cfg = None
+    if cfg is None:
+        run_entry_point(overrides, config_dir, multirun=kind == "sweep")  # raises the command's one line
+        raise UserError(f"the {kind}'s overrides do not compose")  # (the command took them after all)
+    chosen = str(OmegaConf.select(cfg, key))
+    overrides.append(f"{key}={hydra_quote(chosen)}")
+    return Path(chosen)
+
+
+def run_entry_point(overrides: list[str], config_dir, multirun: bool) -> None:
+    """`makemore-train [-m] <overrides>` in a child process (the console script's own function), its output
+    streamed to sys.stdout / sys.stderr; its `error:` line raised (UserError, or TrainingInterrupted for a
+    stopped run). A KeyboardInterrupt here is the child's Ctrl-C."""
+    import makemore_lab
+    from makemore_lab.commands import API_ENV
+
+    args = [*(["--config-dir", str(Path(config_dir).absolute())] if config_dir else []),
+            *(["-m"] if multirun else []), *overrides]
+    env = dict(os.environ)
+    env[API_ENV] = json.dumps({"function": "sweep" if multirun else "train", "args": list(overrides),
+                               "config_dir": str(config_dir) if config_dir else None})
+    env["PYTHONUNBUFFERED"] = "1"  # lines as they come
+    package_root = str(Path(makemore_lab.__file__).resolve().parents[1])  # this makemore_lab and hydra_plugins
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    posix = os.name == "posix"
+    child = subprocess.Popen([sys.executable, "-c", ENTRY_POINT, *args], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=posix)
+    errors: list[str] = []
+    relays = [threading.Thread(target=relay, args=(child.stdout, "stdout", None), daemon=True),
+              threading.Thread(target=relay, args=(child.stderr, "stderr", errors), daemon=True)]
+    for thread in relays:
+        thread.start()
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as err:
-        raise UserError(hydra_message(err)) from None
-    axes = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override()
-            else [o.input_line] for o in parsed]
-    return [list(combination) for combination in itertools.product(*axes)] or [[]]
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:
+                if posix:  # its own session: this is its only Ctrl-C (elsewhere the console sent it one)
+                    child.send_signal(signal.SIGINT)
+    finally:
+        if child.poll() is None:  # anything else ended the wait: the child does not outlive the call
+            child.kill()
+            child.wait()
+        for thread in relays:
+            thread.join()
+    if code == 0:
+        for line in errors:
+            print(line, file=sys.stderr)
+        return
+    message = errors[-1].removeprefix("error: ") if errors else None
+    if message is None:
+        raise RuntimeError(f"makemore-train exited with status {code} (its output is above)")
+    if code in (130, 143):
+        raise TrainingInterrupted(message, exit_code=code)
+    raise UserError(message, exit_code=code)
 
 
-class HydraJob:
-    """What Hydra does around one job of a CLI run, for a config composed in-process: the job's HydraConfig (the
-    resume command and sweep_policy read it), .hydra/{config,hydra,overrides}.yaml, and the CLI's logging
-    (console and <run dir>/train.log) for the job's duration, the caller's logging handlers restored after it."""
+def relay(pipe, stream: str, errors: list[str] | None) -> None:
+    """Copy the child's output to this process's sys.stdout / sys.stderr as it comes (a progress bar's `\r`
+    updates too). On stderr, the `error: ...` lines are kept for the caller to raise instead of printed."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = ""
+    while chunk := pipe.read1(65536) if hasattr(pipe, "read1") else pipe.read(65536):
+        text = decoder.decode(chunk)
+        if errors is None:
+            write(stream, text)
+            continue
+        pending += text
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            if line.startswith("error: "):
+                errors.append(line.rstrip("\r"))
+            else:
+                write(stream, line + "\n")
+    rest = pending + decoder.decode(b"", final=True)
+    if rest:
+        errors.append(rest) if errors is not None and rest.startswith("error: ") else write(stream, rest)
+    pipe.close()
 
-    def __init__(self, cfg, out_dir: Path, overrides, mode=None):
-        self.cfg, self.out_dir, self.overrides, self.mode = cfg, out_dir.resolve(), list(overrides), mode
 
-    def __enter__(self):
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.core.utils import configure_log
-        from hydra.types import RunMode
-        from omegaconf import OmegaConf, open_dict
-
-        cfg = self.cfg
-        with open_dict(cfg):
-            cfg.hydra.mode = self.mode or RunMode.RUN
-            cfg.hydra.runtime.output_dir = str(self.out_dir)
-        HydraConfig.instance().set_config(cfg)
-        task_cfg = copy.deepcopy(cfg)
-        with open_dict(task_cfg):
-            del task_cfg["hydra"]
-        hydra_dir = self.out_dir / ".hydra"
-        hydra_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(task_cfg, hydra_dir / "config.yaml")
-        OmegaConf.save(OmegaConf.create({"hydra": cfg.hydra}), hydra_dir / "hydra.yaml")
-        OmegaConf.save(OmegaConf.create(self.overrides), hydra_dir / "overrides.yaml")
-        root = logging.getLogger()
-        self.saved_logging = root.handlers[:], root.level
-        configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
-        return task_cfg
-
-    def __exit__(self, *exc) -> None:
-        root = logging.getLogger()
-        handlers, level = self.saved_logging
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
+def write(stream: str, text: str) -> None:
+    out = getattr(sys, stream)  # looked up each time: a notebook's cell output, pytest's capture
+    out.write(text)
+    out.flush()
 
 
 # ------------------------------------------------------------------------------------------------- results

@@ -2,7 +2,7 @@
 
 from omegaconf import DictConfig
 
-from makemore_lab import allocator, config_schema
+from makemore_lab import allocator, commands, config_schema
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab.errors import exit_on_user_error
 from makemore_lab.losses import split_loss
@@ -11,7 +11,7 @@ from makemore_lab.models import scores_every_position
 
 @exit_on_user_error
 def run(cfg: DictConfig) -> dict[str, float]:
-    config_schema.required_ckpt_path(cfg, "eval.py")
+    commands.resolve_ckpt_path(cfg, "eval")  # a path, or `latest`: the newest run's
     config_schema.validate(cfg, config_schema.EVAL_RULES)
     allocator.keep_freed_memory()  # scoring a split frees and allocates the same batches' tensors
     net, vocab, meta = load_trained_net(cfg.ckpt_path)

@@ -6,7 +6,7 @@ import sys
 import torch
 from omegaconf import DictConfig
 
-from makemore_lab import config_schema
+from makemore_lab import commands, config_schema
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab.data import Vocabulary
 from makemore_lab.errors import UserError, exit_on_user_error
@@ -22,7 +22,7 @@ def training_items(meta: dict, vocab: Vocabulary) -> set[str]:
 @exit_on_user_error
 def run(cfg: DictConfig) -> int:
     """Print the samples; returns how many are novel (-1 when unknown)."""
-    config_schema.required_ckpt_path(cfg, "sample.py")
+    commands.resolve_ckpt_path(cfg, "sample")  # a path, or `latest` (the default): the newest run's
     config_schema.validate(cfg, config_schema.SAMPLE_RULES)
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
     try:
