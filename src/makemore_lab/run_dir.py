@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from makemore_lab.commands import resume_command
+from makemore_lab.commands import command, resume_command
 from makemore_lab.errors import UserError
 
 
@@ -143,7 +143,7 @@ def check_sweep_dir(sweep_dir: Path, task_overrides: list[str]) -> None:
                             "another hydra.sweep.dir")
     theirs = typed_overrides(OmegaConf.load(recorded))
     if theirs != [str(o) for o in task_overrides]:
-        raise RunDirRefused(f"sweep dir {sweep_dir} holds another sweep (python train.py -m {' '.join(theirs)}): its "
+        raise RunDirRefused(f"sweep dir {sweep_dir} holds another sweep ({command('train', theirs, multirun=True)}): its "
                             "table would mix the two; choose another hydra.sweep.dir, or rerun that sweep to continue it")
 
 
