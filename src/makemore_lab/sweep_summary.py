@@ -9,16 +9,20 @@ Enabled for every multirun by configs/hydra/default.yaml; `python scripts/sweep_
 """
 
 import csv
+import io
 import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from makemore_lab.atomic_write import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,11 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and rank_zero():
-            rows = write_summary(Path(config.hydra.sweep.dir))  # quietly: a population's members end all at once
+            try:
+                rows = write_summary(Path(config.hydra.sweep.dir))  # quietly: a population's members end all at once
+            except OSError as err:  # a full disk: the job's own files say what it did; the multirun's end says more
+                log.warning("cannot update the sweep's table (%s: %s)", err.strerror, err.filename)
+                return
             log.debug("sweep summary updated (%d jobs)", len(rows))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -47,7 +55,12 @@ class SweepSummary(Callback):
         if not rank_zero():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_summary(sweep_dir)
+        try:
+            rows = write_summary(sweep_dir)
+        except OSError as err:  # one line and a failed exit, not Hydra's warning about a callback
+            print(f"error: cannot write {err.filename} ({err.strerror}): each job's results are in its own dir; "
+                  f"python scripts/sweep_summary.py {sweep_dir} writes the table again", file=sys.stderr)
+            sys.exit(1)
         log.info("sweep summary (%d jobs): %s", len(rows), sweep_dir / "summary.md")
         table = [line for line in (sweep_dir / "summary.md").read_text().splitlines() if line.startswith("|")]
         more = len(table) - 2 - PRINTED_ROWS
@@ -114,12 +127,11 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
 
 def write_csv(path: Path, override_keys: list[str], rows: list[dict]) -> None:
     """Numbers are written in full (repr), so they read back equal to summary.json's."""
-    tmp = path.with_suffix(f".csv.{os.getpid()}.tmp")  # parallel jobs (joblib) may write the table at once
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["job", *override_keys, *METRICS, "error"])
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["job", *override_keys, *METRICS, "error"])
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    write_text_atomically(path, text.getvalue())  # parallel jobs (joblib) may write the table at once: each whole
 
 
 def fmt(value, spec: str) -> str:
@@ -156,7 +168,5 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     """Write <sweep_dir>/summary.csv and summary.md; returns the rows, best val loss first."""
     override_keys, rows = summary_rows(read_jobs(sweep_dir))
     write_csv(sweep_dir / "summary.csv", override_keys, rows)
-    tmp = sweep_dir / f"summary.md.{os.getpid()}.tmp"
-    tmp.write_text(markdown(sweep_dir, override_keys, rows))
-    os.replace(tmp, sweep_dir / "summary.md")
+    write_text_atomically(sweep_dir / "summary.md", markdown(sweep_dir, override_keys, rows))
     return rows
