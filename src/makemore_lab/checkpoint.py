@@ -9,17 +9,44 @@ so a crafted `_target_` (a nested one, `_partial_`, `_args_`, a class outside ma
 
 import functools
 import importlib
+import io
 from pathlib import Path
 
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 from omegaconf import OmegaConf
 
+from makemore_lab.atomic_write import last_good, write_bytes_atomically  # noqa: F401 (last_good: resume, final_report)
 from makemore_lab.configs import CONFIG_DIR
 from makemore_lab.data import CharData, Vocabulary
 from makemore_lab.data.reading import read_data_file
 from makemore_lab.errors import UserError
 
 PLAIN = (bool, int, float, str, type(None))
+
+
+def save_atomically(checkpoint: dict, path: str | Path) -> None:
+    """torch.save `checkpoint` as `path`, whole or not at all: serialised in memory, then written beside `path` and
+    moved into place (atomic_write). A full disk is an OSError naming `path` (torch.save to a file would raise
+    its `[enforce fail at inline_container.cc]` RuntimeError and leave a cut file), and the previous checkpoint
+    at `path` is kept. Every checkpoint the project writes goes through here: a run's (AtomicCheckpointIO) and a
+    population member's."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(path, buffer.getbuffer())
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with save_atomically (Trainer(plugins=[AtomicCheckpointIO()])): Lightning's own
+    stages a checkpoint in the system's temp dir (fsspec's transaction), so on a full disk its error names
+    /tmp/tmpXXXX, and its move into the run dir is a copy that can be cut short."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        save_atomically(checkpoint, path)
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:

@@ -1,9 +1,7 @@
 """What a finished run reports: exact losses on the three splits, samples, TensorBoard hparams and summary.json."""
 
-import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,27 +10,13 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from makemore_lab import console
-from makemore_lab.checkpoint import net_state_dict, read_checkpoint
+from makemore_lab.atomic_write import write_atomically, write_json_atomically  # noqa: F401 (also the population's)
+from makemore_lab.checkpoint import last_good, net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.losses import split_loss
 from makemore_lab.sampling import generate
 
 log = logging.getLogger(__name__)
-
-
-def write_atomically(path: Path, write) -> None:
-    """`write(tmp)` to a temporary file beside `path`, then rename: a reader (or a kill mid-write) never sees a
-    half-written file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        write(tmp)
-    except OSError as err:  # a write() that fails (a full disk) names no file: name the one it was for
-        raise OSError(err.errno, err.strerror, str(path)) from None
-    os.replace(tmp, path)
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def hparams_for_tensorboard(cfg: DictConfig, params: int, block_size: int) -> dict:
@@ -127,7 +111,13 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
     for callback in trainer.callbacks:  # callbacks that measure something add it here (e.g. the diagnostics' `health`)
         if hasattr(callback, "summary_fields"):
             summary.update(callback.summary_fields())
-    write_json_atomically(Path(cfg.paths.output_dir) / "summary.json", summary)
+    out_dir = Path(cfg.paths.output_dir)
+    try:
+        write_json_atomically(out_dir / "summary.json", summary)
+    except OSError as err:  # a full disk at the very end: the trained weights are in last.ckpt
+        raise UserError(f"cannot write {err.filename} ({err.strerror}): the run trained to step "
+                        f"{trainer.global_step}, and {last_good(out_dir)}; its losses: python eval.py "
+                        f"ckpt_path={out_dir / 'checkpoints' / 'last.ckpt'}") from None
     log.info("summary: %s", Path(cfg.paths.output_dir) / "summary.json", extra=console.job_detail())
     if console.in_multirun():  # the job's one console line; the lines above are in its train.log
         log.info("%s", console.job_report_line(summary))

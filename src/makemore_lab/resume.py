@@ -11,7 +11,6 @@ from last.ckpt); without one, or where it does not requeue, the run ends as inte
 import contextlib
 import json
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -23,7 +22,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from makemore_lab.checkpoint import check_resumable, check_weights_fit, net_state_dict, read_checkpoint
+from makemore_lab.atomic_write import write_text_atomically
+from makemore_lab.checkpoint import check_resumable, check_weights_fit, last_good, net_state_dict, read_checkpoint
 from makemore_lab.commands import resume_command
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 
@@ -111,13 +111,13 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
         raise TrainingDiverged(f"{err}; {kept}") from None
     except SIGTERMException:  # Lightning stops at the end of the batch in which SIGTERM arrived
         terminated = True
-    except OSError as err:  # disk full, read-only or gone: saves are atomic, so the last good checkpoint is whole
-        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved"
-        # A write to an open file (TensorBoard's, a log) names no file: the run dir is where it went.
-        raise UserError(f"cannot write the run's files ({err.strerror}: {err.filename or out_dir}) at step "
-                        f"{trainer.global_step}; {kept}") from None
+    except OSError as err:  # disk full, read-only or gone
+        raise cannot_write(err, trainer, out_dir) from None
     seconds = time.perf_counter() - start
-    trainer.save_checkpoint(last, weights_only=False)  # the final (or interrupted) weights, whatever the checkpoint cadence
+    try:
+        trainer.save_checkpoint(last, weights_only=False)  # the final (or interrupted) weights, whatever the cadence
+    except OSError as err:
+        raise cannot_write(err, trainer, out_dir) from None
     if stop["requested"] or terminated:
         record_interrupted_segment(trainer, module, seconds, out_dir)
     if stop.get("scheduler"):
@@ -133,6 +133,13 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     return Segment(trainer.global_step - first_step, seconds, first_step)
 
 
+def cannot_write(err: OSError, trainer: pl.Trainer, out_dir: Path) -> UserError:
+    """A failed write as one line: the file (a write to an open file, TensorBoard's or a log, names none: the run
+    dir is where it went) and the last good checkpoint (saves are atomic, so one that is there is whole)."""
+    return UserError(f"cannot write the run's files ({err.strerror}: {err.filename or out_dir}) at step "
+                     f"{trainer.global_step}; {last_good(out_dir)}")
+
+
 def record_interrupted_segment(trainer: pl.Trainer, module, seconds: float, out_dir: Path) -> None:
     """Append this fit to <run dir>/segments.json (atomically): a resumed run's summary.json times its last fit only,
     and the sweep table adds these (sweep_summary.py). A fit killed outright (SIGKILL) leaves no record."""
@@ -142,9 +149,7 @@ def record_interrupted_segment(trainer: pl.Trainer, module, seconds: float, out_
     segments = json.loads(path.read_text()) if path.is_file() else []
     segments.append({"steps": trainer.global_step - module.first_step, "seconds": seconds,
                      "resumed_from_step": module.first_step})
-    tmp = path.with_name(f"{SEGMENTS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(segments) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(segments) + "\n")
 
 
 def hand_over_to_scheduler(handler, trainer: pl.Trainer, out_dir: Path):

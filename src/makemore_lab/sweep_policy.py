@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
+from makemore_lab.atomic_write import last_good, write_json_atomically
 from makemore_lab.commands import run_overrides
 from makemore_lab.errors import TrainingInterrupted, UserError
 from makemore_lab.run_dir import RunDirRefused
@@ -69,8 +70,13 @@ def job_result(train, cfg, job: int, continue_sweep: bool = True) -> float:
         reason = f"crashed: {type(err).__name__}: {err}".splitlines()[0]
     log.error("job %s failed: %s", job, reason)
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / FAILURE_FILE).write_text(json.dumps({"error": reason}) + "\n")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(out_dir / FAILURE_FILE, {"error": reason})
+    except OSError as err:  # a full disk: the sweep cannot record its jobs any more, so it stops here, in one line
+        kept = "" if "checkpoint" in reason else f"; {last_good(out_dir)}"
+        raise UserError(f"cannot write {err.filename} ({err.strerror}), so the sweep stops: job {job} failed: "
+                        f"{reason}{kept}", exit_code=1) from None
     return math.inf
 
 

@@ -29,6 +29,7 @@ def save_figures(diagnostics, directory: Path, loggers, step: int, dpi: int = 10
     import matplotlib  # loaded only when there is something to draw
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    from makemore_lab.atomic_write import write_bytes_atomically
     from makemore_lab.logging_media import StepLog
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,7 @@ def save_figures(diagnostics, directory: Path, loggers, step: int, dpi: int = 10
             Image.fromarray(rgb).save(encoded, format="png", compress_level=PNG_COMPRESS_LEVEL)  # once: file and TB
             png = encoded.getvalue()
             path = directory / f"{name}.png"
-            path.write_bytes(png)
+            write_bytes_atomically(path, png)  # a full disk names this file, and leaves no half PNG
             paths.append(path)
             record.image(f"figures/{name}", rgb, dataformats="HWC", png=png)
     if loggers:
