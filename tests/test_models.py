@@ -151,8 +151,8 @@ def test_dropout_acts_in_training_only(build):
 
 
 def readme_model_options() -> dict[str, tuple[str, str, str]]:
-    """The README's "What choosing a model also sets" table: model -> (block_size, data.train_on, optimizer)."""
-    text = (ROOT / "README.md").read_text().split("### What choosing a model also sets", 1)[1].split("\n#", 1)[0]
+    """docs/training.md's "What choosing a model also sets" table: model -> (block_size, data.train_on, optimizer)."""
+    text = (ROOT / "docs" / "training.md").read_text().split("## What choosing a model also sets", 1)[1].split("\n#", 1)[0]
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     cells = [[c.strip().strip("`") for c in row.strip("|").split("|")] for row in rows]
     return {c[0]: (c[1].split(" ")[0], c[2], c[3]) for c in cells}
