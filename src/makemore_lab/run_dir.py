@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from makemore_lab.commands import command, resume_command
 from makemore_lab.errors import UserError
+from makemore_lab.ranks import is_rank_zero
 
 
 class RunDirRefused(UserError):
@@ -44,7 +45,7 @@ class OutputDirCheck(Callback):
     a sweep dir is created and checked to belong to this sweep. Each check refuses what it cannot decide."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if os.environ.get("LOCAL_RANK", "0") != "0":  # an extra DDP rank re-runs the command in its rank 0's dir
+        if not is_rank_zero():  # an extra DDP rank (Lightning's, torchrun's, SLURM's) runs the command in rank 0's dir
             return
         with fail_closed("the run dir (hydra.run.dir)"):
             run_dir = str(config.hydra.run.dir)
@@ -66,7 +67,7 @@ class OutputDirCheck(Callback):
         release(Path(str(config.hydra.run.dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if os.environ.get("LOCAL_RANK", "0") != "0":
+        if not is_rank_zero():
             return
         with fail_closed("the sweep dir (hydra.sweep.dir)"):
             sweep_dir = str(config.hydra.sweep.dir)
@@ -171,7 +172,7 @@ class RunDirLock:
         self._lock: FileLock | None = None
 
     def __enter__(self) -> "RunDirLock":
-        if os.environ.get("LOCAL_RANK", "0") != "0":  # an extra DDP rank re-runs the command in its rank 0's dir
+        if not is_rank_zero():  # an extra DDP rank (Lightning's, torchrun's, SLURM's) runs the command in rank 0's dir
             return self
         if self.out_dir.resolve() in _held:  # claimed by this process before Hydra wrote into it
             return self

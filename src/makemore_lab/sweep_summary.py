@@ -1,7 +1,9 @@
 """One table per sweep: when a multirun ends, summary.csv and summary.md in its sweep dir, best val loss first.
 
 Each row is one job: its overrides as columns (those its summary.json recorded, else <job dir>/.hydra/overrides.yaml,
-which Hydra rewrites whenever a job starts in that dir), then the numbers from its summary.json. A job that failed
+which Hydra rewrites whenever a job starts in that dir), then the numbers from its summary.json; a job that was
+interrupted and resumed (Ctrl-C, SIGTERM, a SLURM time limit or requeue) is timed over all its fits (its
+segments.json holds the interrupted ones, resume.py). A job that failed
 (its failure.json, see sweep_policy.py) is listed last with its one-line reason; one with neither file (still running, or killed) is listed last with empty numbers.
 The table is rewritten after every job too, so a sweep stopped by Ctrl-C or a kill keeps the table of the jobs done;
 when the multirun ends, its path is logged and the table printed (its best PRINTED_ROWS rows).
@@ -13,7 +15,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from makemore_lab.atomic_write import write_text_atomically
+from makemore_lab.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,8 @@ PRINTED_ROWS = 20  # a 500-job search prints its best 20; summary.md and summary
 
 
 def rank_zero() -> bool:
-    """Lightning's DDP launcher re-runs the whole command in each extra rank (LOCAL_RANK >= 1); one writer is enough."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
+    """An extra DDP rank (Lightning's, torchrun's, SLURM's task) runs the whole command again; one writer is enough."""
+    return is_rank_zero()
 
 
 def job_sort_key(name: str):
@@ -95,6 +97,8 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
         job_dir = overrides_file.parent.parent
         summary_file, failure_file = job_dir / "summary.json", job_dir / "failure.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        segments_file = job_dir / "segments.json"
+        segments = json.loads(segments_file.read_text()) if segments_file.is_file() else []
         overrides = (summary or {}).get("overrides")
         if overrides is None:
             overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
@@ -103,6 +107,7 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
             "job": job_dir.relative_to(sweep_dir).as_posix(),
             "overrides": dict(parse_override(o) for o in overrides),
             "summary": summary,
+            "interrupted_seconds": sum(segment["seconds"] for segment in segments),
         })
     return sorted(jobs, key=lambda j: job_sort_key(j["job"]))
 
@@ -115,6 +120,8 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
         row = {"job": job["job"], **{key: job["overrides"].get(key, "") for key in override_keys}}
         summary = job["summary"] or {}
         row.update({column: summary.get(key) for column, key in METRICS.items()})
+        if row["time_s"] is not None:  # a resumed job's summary.json times its last fit; the table, all of them
+            row["time_s"] += job.get("interrupted_seconds", 0)
         row["error"] = job["error"] or ""
         rows.append(row)
 
