@@ -243,9 +243,10 @@ class Run:
         read from its TensorBoard events; empty with logger=none."""
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        events_dir = self.run_dir / "tensorboard"
-        if not events_dir.is_dir():
+        event_files = sorted((self.run_dir / "tensorboard").rglob("events.out.tfevents.*"))  # tensorboard/<model>/
+        if not event_files:
             return {}
+        events_dir = event_files[0].parent
         # scalars: 0 keeps every one (the default keeps a random sample of 10,000); the rest is not read
         accumulator = EventAccumulator(str(events_dir), size_guidance={"scalars": 0, "histograms": 1, "images": 1,
                                                                        "tensors": 1, "audio": 1})

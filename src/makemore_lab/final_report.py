@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from makemore_lab import console
+from makemore_lab import console, tensorboard_events
 from makemore_lab.atomic_write import write_atomically, write_json_atomically  # noqa: F401 (also the population's)
 from makemore_lab.checkpoint import last_good, net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, UserError
@@ -19,8 +19,9 @@ from makemore_lab.sampling import generate
 log = logging.getLogger(__name__)
 
 
-def hparams_for_tensorboard(cfg: DictConfig, params: int, block_size: int) -> dict:
-    """The knobs a sweep varies, flat, for TensorBoard's HParams tab."""
+def hparams_for_tensorboard(cfg: DictConfig, params: int, block_size: int, overrides=()) -> dict:
+    """The knobs a sweep varies, flat, for TensorBoard's HParams tab; the keys the run overrode first (the tab shows
+    its first columns), then the usual ones."""
     flat = {"model": cfg.model_name, "params": params, "block_size": block_size, "seed": cfg.seed}
     flat["batch_size"] = cfg.data.batch_size
     flat["max_steps"] = cfg.trainer.max_steps
@@ -30,7 +31,8 @@ def hparams_for_tensorboard(cfg: DictConfig, params: int, block_size: int) -> di
         for key, value in cfg[group].items():
             if not key.startswith("_") and isinstance(value, (int, float, str, bool)):
                 flat[f"{group}.{key}"] = value
-    return flat
+    overridden = [key for key in (str(o).partition("=")[0].lstrip("+~") for o in overrides) if key in flat]
+    return {**{key: flat[key] for key in overridden}, **flat}
 
 
 def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
@@ -44,20 +46,34 @@ def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
     return checkpoint["global_step"]
 
 
-def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: int) -> dict:
-    """Exact losses on all three splits, logged to TensorBoard with the run's hparams."""
+def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: int, overrides=()) -> dict:
+    """Exact losses on all three splits, logged with the run's hparams. In TensorBoard the val loss is one tag,
+    `val/loss`: its last point is the exact final loss (added at the last step unless the last validation gave it)."""
     losses = {split: split_loss(net, datamodule, split) for split in ("train", "val", "test")}
     log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"],
              extra=console.job_detail())
+    seen = getattr(trainer, "callback_metrics", None)  # None: a trainer that does not say (a population member's)
+    validated = None if seen is None else seen.get("val/loss")
+    exact_is_last = seen is None or (validated is not None and
+                                     math.isclose(float(validated), losses["val"], rel_tol=1e-5))
+    hparams = hparams_for_tensorboard(cfg, params, datamodule.block_size, overrides)
     for logger in trainer.loggers:
-        logger.log_metrics({"test/loss": losses["test"], "final/val_loss": losses["val"]}, step=trainer.global_step)
-        hparams = hparams_for_tensorboard(cfg, params, datamodule.block_size)
-        if isinstance(logger, TensorBoardLogger):  # the HParams tab's metrics; the other loggers take params only
-            logger.log_hyperparams(hparams, metrics={"hparams/val_loss": losses["val"], "hparams/test_loss": losses["test"]})
-        else:
-            logger.log_hyperparams(hparams)
+        final = {"test/loss": losses["test"], **({} if exact_is_last else {"val/loss": losses["val"]})}
+        logger.log_metrics(final, step=trainer.global_step)
+        logger.log_hyperparams(hparams)
+        if isinstance(logger, TensorBoardLogger):  # the HParams tab shows each run's val/loss and test/loss
+            tensorboard_events.write_hparams(logger.experiment, hparams, ("val/loss", "test/loss"))
+            if seen is not None and validated is None:
+                tensorboard_events.write_text(logger.experiment, "val/note", no_validation_note(cfg, trainer),
+                                              trainer.global_step)
         logger.save()
     return {f"{split}_loss": loss for split, loss in losses.items()}
+
+
+def no_validation_note(cfg: DictConfig, trainer) -> str:
+    return (f"This run ended at step {trainer.global_step}, before its first validation "
+            f"(trainer.val_check_interval={cfg.trainer.get('val_check_interval')}): val/loss has one point, the "
+            "exact final loss on the whole val split.")
 
 
 def check_finite(losses: dict[str, float], out_dir: Path) -> None:
@@ -85,7 +101,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
     """
     net, params = module.net, sum(p.numel() for p in module.net.parameters())
     final_step = load_best_weights(trainer, net) if cfg.final_weights == "best" else trainer.global_step
-    losses = final_losses(cfg, trainer, net, datamodule, params)
+    losses = final_losses(cfg, trainer, net, datamodule, params, module.checkpoint_meta.get("overrides", []))
     check_finite(losses, Path(cfg.paths.output_dir))
     summary = {
         "model": cfg.model_name,

@@ -79,3 +79,15 @@ class SummaryBatch:
     def write(self, writer, step: int) -> None:
         if self.values:
             writer.file_writer.add_summary(Summary(value=self.values), step)
+
+
+def write_hparams(writer, hparams: dict, metric_tags: tuple[str, ...], step: int = 0) -> None:
+    """This run's row in the HParams tab: its hparams, and the scalar tags whose last value the tab shows (the run's
+    own `val/loss` and `test/loss`, so the val loss is one tag, not copies under `hparams/...`). Lightning's
+    `log_hyperparams(params, metrics)` would log the metrics' values again, at step 0, to do this."""
+    for part in summary.hparams(hparams, dict.fromkeys(metric_tags, 0.0)):
+        writer.file_writer.add_summary(part, step)
+
+
+def write_text(writer, tag: str, text: str, step: int) -> None:
+    writer.file_writer.add_summary(summary.text(tag, text), step)
