@@ -2,8 +2,10 @@
 
     python scripts/test_set_spread.py <run dir>/checkpoints/last.ckpt             # subsets of 1,000 items
     python scripts/test_set_spread.py CKPT --subset 500 --draws 4000
+    python scripts/test_set_spread.py CKPT --data my_words.txt     # a checkpoint trained on your own file
 
-Scores every test item of the checkpoint's own split (the data settings saved in the checkpoint), then draws
+Scores every test item of the checkpoint's own split (the data settings saved in the checkpoint, on the file it
+was trained on: --data, or the packaged names.txt; checked against the checkpoint's fingerprint), then draws
 random subsets of `--subset` items and prints the spread (standard deviation) of their per-character loss.
 makemore.py reports its transformer's "~1.92" on 1,000 test names; this says how far apart two such numbers can
 be from the test set alone.
@@ -26,10 +28,11 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=1000, help="items per drawn test set (makemore.py: 1,000)")
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None, help="the data file it was trained on (default: the packaged names.txt)")
     args = parser.parse_args()
 
     net, vocab, meta = load_trained_net(args.ckpt_path)
-    datamodule = checkpoint_datamodule(meta, vocab, splits=("test",))
+    datamodule = checkpoint_datamodule(meta, vocab, path=args.data, exact=True, splits=("test",))
     # Each test item's summed loss, from the same function as every reported loss (losses.split_loss).
     item_sums = item_losses(net, datamodule, "test")
     lengths = datamodule.splits["test"].lengths + 1  # its characters and its end mark

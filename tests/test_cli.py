@@ -34,10 +34,10 @@ def test_the_console_shows_no_advertisement_or_third_party_deprecation(trained_r
     assert "LeafSpec" not in console and "FutureWarning" not in console
 
 
-def test_sample_prints_exactly_n_items_and_is_seeded(trained_run):
+def test_sample_prints_exactly_n_items_and_is_seeded(trained_run, small_names):
     run_dir, _ = trained_run
     ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
-    first = run_script("sample.py", ckpt, "num_samples=7", "seed=3")
+    first = run_script("sample.py", ckpt, "num_samples=7", "seed=3", f"data.path={small_names}")  # for novelty
     again = run_script("sample.py", ckpt, "num_samples=7", "seed=3")
     other = run_script("sample.py", ckpt, "num_samples=7", "seed=4", "temperature=0.5", "top_k=5")
     assert first.returncode == 0, first.stderr
@@ -54,10 +54,10 @@ def test_sample_works_from_another_directory(trained_run, tmp_path):
     assert not list(tmp_path.iterdir())  # sampling leaves no run directory behind
 
 
-def test_eval_reproduces_the_runs_losses(trained_run):
+def test_eval_reproduces_the_runs_losses(trained_run, small_names):
     run_dir, _ = trained_run
     summary = json.loads((run_dir / "summary.json").read_text())
-    result = run_script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    result = run_script("eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"data.path={small_names}")
     assert result.returncode == 0, result.stderr
     losses = dict(re.findall(r"^(val_loss|test_loss): ([0-9.]+)$", result.stdout, re.M))
     assert float(losses["val_loss"]) == pytest.approx(summary["val_loss"], abs=1e-4)
@@ -70,10 +70,11 @@ def imported_modules(stderr: str) -> list[str]:
 
 
 @pytest.mark.parametrize("script", ["sample.py", "eval.py"])
-def test_sample_and_eval_never_import_lightning(trained_run, script):
+def test_sample_and_eval_never_import_lightning(trained_run, small_names, script):
     """From a checkpoint alone they need the net and the data (data.CharData), not Lightning's ~3 s import."""
     run_dir, _ = trained_run
-    result = run_script(script, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", python_flags=("-X", "importtime"))
+    result = run_script(script, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"data.path={small_names}",
+                        python_flags=("-X", "importtime"))
     imported = set(imported_modules(result.stderr))
     assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
     assert "torch" in imported and "makemore_lab.data.corpus" in imported
@@ -126,12 +127,12 @@ def test_missing_and_corrupt_checkpoints(tmp_path, script):
     assert result.stdout == ""
 
 
-def test_test_set_spread_scores_the_checkpoints_own_test_split(trained_run):
+def test_test_set_spread_scores_the_checkpoints_own_test_split(trained_run, small_names):
     # scripts/test_set_spread.py backs docs/transformer_search.md's "1,000-name test sets spread by ±0.017".
     run_dir, _ = trained_run
     summary = json.loads((run_dir / "summary.json").read_text())
     result = run_script("scripts/test_set_spread.py", str(run_dir / "checkpoints" / "last.ckpt"),
-                        "--subset", "20", "--draws", "300")
+                        "--subset", "20", "--draws", "300", "--data", str(small_names))
     assert result.returncode == 0, result.stderr[-3000:]
     whole = re.search(r"test split: (\d+) items, \d+ characters, loss ([\d.]+)", result.stdout)
     assert whole and int(whole[1]) == 60  # the last 10% of the 600 names

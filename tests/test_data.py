@@ -348,15 +348,15 @@ def test_a_checkpoints_data_file_changed_since_training_is_refused(tmp_path):
     path = write(tmp_path, ITEMS * 2)
     dm = CharDataModule(path=path, batch_size=2)
     meta = fake_checkpoint_meta(path, dm)
-    assert checkpoint_datamodule(meta, dm.vocab).fingerprint == dm.fingerprint
+    assert checkpoint_datamodule(meta, dm.vocab, path=path, exact=True).fingerprint == dm.fingerprint
     write(tmp_path, ITEMS * 2 + ["abc"])
-    with pytest.raises(UserError, match=r"changed since training \(20 items.*21 items.*data.path="):
-        checkpoint_datamodule(meta, dm.vocab)
+    with pytest.raises(UserError, match=r"not the file this checkpoint was trained on \(20 items.*21 items.*changed since"):
+        checkpoint_datamodule(meta, dm.vocab, path=path, exact=True)
     # on purpose, through data.path=: evaluated on that file
     other = write(tmp_path, ITEMS * 3, "other.txt")
     assert checkpoint_datamodule(meta, dm.vocab, path=other).fingerprint["items"] == 30
     del meta["data_fingerprint"]  # a checkpoint from before fingerprints: no check
-    assert checkpoint_datamodule(meta, dm.vocab).fingerprint["items"] == 21
+    assert checkpoint_datamodule(meta, dm.vocab, path=path, exact=True).fingerprint["items"] == 21
 
 
 def test_eval_builds_only_val_and_test_and_scores_whole_items(tmp_path, monkeypatch, capsys):
@@ -373,7 +373,7 @@ def test_eval_builds_only_val_and_test_and_scores_whole_items(tmp_path, monkeypa
         return built[-1]
 
     monkeypatch.setattr(evaluate, "checkpoint_datamodule", spy)
-    losses = evaluate.run(OmegaConf.create({"ckpt_path": "x.ckpt", "data": {"path": None}}))
+    losses = evaluate.run(OmegaConf.create({"ckpt_path": "x.ckpt", "data": {"path": str(path)}}))
     assert set(built[0].splits) == {"val", "test"} and built[0].whole_item_eval
     assert losses["val"] == pytest.approx(window_loss(net, dm, "val"), abs=1e-5)
     assert "val_loss" in capsys.readouterr().out

@@ -74,7 +74,7 @@ def test_a_checkpoint_save_on_a_full_disk_names_the_file_and_keeps_the_old_one(s
 def test_lightnings_saves_through_atomic_checkpoint_io_name_the_run_dirs_file(small_disk, tmp_path):
     """Trainer.save_checkpoint as every callback of a run calls it: Lightning's own writer stages the file in the
     system's temp dir and names that; AtomicCheckpointIO names the file and keeps the old one."""
-    from makemore_lab.checkpoint import AtomicCheckpointIO
+    from makemore_lab.checkpoint_io import AtomicCheckpointIO
 
     disk = small_disk(256)
     trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=False,

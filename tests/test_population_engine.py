@@ -169,7 +169,8 @@ def test_a_diverging_member_stops_alone_and_the_others_are_plain_runs(compose_tr
         assert len(scalars["train/loss"]) == 4 and len(scalars["val/loss"]) == 2 and "lr" in scalars
         assert scalars["hparams/val_loss"] == [pytest.approx(result["val_loss"])]
     # The job's checkpoints are plain single-model checkpoints: the entry points take them as they are.
-    evaluated = run_script("eval.py", f"ckpt_path={tmp_path / 'ok1' / 'checkpoints' / 'last.ckpt'}")
+    evaluated = run_script("eval.py", f"ckpt_path={tmp_path / 'ok1' / 'checkpoints' / 'last.ckpt'}",
+                           f"data.path={small_names}")
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"{results[2]['val_loss']:.4f}" in evaluated.stdout
     sampled = run_script("sample.py", f"ckpt_path={next((tmp_path / 'ok0' / 'checkpoints').glob('best_step*.ckpt'))}",

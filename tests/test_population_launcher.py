@@ -288,13 +288,13 @@ def test_members_are_trained_together_by_the_engine(population_sweep):
 
 
 @pytest.mark.slow
-def test_a_member_evaluates_on_its_own_by_the_engine(population_sweep):
+def test_a_member_evaluates_on_its_own_by_the_engine(population_sweep, small_names):
     sweep_dir, _, jobs, _ = population_sweep
     job_dir = sweep_dir / jobs[("64", "0.01")]
     summary = job_summary(sweep_dir, jobs[("64", "0.01")])
     assert summary["population_size"] == 2
     ckpt = job_dir / "checkpoints" / "last.ckpt"
-    evaluated = run_script("eval.py", f"ckpt_path={ckpt}")
+    evaluated = run_script("eval.py", f"ckpt_path={ckpt}", f"data.path={small_names}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert f"val_loss: {summary['val_loss']:.4f}" in evaluated.stdout
 

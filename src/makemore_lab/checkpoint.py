@@ -10,10 +10,10 @@ so a crafted `_target_` (a nested one, `_partial_`, `_args_`, a class outside ma
 import functools
 import importlib
 import io
+import sys
 from pathlib import Path
 
 import torch
-from pytorch_lightning.plugins import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 from makemore_lab.atomic_write import last_good, write_bytes_atomically  # noqa: F401 (last_good: resume, final_report)
@@ -29,24 +29,13 @@ def save_atomically(checkpoint: dict, path: str | Path) -> None:
     """torch.save `checkpoint` as `path`, whole or not at all: serialised in memory, then written beside `path` and
     moved into place (atomic_write). A full disk is an OSError naming `path` (torch.save to a file would raise
     its `[enforce fail at inline_container.cc]` RuntimeError and leave a cut file), and the previous checkpoint
-    at `path` is kept. Every checkpoint the project writes goes through here: a run's (AtomicCheckpointIO) and a
+    at `path` is kept. Every checkpoint the project writes goes through here: a run's (checkpoint_io.py) and a
     population member's."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomically(path, buffer.getbuffer())
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, with save_atomically (Trainer(plugins=[AtomicCheckpointIO()])): Lightning's own
-    stages a checkpoint in the system's temp dir (fsspec's transaction), so on a full disk its error names
-    /tmp/tmpXXXX, and its move into the run dir is a copy that can be cut short."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        save_atomically(checkpoint, path)
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict:
@@ -201,37 +190,47 @@ def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary
     return net.eval(), vocab, meta
 
 
-def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None, **overrides) -> CharData:
-    """The checkpoint's own data and split, rebuilt from the data settings it saved (or another file's, by `path`).
+def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None, exact: bool | None = None,
+                          **overrides) -> CharData:
+    """The data and split a checkpoint was trained with, rebuilt from its saved data settings on the file the USER
+    names (`path`: data.path=) or, by default, the packaged names.txt, and checked against the checkpoint's
+    fingerprint. A checkpoint may come from someone else: the data path it recorded is never opened (it could name
+    any local file, whose characters or lines an error would then print).
 
     A CharData: the data module without Lightning (sample.py and eval.py read no loaders). `overrides` go to it
-    (e.g. splits=("val", "test"), whole_item_eval=True). On its own file, a checkpoint that recorded its data
-    (meta["data_fingerprint"]) must find the same file: a changed file would reshuffle the split and leak training
-    items into val/test, and report numbers that mean nothing.
+    (e.g. splits=("val", "test"), whole_item_eval=True). `exact` (default: when no path is named) refuses a file
+    that is not the one trained on (its split would leak training items into val/test); otherwise such a file is
+    used as asked, and a note on stderr says it is not the training file.
     """
-    data = {k: v for k, v in meta["data"].items() if k != "_target_"}
-    if path is not None:
-        data["path"] = path
+    data = {k: v for k, v in meta["data"].items() if k not in ("_target_", "path")}
+    data["path"] = path
     data["block_size"] = meta["block_size"]  # the model's context length is fixed by its weights
     try:
         datamodule = CharData(**{**data, **overrides}, vocab=vocab)
     except TypeError as err:  # a saved setting CharData does not take (another version's, or crafted)
         raise UserError(f"the checkpoint's data settings do not fit this version: {err}") from None
-    if path is None:
-        check_data_unchanged(meta, datamodule)
+    other = other_data(meta, datamodule, path)
+    if other and (exact if exact is not None else path is None):
+        raise UserError(other)
+    if other:
+        print(f"note: {other}", file=sys.stderr)
     return datamodule
 
 
-def check_data_unchanged(meta: dict, datamodule: CharData) -> None:
-    """One line if the checkpoint's training file is not the file it was trained on (same items, same bytes)."""
+def other_data(meta: dict, datamodule: CharData, path: str | None) -> str | None:
+    """Why `datamodule`'s file is not the one the checkpoint was trained on (items and bytes), or None (also for a
+    checkpoint from before fingerprints)."""
     recorded = meta.get("data_fingerprint")
     if not recorded or recorded == datamodule.fingerprint:
-        return
-    raise UserError(
-        f"the data file {datamodule.source or 'names.txt'} changed since training ({describe(recorded)} then; "
-        f"{describe(datamodule.fingerprint)} now): its split would not be the one trained on. To evaluate "
-        "on another file deliberately, pass data.path=<file>"
-    )
+        return None
+    if path is None:
+        saved = meta["data"].get("path")
+        named = f" (it recorded the path {str(saved)[:200]!r}, which is not opened)" if saved else ""
+        return (f"this checkpoint was trained on other data ({describe(recorded)}) than the packaged names.txt "
+                f"({describe(datamodule.fingerprint)}): pass the file it was trained on, data.path=<file>{named}")
+    return (f"the data file {path} is not the file this checkpoint was trained on ({describe(recorded)} then; "
+            f"{describe(datamodule.fingerprint)} now): changed since training, or another file, so its split is "
+            "not the one trained on")
 
 
 def data_fingerprint(path: str | None, max_bytes: int | None = None) -> dict:

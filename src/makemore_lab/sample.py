@@ -4,7 +4,7 @@ memory), the novelty report on stderr."""
 import sys
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from makemore_lab import commands, config_schema
 from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
@@ -13,10 +13,11 @@ from makemore_lab.errors import UserError, exit_on_user_error
 from makemore_lab.sampling import stream
 
 
-def training_items(meta: dict, vocab: Vocabulary) -> set[str]:
-    """The training split the checkpoint was trained on, rebuilt from its data config (the train split only);
-    a UserError if its file is gone or changed since training."""
-    return set(checkpoint_datamodule(meta, vocab, splits=("train",)).train_items)
+def training_items(meta: dict, vocab: Vocabulary, path: str | None = None) -> set[str]:
+    """The training split the checkpoint was trained on (the train split only), rebuilt from its data settings on
+    the file the user names (data.path=; the packaged names.txt by default), never on a path read from the
+    checkpoint; a UserError if that file is not the one trained on (its fingerprint)."""
+    return set(checkpoint_datamodule(meta, vocab, path=path, exact=True, splits=("train",)).train_items)
 
 
 @exit_on_user_error
@@ -26,7 +27,7 @@ def run(cfg: DictConfig) -> int:
     config_schema.validate(cfg, config_schema.SAMPLE_RULES)
     net, vocab, meta = load_trained_net(cfg.ckpt_path)
     try:
-        seen = training_items(meta, vocab)
+        seen = training_items(meta, vocab, OmegaConf.select(cfg, "data.path", default=None))
     except UserError as err:  # sampling needs no data: say why novelty is unknown, keep the samples
         seen, unknown = None, err
     generator = torch.Generator().manual_seed(cfg.seed)
