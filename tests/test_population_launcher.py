@@ -382,3 +382,26 @@ def test_benchmark_times_one_run_and_the_sweep_and_says_how_its_jobs_trained(tmp
     assert sum(size * count for size, count in population["population_sizes"]) == 2
     assert population["x_one_run"] == pytest.approx(population["seconds"] / rows[0]["seconds"])
     assert [line.split("|")[4].strip() for line in result.stdout.splitlines()[2:]] == ["one run", "population"]
+
+
+@pytest.mark.slow
+def test_each_group_is_one_submitit_job_with_the_same_records_as_here(tmp_path, small_names):
+    """hydra/launcher=population_slurm, on submitit's local executor (the SLURM path without a cluster:
+    tests/test_population_slurm.py runs it on a real one): two groups, two submitit jobs, each member its job dir,
+    summary.json and row, as the population launcher gives them in its own process."""
+    pytest.importorskip("submitit", reason="needs the submitit extra: pip install -e '.[submitit]'")
+    sweep_dir = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "hydra/launcher=population_slurm", "hydra.launcher.submitit.cluster=local",
+                        "~callbacks.progress_bar", "~callbacks.diagnostics", "model=mlp,bigram",
+                        "optimizer.lr=0.1,0.2", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    submitted = re.findall(r"job\(s\) (\d,\d): local job (\d+)", output)
+    assert [jobs for jobs, _ in submitted] == ["0,1", "2,3"]
+    for job in "0123":
+        summary = job_summary(sweep_dir, job)
+        assert summary["population_size"] == 2 and summary["steps"] == 20
+        assert (sweep_dir / job / ".hydra" / "overrides.yaml").is_file()
+    logs = {p.parent.name for p in (sweep_dir / ".submitit").glob("*/*_log.out")}
+    assert logs == {job_id for _, job_id in submitted}  # each group trained in its own submitit job
+    check_rows_match_jobs(sweep_dir, read_rows(sweep_dir))

@@ -258,3 +258,32 @@ def test_every_optuna_batch_under_threads_auto_trains_side_by_side(tmp_path, sma
     assert [line.split("] ", 1)[1] for line in lines] == [
         f"job(s) {','.join(map(str, jobs))}: 2 populations side by side in 2 processes (4 + 4 members), 1 thread(s) each"
         for jobs in (range(8), range(8, 16))]
+
+
+@pytest.mark.slow
+def test_sigusr2_saves_every_member_and_ends_interrupted_not_failed(tmp_path, small_names):
+    """SIGUSR2 (SLURM's warning before a time limit or a preemption) stops a population as a SIGTERM does; with no
+    scheduler's handler to requeue it (not a SLURM job) the sweep ends interrupted (exit 140): every member saved,
+    no failure.json, and the same command resumes it."""
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_command(sweep_dir, small_names, "trainer.max_steps=3000", "trainer.val_check_interval=3000",
+                         "threads=1", "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.01,0.02")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    for job in ("0", "1"):
+        wait_for(sweep_dir / job / "checkpoints" / "last.ckpt", proc, timeout=180)
+    proc.send_signal(signal.SIGUSR2)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 140, stderr[-3000:]
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if "Resume with:" in line]
+    assert line.startswith("error: SIGUSR2 (time limit or preemption): population of 2 stopped at step ")
+    assert "every member's checkpoint saved, not requeued" in line
+    stopped = {job: saved_step(sweep_dir / job / "checkpoints" / "last.ckpt") for job in ("0", "1")}
+    assert all(0 < step < 3000 for step in stopped.values())
+    assert not list(sweep_dir.glob("*/failure.json")) and not list(sweep_dir.glob("*/summary.json"))
+    again = run_script("train.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for job in ("0", "1"):
+        summary = job_summary(sweep_dir, job)
+        assert (summary["steps"], summary["resumed_from_step"]) == (3000, stopped[job])

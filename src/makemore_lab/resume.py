@@ -121,7 +121,8 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     if stop["requested"] or terminated:
         record_interrupted_segment(trainer, module, seconds, out_dir)
     if stop.get("scheduler"):
-        hand_over_to_scheduler(stop["scheduler_handler"], trainer, out_dir)
+        hand_over_to_scheduler(stop["scheduler_handler"], f"stopped at step {trainer.global_step} of "
+                               f"{trainer.max_steps}; checkpoint saved", resume_command(out_dir))
     if stop["requested"] or terminated:
         signal_name, code = ("SIGTERM", 143) if terminated else ("Ctrl-C", 130)
         raise TrainingInterrupted(
@@ -152,12 +153,12 @@ def record_interrupted_segment(trainer: pl.Trainer, module, seconds: float, out_
     write_text_atomically(path, json.dumps(segments) + "\n")
 
 
-def hand_over_to_scheduler(handler, trainer: pl.Trainer, out_dir: Path):
-    """After SIGUSR2, last.ckpt saved at this step: the handler that was there before runs now, outside any signal
-    handler (submitit's checkpoints the job, requeues it and exits; its next run resumes from last.ckpt). A job it
-    does not requeue (requeued max_num_timeout times already, or no handler) is interrupted, not failed: no
-    failure.json, and running its sweep again resumes it."""
-    where = f"stopped at step {trainer.global_step} of {trainer.max_steps}; checkpoint saved"
+def hand_over_to_scheduler(handler, where: str, resume: str):
+    """After SIGUSR2, with every checkpoint saved (`where` says at which step): the handler that was there before
+    runs now, outside any signal handler (submitit's checkpoints the job, requeues it and exits; its next run resumes
+    from last.ckpt). A job it does not requeue (requeued max_num_timeout times already, or no handler) is
+    interrupted, not failed: no failure.json, and running its sweep again resumes it (`resume`: the command). Runs
+    and populations alike (population/processes.py)."""
     outcome = "not requeued"
     if callable(handler):
         log.warning("SIGUSR2 (a time limit or preemption is near): %s; handing over to the scheduler", where)
@@ -165,5 +166,5 @@ def hand_over_to_scheduler(handler, trainer: pl.Trainer, out_dir: Path):
             handler(signal.SIGUSR2, None)  # submitit: requeues the job and exits (SystemExit), or raises
         except Exception as err:
             outcome = f"not requeued ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-    raise TrainingInterrupted(f"SIGUSR2 (time limit or preemption): {where}, {outcome}. Resume with: "
-                              f"{resume_command(out_dir)}", exit_code=140)
+    raise TrainingInterrupted(f"SIGUSR2 (time limit or preemption): {where}, {outcome}. Resume with: {resume}",
+                              exit_code=140)

@@ -10,6 +10,10 @@ resumes from its last.ckpt in its population. Every job gets its JobReturn, its 
 fails (sweep_policy.run_job, as for a solo job) and its row in the sweep summary. Where the engine
 (makemore_lab.population.train_population) is not installed, every job runs alone.
 
+With `submitit` set (hydra/launcher=population_slurm), each group is one SLURM job instead, submitted through
+submitit: the job runs the group exactly as this process would (keeping what an earlier run finished, resuming what
+it left interrupted), so a requeued job (a time limit, a preemption, `scontrol requeue`) resumes its members.
+
 Nothing here imports torch or the engine at import time: Hydra imports every hydra_plugins module at start-up.
 """
 
@@ -24,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 from hydra.core.utils import (
     JobReturn,
     configure_log,
@@ -149,15 +154,51 @@ class ComposedOnce:
         return composed
 
     def __getattr__(self, name: str):
+        if name == "loader":  # not set yet: unpickling (a SLURM job's copy, GroupJob) looks before __dict__ is filled
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
 
+@exit_on_user_error  # the sweep ends with this one line (exit 130), as after a Ctrl-C
+def raise_unfinished(unfinished: list[str]) -> None:
+    raise TrainingInterrupted("SLURM job(s) ended without a result: " + "; ".join(unfinished) + ". Their members' "
+                              "last checkpoints are kept: the same command continues the sweep")
+
+
+class GroupJob:
+    """What a SLURM job runs: one group of the sweep's jobs, as the launcher's own process would run it
+    (PopulationLauncher.finish), with Hydra's global state as the launcher had it. Requeued (a time limit or a
+    preemption: submitit calls `checkpoint`), it runs again, and finish() then keeps the members that had finished and
+    resumes the interrupted ones from their last.ckpt."""
+
+    def __init__(self, launcher: "PopulationLauncher", jobs: list[Job], singleton_state: dict) -> None:
+        self.launcher, self.jobs, self.singleton_state = launcher, jobs, singleton_state
+
+    def __call__(self) -> dict[int, JobReturn]:
+        from makemore_lab import sweep_policy
+
+        Singleton.set_state(self.singleton_state)
+        setup_globals()
+        configure_log(self.launcher.config.hydra.hydra_logging, self.launcher.config.hydra.verbose)
+        for job in self.jobs:  # what an earlier run of this SLURM job (before a requeue) finished or left
+            job.kept = sweep_policy.earlier_outcome(job.train_config, job.num, job.prepared.overrides)
+        return self.launcher.finish(self.jobs)
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's requeue protocol: the same group again (its members resume from their checkpoints)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
 class PopulationLauncher(Launcher):
-    def __init__(self, processes: int | str = "auto") -> None:
+    def __init__(self, processes: int | str = "auto", submitit: DictConfig | None = None) -> None:
         """`processes`: at most this many processes per group on a CPU ("auto": one per thread of the group's
-        budget); makemore_lab/population/processes.py."""
+        budget); makemore_lab/population/processes.py. `submitit`: None to train here, or the parameters of
+        submitit's executor (configs/hydra/launcher/population_slurm.yaml) to train each group as a SLURM job."""
         super().__init__()
         self.processes = processes
+        self.submitit = OmegaConf.to_container(submitit, resolve=True) if submitit else None
         self.workers = None  # processes.Workers, started at the first launch that may need them
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -170,7 +211,7 @@ class PopulationLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
-        if population_engine_spec() is None:
+        if population_engine_spec() is None or self.submitit:  # groups trained in SLURM jobs start their own
             return
         from makemore_lab.population import processes  # torch-free: see the module docstring
 
@@ -180,6 +221,10 @@ class PopulationLauncher(Launcher):
             except OSError as err:  # start_workers tries again, and the groups train here if it cannot
                 log.warning("the population's fork server did not start (%s)", err)
 
+    def __getstate__(self) -> dict:
+        """What a SLURM job receives (GroupJob pickles the launcher): no worker processes, which are this process's."""
+        return {**self.__dict__, "workers": None}
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -187,12 +232,58 @@ class PopulationLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs as populations")
         jobs = [self.prepare(initial_job_idx + index, overrides) for index, overrides in enumerate(job_overrides)]
+        returns = self.submit(jobs) if self.submitit else self.finish(jobs)
+        return [returns[job.num] for job in jobs]
+
+    def finish(self, jobs: list[Job]) -> dict[int, JobReturn]:
+        """Each job's result: kept from an earlier run of the sweep, or trained now (in this process and its
+        workers, or in a SLURM job: GroupJob)."""
         returns = {job.num: self.keep(job) for job in jobs if job.kept is not None}
         to_train = [job for job in jobs if job.kept is None]
         if to_train:
             self.start_workers(len(to_train))
             returns.update(self.train(to_train))
-        return [returns[job.num] for job in jobs]
+        return returns
+
+    def submit(self, jobs: list[Job]) -> dict[int, JobReturn]:
+        """Each group of the jobs to train as one SLURM job (submitit), all submitted at once; their results as
+        each job sends them back. A group whose SLURM job ends without a result (cancelled, or requeued
+        max_num_timeout times) keeps its members' last checkpoints: the sweep ends with one line saying so, and the
+        same command continues it."""
+        import submitit  # here, not at import: Hydra imports every plugin at start-up
+
+        from makemore_lab.population.grouping import group_jobs
+
+        returns = {job.num: self.keep(job) for job in jobs if job.kept is not None}
+        to_train = [job for job in jobs if job.kept is None]
+        if not to_train:
+            return returns
+        engine = population_engine()
+        refusals = [self.refusal(job, to_train[0], engine) for job in to_train]
+        grouping = group_jobs([job.train_config for job in to_train], refusals, names=[job.num for job in to_train])
+        for line in grouping.describe():
+            log.info(line)
+        params = dict(self.submitit)
+        executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster=params.pop("cluster", "slurm"),
+                                         slurm_max_num_timeout=params.pop("slurm_max_num_timeout", 10))
+        executor.update_parameters(**params)  # None is "not set", as submitit reads it
+        submitted = []
+        for group in grouping.groups:
+            members = [to_train[index] for index in group]
+            job = executor.submit(GroupJob(self, members, Singleton.get_state()))
+            log.info("job(s) %s: %s job %s", ",".join(str(m.num) for m in members), executor.cluster, job.job_id)
+            submitted.append((members, job))
+        unfinished = []
+        for members, job in submitted:
+            try:
+                returns.update(job.result())
+            except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as err:
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                unfinished.append(f"{job.job_id} (job(s) {','.join(str(m.num) for m in members)}): "
+                                  f"{lines[-1] if lines else type(err).__name__}")  # a trace's last line says why
+        if unfinished:
+            raise_unfinished(unfinished)
+        return returns
 
     def train(self, jobs: list[Job]) -> dict[int, JobReturn]:
         """Group the jobs and run the groups one after another."""

@@ -141,15 +141,21 @@ def with_threads(cfg: DictConfig, threads: int) -> DictConfig:
     return cfg
 
 
-class StopFlag:
-    """Why training should stop: None, "Ctrl-C" or "SIGTERM". Held in a shared int, so that the parts of a group
-    trained side by side read the one flag their parent's handlers set (a lone population holds its own)."""
+# SIGUSR2: what SLURM sends before a time limit or a preemption when asked to (submitit's jobs ask); not on Windows
+SCHEDULER_SIGNAL = getattr(signal, "SIGUSR2", None)
 
-    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+class StopFlag:
+    """Why training should stop: None, "Ctrl-C", "SIGTERM" or "SIGUSR2". Held in a shared int, so that the parts of
+    a group trained side by side read the one flag their parent's handlers set (a lone population holds its own)."""
+
+    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", **({SCHEDULER_SIGNAL: "SIGUSR2"} if SCHEDULER_SIGNAL else {})}
+    EXIT_CODES = {"SIGTERM": 143, "SIGUSR2": 140}
 
     def __init__(self, shared=None):
         self.shared = shared if shared is not None else multiprocessing.get_context("spawn").RawValue("i", 0)
         self.aborted = False  # a second signal came (in the process whose handlers set the flag)
+        self.scheduler_handler = None  # what handled SIGUSR2 before (submitit's requeue), in the handlers' process
 
     @property
     def requested(self) -> str | None:
@@ -160,26 +166,37 @@ class StopFlag:
 
     @property
     def exit_code(self) -> int:
-        return 143 if self.shared.value == signal.SIGTERM else 130
+        return self.EXIT_CODES.get(self.requested, 130)
+
+    def hand_over(self, where: str, resume: str) -> None:
+        """After SIGUSR2, with every member saved: the scheduler's own handler (submitit requeues the job, whose next
+        run resumes the members), as a run hands over (resume.hand_over_to_scheduler); nothing for other signals."""
+        if self.requested == "SIGUSR2":
+            from makemore_lab.resume import hand_over_to_scheduler  # imports Lightning: only here, after training
+
+            hand_over_to_scheduler(self.scheduler_handler, where, resume)
 
 
 @contextlib.contextmanager
 def stopping_on_signals(stop: StopFlag):
-    """Ctrl-C or SIGTERM: set `stop`, so that training stops after the current chunk of steps and saves every member;
-    a second signal aborts at once. Only the main thread can install handlers; elsewhere this does nothing."""
+    """Ctrl-C, SIGTERM or SIGUSR2: set `stop`, so that training stops after the current chunk of steps and saves every
+    member; a second signal aborts at once. Only the main thread can install handlers; elsewhere this does nothing."""
 
     def request_stop(signum, frame):
         if stop.requested:
             stop.aborted = True
             raise TrainingInterrupted("aborted by a second signal; the last saved checkpoints are kept")
         stop.request(signum)
-        print(f"\n{stop.requested}: stopping the population after the current steps and saving every member",
-              file=sys.stderr, flush=True)
+        if signum != SCHEDULER_SIGNAL:  # nothing written for the scheduler's: a handler that writes can re-enter
+            print(f"\n{stop.requested}: stopping the population after the current steps and saving every member",
+                  file=sys.stderr, flush=True)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGINT, signal.SIGTERM] + ([SCHEDULER_SIGNAL] if SCHEDULER_SIGNAL else [])
+    previous = {signum: signal.signal(signum, request_stop) for signum in signals}
+    stop.scheduler_handler = previous.get(SCHEDULER_SIGNAL)
     try:
         yield
     finally:
@@ -207,8 +224,9 @@ def start_worker(shared_stop, logging_config, verbose) -> None:
     """A worker process's start (the pool's initializer): signals are its parent's (it ignores SIGINT and SIGTERM
     and reads the shared flag), and its console lines go through Hydra's handlers as in the parent."""
     global _stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM, SCHEDULER_SIGNAL):
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
     from hydra.core.utils import configure_log
 
     configure_log(logging_config, verbose)
@@ -324,7 +342,8 @@ def train_side_by_side(parts: list[list[DictConfig]], workers: Workers, resume_c
         raise
     if interrupted or stop.requested:
         members = sum(len(part) for part in parts)
-        raise TrainingInterrupted(
-            f"{stop.requested}: {members} members in {len(parts)} processes stopped; every member's checkpoint "
-            f"saved. Resume with: {resume_command()}", exit_code=stop.exit_code)
+        where = f"{members} members in {len(parts)} processes stopped; every member's checkpoint saved"
+        stop.hand_over(where, resume_command())
+        raise TrainingInterrupted(f"{stop.requested}: {where}. Resume with: {resume_command()}",
+                                  exit_code=stop.exit_code)
     return outcomes

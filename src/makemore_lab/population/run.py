@@ -245,14 +245,15 @@ class Population:
                 self.finish(member, step, seconds)
 
     def interrupted(self, step: int) -> None:
-        error = TrainingInterrupted(
-            f"{self.stop_signal}: population of {len(self.members)} stopped at step {step} of {self.max_steps}; every "
-            f"member's checkpoint saved. Resume with: {sweep_resume_command([m.out_dir for m in self.members])}",
-            exit_code=self.stop.exit_code,
-        )
+        where = (f"population of {len(self.members)} stopped at step {step} of {self.max_steps}; every member's "
+                 "checkpoint saved")
+        resume = sweep_resume_command([m.out_dir for m in self.members])
+        error = TrainingInterrupted(f"{self.stop_signal}: {where}. Resume with: {resume}", exit_code=self.stop.exit_code)
         for member in self.active:
             member.save_last(step)
             member.release(error)
+        if self.owns_stop:  # side by side, the handlers' process hands over, once (processes.train_side_by_side)
+            self.stop.hand_over(where, resume)
         raise error
 
 
