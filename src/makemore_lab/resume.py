@@ -167,4 +167,4 @@ def hand_over_to_scheduler(handler, where: str, resume: str):
         except Exception as err:
             outcome = f"not requeued ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     raise TrainingInterrupted(f"SIGUSR2 (time limit or preemption): {where}, {outcome}. Resume with: {resume}",
-                              exit_code=140)
+                              exit_code=128 + signal.SIGUSR2)
