@@ -10,11 +10,15 @@ The same sweep run again into its own sweep dir (run_dir.check_sweep_dir admits 
 finished keeps its result (its val loss is returned, nothing retrained), one that failed keeps its failure, one
 that was interrupted (last.ckpt, no summary.json) resumes from its last.ckpt, and the rest run. A job dir whose
 earlier job had other overrides (a sampler that drew other values) is refused without writing into it.
+An interrupted job stops the sweep (Ctrl-C, SIGTERM), except a SLURM job stopped by its time limit and not
+requeued (resume.py): that job alone ends, unfinished, and the sweep goes on.
 """
 
 import json
 import logging
 import math
+import os
+import signal
 import traceback
 from pathlib import Path
 
@@ -58,8 +62,14 @@ def job_result(train, cfg, job: int, continue_sweep: bool = True) -> float:
     try:
         earlier = earlier_result(cfg, job) if continue_sweep else None
         return earlier if earlier is not None else train(cfg).get("val_loss", math.nan)
-    except TrainingInterrupted:
-        raise  # Ctrl-C / SIGTERM stop the whole sweep
+    except TrainingInterrupted as err:
+        if not (in_scheduler_job() and err.exit_code == 128 + signal.SIGUSR2):
+            raise  # Ctrl-C / SIGTERM stop the whole sweep; a SLURM job's SIGTERM may be a requeue (preemption)
+        # A SLURM job stopped by its time limit and not requeued (resume.py) is one job of the sweep: its result is
+        # "none yet" (no failure.json, the table lists it as unfinished, the sweep's rerun resumes it), returned at
+        # once so that the submitting process learns it now, not when it next polls SLURM.
+        log.warning("job %s interrupted: %s", job, err)
+        return math.nan
     except RunDirRefused as err:  # another run's dir: record nothing in it
         log.error("job %s refused: %s", job, err)
         return math.inf
@@ -78,6 +88,12 @@ def job_result(train, cfg, job: int, continue_sweep: bool = True) -> float:
         raise UserError(f"cannot write {err.filename} ({err.strerror}), so the sweep stops: job {job} failed: "
                         f"{reason}{kept}", exit_code=1) from None
     return math.inf
+
+
+def in_scheduler_job() -> bool:
+    """This process runs one job of the sweep for a scheduler (submitit: hydra/launcher=slurm, slurm_cpu,
+    submitit_local), not the sweep itself."""
+    return "SUBMITIT_FOLDER" in os.environ
 
 
 def earlier_result(cfg, job, task_overrides=None, announce_resume: bool = True) -> float | None:
