@@ -1,12 +1,16 @@
 """The root entry points run as a user runs them: train.py -> checkpoint -> sample.py / eval.py, and bad input."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_script
+from conftest import ROOT, TINY, run_script
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def test_train_writes_a_complete_run_dir(trained_run):
     run_dir, result = trained_run
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # the resolved config
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 20
     assert "samples:" in result.stdout and "final loss" in result.stdout + result.stderr
@@ -149,9 +153,11 @@ def test_test_set_spread_scores_the_checkpoints_own_test_split(trained_run, smal
     ("train.py", ["optimizer.lr=-1"], "error: optimizer.lr must be a positive number below 1e30, got -1"),
     ("train.py", ["model=nosuch"], "error: In 'train': Could not find 'model/nosuch'"),
     ("train.py", ["model.n_hidden=wide"], "error: model.n_hidden must be a positive integer, got 'wide'"),
-    ("sample.py", [], "error: ckpt_path is required: python sample.py"),
+    ("sample.py", [], "error: ckpt_path=latest: no run under logs/ has a checkpoint"),  # an empty dir
+    ("sample.py", ["ckpt_path=null"], f"error: ckpt_path is required: python {ROOT / 'sample.py'} ckpt_path=<run dir>"),
     ("sample.py", ["ckpt_path=x.ckpt", "temperature=-1"], "error: temperature must be a non-negative number"),
-    ("eval.py", [], "error: ckpt_path is required: python eval.py"),
+    ("eval.py", [], f"error: ckpt_path is required: python {ROOT / 'eval.py'} ckpt_path=<run dir>"),
+    ("eval.py", ["ckpt_path=latest"], "error: ckpt_path=latest: no run under logs/ has a checkpoint"),
 ])
 def test_a_bad_value_is_one_line_before_torch_is_imported(script, args, message, tmp_path):
     """A mistyped override or a value against a documented rule is reported before the seconds torch and
@@ -163,3 +169,86 @@ def test_a_bad_value_is_one_line_before_torch_is_imported(script, args, message,
     assert result.returncode == 2 and len(said) == 1 and said[0].startswith(message), result.stderr[-2000:]
     assert "hydra" in imported and not {"torch", "pytorch_lightning"} & set(imported)
 
+
+
+# ---------------------------------------------------------------------------------------------- ckpt_path=latest
+
+BIN = Path(sys.executable).parent  # the venv's console scripts (editable install)
+
+
+def console(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """An installed console script, on PATH as an installed user has it."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, small_names):
+    """A working dir whose logs/ holds two runs, the second one newer."""
+    workdir = tmp_path_factory.mktemp("two_runs")
+    runs = []
+    for seed in (1, 2):
+        run_dir = workdir / "logs" / "train" / "runs" / f"run{seed}"
+        result = run_script("train.py", *TINY, "callbacks=none", "logger=none", f"data.path={small_names}",
+                            f"seed={seed}", f"hydra.run.dir={run_dir}", cwd=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(run_dir)
+    return workdir, runs
+
+
+def test_sample_without_ckpt_path_takes_the_newest_run_and_says_which(two_runs):
+    workdir, (_, newest) = two_runs
+    latest = console("makemore-sample", "num_samples=4", cwd=workdir)
+    explicit = console("makemore-sample", "num_samples=4", f"ckpt_path={newest / 'checkpoints' / 'last.ckpt'}",
+                       cwd=workdir)
+    assert latest.returncode == 0, latest.stderr[-2000:]
+    assert latest.stdout == explicit.stdout and len(latest.stdout.splitlines()) == 4  # stdout: the samples only
+    assert latest.stderr.splitlines()[0] == ("ckpt_path=latest: the newest run is logs/train/runs/run2 "
+                                             "(its checkpoints/last.ckpt)")
+
+
+def test_eval_ckpt_path_latest_scores_the_newest_run(two_runs, small_names):
+    workdir, (_, newest) = two_runs
+    result = run_script("eval.py", "ckpt_path=latest", f"data.path={small_names}", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"checkpoint: {Path('logs/train/runs/run2/checkpoints/last.ckpt')}" in result.stdout
+    summary = json.loads((newest / "summary.json").read_text())
+    assert f"val_loss: {summary['val_loss']:.4f}" in result.stdout
+
+
+def test_messages_name_the_command_typed(two_runs, tmp_path):
+    workdir, _ = two_runs
+    missing = console("makemore-eval", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().startswith("error: ckpt_path is required: makemore-eval ckpt_path=<run dir>/")
+    empty = console("makemore-sample", cwd=tmp_path)
+    assert empty.returncode == 2 and empty.stderr.strip().startswith("error: ckpt_path=latest: no run under logs/")
+
+
+def test_train_ckpt_path_latest_continues_the_newest_run_in_its_own_dir(two_runs, small_names, tmp_path):
+    workdir, (older, newest) = two_runs
+    copy = tmp_path / "work"
+    shutil.copytree(workdir, copy)
+    newest = copy / newest.relative_to(workdir)
+    typed = [*TINY, "callbacks=none", "logger=none", f"data.path={small_names}", "seed=2"]
+    before = {p: p.read_bytes() for p in newest.rglob("*") if p.is_file()}
+    # Started with other overrides set: refused, naming the command that continues it; nothing written.
+    refused = console("makemore-train", "ckpt_path=latest", "trainer.max_steps=40", cwd=copy)
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the newest run (logs/train/runs/run2) was started with ") and (
+        f"continue it with: makemore-train {' '.join(typed)} hydra.run.dir={newest} ckpt_path=") in line
+    assert {p: p.read_bytes() for p in newest.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in newest.parent.iterdir()) == ["run1", "run2"]
+
+    swept = console("makemore-train", "-m", "ckpt_path=latest", cwd=copy)
+    assert swept.returncode == 2 and swept.stderr.strip() == (
+        "error: ckpt_path=latest continues one run, not a sweep: continue a sweep with its own command and "
+        "hydra.sweep.dir=<its sweep dir>")
+
+    typed[0] = "trainer.max_steps=40"
+    resumed = console("makemore-train", *typed, "ckpt_path=latest", cwd=copy)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((newest / "summary.json").read_text())
+    assert (summary["steps"], summary["resumed_from_step"]) == (40, 20)
+    assert sorted(p.name for p in newest.parent.iterdir()) == ["run1", "run2"]  # no new run dir
