@@ -205,8 +205,9 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line_in_each_entry_point(trained
 
 @pytest.mark.parametrize("script", ["sample.py", "eval.py"])
 def test_sample_and_eval_without_ckpt_path_are_one_line(script):
-    line = assert_one_line(run_script(script))
-    assert line == f"error: ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt"
+    line = assert_one_line(run_script(script, "ckpt_path=null"))  # sample.py without it: the newest run (test_cli)
+    assert line == (f"error: ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt (or "
+                    "ckpt_path=latest: the newest run under logs/)")
 
 
 # ------------------------------------------------------------------------- 3. a run dir belongs to one run
