@@ -8,12 +8,14 @@ land beside the old ones. optuna itself is imported only when a sweep starts: Hy
 run to find its plugins.
 """
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from filelock import FileLock
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
@@ -113,12 +115,13 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study = self._open_study(optuna)
+        self.check_same_search(study, space)
         log.info("study %r: %d trials before this sweep, %d to run, %d at a time; searching %s",
                  study.study_name, len(study.trials), self.n_trials, self.n_jobs, ", ".join(space) or "nothing")
 
         returns = []
         for start in range(0, self.n_trials, self.n_jobs):
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - start))]
+            trials = [self.ask(study, space, optuna) for _ in range(min(self.n_jobs, self.n_trials - start))]
             batch = [[*fixed.values(), *(f"{key}={trial.params[key]}" for key in space)] for trial in trials]
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
@@ -134,20 +137,70 @@ class OptunaSweeper(Sweeper):
 
     def _open_study(self, optuna):
         """Create the study, or load it from `storage`. A resumed study's sampler seed is offset by its trial count,
-        so that a seeded sampler does not propose the first sweep's random trials again."""
+        so that a seeded sampler does not propose the first sweep's random trials again. Two searches that start
+        at once on one new storage would race on creating its tables (and the study): under storage_lock, one
+        creates them and the other finds them."""
         name = self.study_name or self.config.hydra.runtime.choices.get("hparams_search") or "makemore"
         before = 0
-        if self.storage:
-            try:
-                before = len(optuna.load_study(study_name=name, storage=self.storage).trials)
-            except KeyError:  # no such study yet
-                pass
-        study = optuna.create_study(study_name=name, storage=self.storage, sampler=self.build_sampler(before),
-                                    direction=self.direction, load_if_exists=True)
+        storage = None
+        with storage_lock(self.storage):
+            if self.storage:
+                try:
+                    storage = optuna.storages.RDBStorage(self.storage)
+                except Exception as err:  # a bad URL, a driver missing, a file that is not a database
+                    raise SweeperError(f"hydra.sweeper.storage={self.storage} cannot be opened: "
+                                       f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+                try:
+                    before = len(optuna.load_study(study_name=name, storage=storage).trials)
+                except KeyError:  # no such study yet
+                    pass
+            study = optuna.create_study(study_name=name, storage=storage, sampler=self.build_sampler(before),
+                                        direction=self.direction, load_if_exists=True)
         if study.direction.name.lower() != self.direction:
             raise SweeperError(f"study {name!r} in {self.storage} was created to {study.direction.name.lower()}, "
                                f"not to {self.direction}: use another hydra.sweeper.study_name")
         return study
+
+    def check_same_search(self, study, space: dict) -> None:
+        """A stored study holds one search: a parameter its trials drew from another distribution (other choices,
+        another type) is refused before any trial is asked, with the study's name and storage."""
+        from optuna.distributions import check_distribution_compatibility
+
+        known = {}
+        for trial in study.trials:
+            known.update(trial.distributions)
+        for key, dist in space.items():
+            if key not in known:
+                continue
+            try:
+                check_distribution_compatibility(known[key], dist)
+            except ValueError:
+                raise SweeperError(self.another_search(study, f"its trials drew {key} from {known[key]}, this search "
+                                                              f"from {dist}")) from None
+
+    def another_search(self, study, detail: str) -> str:
+        return (f"study {study.study_name!r} in {self.storage} holds another search ({detail}): use another "
+                "hydra.sweeper.study_name (or storage) for this search, or run that search's own command")
+
+    def ask(self, study, space: dict, optuna):
+        """study.ask(space), but a trial whose values cannot be drawn is told FAIL, not left RUNNING in the stored
+        study for ever (Optuna's own ask creates the trial before it draws)."""
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        trial = study.ask()
+        try:
+            for key, dist in space.items():
+                if isinstance(dist, CategoricalDistribution):
+                    trial.suggest_categorical(key, dist.choices)
+                elif isinstance(dist, IntDistribution):
+                    trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+                else:
+                    trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+        except Exception as err:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            detail = f"trial {trial.number}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            raise SweeperError(self.another_search(study, detail) + f"; trial {trial.number} is marked failed") from None
+        return trial
 
     def build_sampler(self, trials_before: int):
         target = self.sampler.get("_target_", "")
@@ -171,6 +224,21 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
         log.info("best of %d trials: trial %d, value %.4f, %s", len(study.trials), best.number, best.value,
                  " ".join(f"{k}={v}" for k, v in best.params.items()))
+
+
+@contextlib.contextmanager
+def storage_lock(storage: str | None):
+    """A lock beside a SQLite storage's file (`<file>.lock`, filelock's) while the study is opened or created: two
+    searches starting at once on one new file would both create its tables, and one would fail. Other databases
+    (PostgreSQL, MySQL) serialise that themselves."""
+    if not storage or not storage.startswith("sqlite:///") or storage == "sqlite:///:memory:":
+        yield
+        return
+    path = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.parent.is_dir():
+        raise SweeperError(f"hydra.sweeper.storage={storage}: the directory {path.parent} does not exist")
+    with FileLock(str(path) + ".lock"):
+        yield
 
 
 def trial_value(result: JobReturn) -> float | None:
