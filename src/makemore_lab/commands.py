@@ -161,6 +161,11 @@ def typed_command(entry: str, args: list[str]) -> str:
     return command(entry, args, api=False)
 
 
+def losses_command(ckpt: Path) -> str:
+    """The command that prints a checkpoint's losses (makemore-eval / python eval.py), as the user runs commands."""
+    return typed_command("eval", [f"ckpt_path={hydra_quote(str(ckpt))}"])
+
+
 # ------------------------------------------------------------------------------------------------- resuming
 
 

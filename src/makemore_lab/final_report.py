@@ -12,6 +12,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from makemore_lab import console, tensorboard_events
 from makemore_lab.atomic_write import write_atomically, write_json_atomically  # noqa: F401 (also the population's)
 from makemore_lab.checkpoint import last_good, net_state_dict, read_checkpoint
+from makemore_lab.commands import losses_command
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.losses import split_loss
 from makemore_lab.sampling import generate
@@ -132,8 +133,8 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
         write_json_atomically(out_dir / "summary.json", summary)
     except OSError as err:  # a full disk at the very end: the trained weights are in last.ckpt
         raise UserError(f"cannot write {err.filename} ({err.strerror}): the run trained to step "
-                        f"{trainer.global_step}, and {last_good(out_dir)}; its losses: python eval.py "
-                        f"ckpt_path={out_dir / 'checkpoints' / 'last.ckpt'}") from None
+                        f"{trainer.global_step}, and {last_good(out_dir)}; its losses: "
+                        f"{losses_command(out_dir / 'checkpoints' / 'last.ckpt')}") from None
     log.info("summary: %s", Path(cfg.paths.output_dir) / "summary.json", extra=console.job_detail())
     if console.in_multirun():  # the job's one console line; the lines above are in its train.log
         log.info("%s", console.job_report_line(summary))

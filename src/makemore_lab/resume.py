@@ -11,7 +11,6 @@ from last.ckpt); without one, or where it does not requeue, the run ends as inte
 import contextlib
 import json
 import logging
-import shlex
 import signal
 import sys
 import threading
@@ -24,7 +23,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from makemore_lab.atomic_write import write_text_atomically
 from makemore_lab.checkpoint import check_resumable, check_weights_fit, last_good, net_state_dict, read_checkpoint
-from makemore_lab.commands import resume_command
+from makemore_lab.commands import losses_command, resume_command
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def stop_cleanly_on_sigint(trainer: pl.Trainer, last: Path):
     def after_training(signum, frame):  # the final save and report: training is over, its weights are saved
         raise TrainingInterrupted(
             f"Ctrl-C after training had finished (step {trainer.global_step}): summary.json was not written; the "
-            f"last saved weights are in {last}. Their losses: python eval.py ckpt_path={shlex.quote(str(last))}")
+            f"last saved weights are in {last}. Their losses: {losses_command(last)}")
 
     def request_stop_for_scheduler(signum, frame):  # nothing written here: a handler that logs can re-enter a stream
         stop["requested"] = stop["scheduler"] = True
