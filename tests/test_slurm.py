@@ -1,0 +1,215 @@
+"""Sweeps on a real SLURM cluster: scripts/slurm_cluster.sh starts one on this machine (as root: Debian's slurm-wlm,
+slurmdbd with MariaDB, munge) and these tests submit to it through hydra/launcher=slurm_cpu, as a user would.
+
+Covered: the shipped sweep command; a failed job's row; scancel, then the sweep's rerun resumes the job; a job
+requeued (scontrol requeue) and a job cancelled mid-run end at the same losses as one left alone; preemption by a
+higher partition requeues and resumes; a time limit sends SIGUSR2, the job saves its step, is requeued and resumes,
+and is left unfinished (not failed) once max_num_timeout is spent; trainer=ddp with 2 ranks as one SLURM job equals
+the local DDP run. Where the cluster cannot be started (not root, no apt-get) they are skipped with the reason.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from makemore_lab import ranks
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "scripts" / "slurm_cluster.sh"
+# A bigram run long enough to be interrupted after its first validation (step 1000), short enough to finish in
+# seconds: steps_per_call=200 steps a batch, so interruptions land on a multiple of 200.
+LONG = ["model=bigram", "trainer.max_steps=8000", "trainer.val_check_interval=1000", "threads=1"]
+FIRST_VALIDATION = "step 1000/"
+WAIT_S = 240  # for a job to reach a point; a cluster that takes longer is broken, not slow
+
+slurm = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The cluster, started by the script (installing it first where needed); stopped after the tests if they
+    started it. Skipped, with the reason, where it cannot be started."""
+    if os.geteuid() != 0:
+        pytest.skip("a SLURM cluster needs root (scripts/slurm_cluster.sh installs and starts its daemons)")
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        pytest.skip("no SLURM and no apt-get to install it (scripts/slurm_cluster.sh installs Debian's packages)")
+    start = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
+    if start.returncode in (2, 3):  # not root, cannot install
+        pytest.skip(f"SLURM cannot be started here: {(start.stderr or start.stdout).strip()}")
+    assert start.returncode == 0, f"scripts/slurm_cluster.sh start failed:\n{start.stdout}\n{start.stderr}"
+    yield
+    if "already running" not in start.stdout:
+        subprocess.run([str(CLUSTER), "stop"], capture_output=True, timeout=120)
+
+
+def sweep(cwd: Path, *overrides: str) -> subprocess.Popen:
+    """`python train.py -m hydra/launcher=slurm_cpu <overrides>` in cwd, started (not waited for)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm_cpu", *overrides],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def wait_for(path: Path, text: str, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{what}: {text!r} never appeared in {path}")
+
+
+def slurm_job_id(sweep_dir: Path, job: int) -> str:
+    """The SLURM id of a sweep's job: submitit's folder for it, <array id>_<job>."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        found = [p.name for p in (sweep_dir / ".submitit").glob(f"*_{job}") if p.is_dir()]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    pytest.fail(f"no submitit folder for job {job} in {sweep_dir}")
+
+
+def table(sweep_dir: Path) -> dict[str, dict]:
+    with (sweep_dir / "summary.csv").open() as f:
+        return {row["job"]: row for row in csv.DictReader(f)}
+
+
+def summary(job_dir: Path) -> dict:
+    return json.loads((job_dir / "summary.json").read_text())
+
+
+def test_rank_zero_is_read_from_every_launcher(monkeypatch):
+    """Lightning's DDP launcher (LOCAL_RANK), torchrun (RANK) and SLURM (SLURM_PROCID, SLURM_LOCALID) alike."""
+    for name in ranks.RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert ranks.is_rank_zero()
+    for name in ranks.RANK_VARIABLES:
+        monkeypatch.setenv(name, "0")
+        assert ranks.is_rank_zero()
+        monkeypatch.setenv(name, "1")
+        assert not ranks.is_rank_zero(), name
+        monkeypatch.setenv(name, "0")
+
+
+@slurm
+def test_the_shipped_sweep_runs_and_a_failing_job_is_a_failed_row(cluster, tmp_path):
+    shipped, failing = tmp_path / "shipped", tmp_path / "failing"
+    shipped.mkdir()
+    a = sweep(shipped, "model=bigram,mlp", "debug=fast")  # exactly the documented command, in its own dir
+    b = sweep(tmp_path, "model=mlp", "debug=fast", "max_params=1000", f"hydra.sweep.dir={failing}")
+    (code_a, out_a, err_a), (code_b, out_b, err_b) = finish(a), finish(b)
+    assert code_a == 0, err_a
+    (sweep_dir,) = (shipped / "logs" / "train" / "multiruns").iterdir()
+    rows = table(sweep_dir)
+    assert {rows[j]["model"] for j in "01"} == {"bigram", "mlp"} and not any(r["error"] for r in rows.values())
+    assert all((sweep_dir / j / "summary.json").is_file() for j in "01")
+    tasks = [p.name.split("_") for p in (sweep_dir / ".submitit").glob("*_*") if p.is_dir()]
+    assert len({array for array, _ in tasks}) == 1 and sorted(job for _, job in tasks) == ["0", "1"]  # one array
+    assert "| mlp |" in out_a and "| bigram |" in out_a  # the table, on the console
+
+    assert code_b == 0, err_b
+    row = table(failing)["0"]
+    assert "more than max_params=1,000" in row["error"] and row["val_loss"] == ""
+    assert json.loads((failing / "0" / "failure.json").read_text())["error"] == row["error"]
+    assert "| failed |" in out_b and "more than max_params=1,000" in out_b
+
+
+@slurm
+def test_requeued_and_cancelled_jobs_resume_to_the_uninterrupted_result(cluster, tmp_path):
+    """Three identical jobs: 0 runs alone, 1 is requeued by `scontrol requeue` mid-run (SLURM sends SIGTERM: the
+    job saves its step and exits; its requeued run resumes), 2 is cancelled by scancel mid-run (the sweep ends with
+    one line naming it; its rerun resumes it). All three end at the same losses."""
+    sweep_dir = tmp_path / "sweep"
+    overrides = [*LONG, "seed=1,1,1", f"hydra.sweep.dir={sweep_dir}"]
+    process = sweep(tmp_path, *overrides)
+    wait_for(sweep_dir / "1" / "train.log", FIRST_VALIDATION, "job 1 training")
+    subprocess.run(["scontrol", "requeue", slurm_job_id(sweep_dir, 1)], check=True)
+    wait_for(sweep_dir / "2" / "train.log", FIRST_VALIDATION, "job 2 training")
+    subprocess.run(["scancel", slurm_job_id(sweep_dir, 2)], check=True)
+    code, out, err = finish(process)
+    assert code != 0 and "CANCELLED" in err and len(err.strip().splitlines()) == 1, err  # one line, no traceback
+    assert (sweep_dir / "2" / "checkpoints" / "last.ckpt").is_file() and not (sweep_dir / "2" / "failure.json").exists()
+
+    code, out, err = finish(sweep(tmp_path, *overrides))  # the same sweep again: 0 and 1 kept, 2 resumed
+    assert code == 0, err
+    results = [summary(sweep_dir / str(job)) for job in range(3)]
+    assert [r["val_loss"] for r in results[1:]] == [results[0]["val_loss"]] * 2
+    assert [r["test_loss"] for r in results[1:]] == [results[0]["test_loss"]] * 2
+    for job in (1, 2):
+        assert "resuming from" in (sweep_dir / str(job) / "train.log").read_text()
+        (interrupted,) = json.loads((sweep_dir / str(job) / "segments.json").read_text())
+        assert interrupted["steps"] == results[job]["resumed_from_step"] > 0
+        row = table(sweep_dir)[str(job)]  # the table's time: every fit of the job, not the last one alone
+        assert float(row["time_s"]) == pytest.approx(results[job]["train_seconds"] + interrupted["seconds"])
+
+
+@slurm
+def test_a_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
+    """A job in the `urgent` partition that needs every CPU preempts the running sweep job (PreemptMode=REQUEUE):
+    the sweep job saves its step, is requeued, resumes after the urgent job, and the sweep finishes."""
+    sweep_dir = tmp_path / "sweep"
+    process = sweep(tmp_path, *LONG, f"hydra.sweep.dir={sweep_dir}")
+    wait_for(sweep_dir / "0" / "train.log", FIRST_VALIDATION, "the sweep's job training")
+    subprocess.run(["sbatch", "--partition=urgent", f"--cpus-per-task={os.cpu_count()}", "--mem=100M",
+                    f"--output={tmp_path / 'urgent.out'}", "--wrap=true"], check=True, capture_output=True)
+    code, out, err = finish(process)
+    assert code == 0, err
+    log = (sweep_dir / "0" / "train.log").read_text()
+    assert "Received SIGTERM" in log and "resuming from" in log
+    assert summary(sweep_dir / "0")["resumed_from_step"] > 0 and table(sweep_dir)["0"]["error"] == ""
+
+
+@slurm
+def test_a_time_limit_requeues_the_job_then_leaves_it_unfinished_not_failed(cluster, tmp_path):
+    """timeout_min=1 with SIGUSR2 50 s before it: the job stops at its current step, saves, and is requeued
+    (max_num_timeout=1); its second run resumes there and is stopped the same way, then left unfinished: no
+    failure.json, the sweep ends (exit 0) with the job listed as unfinished, and its rerun would resume it."""
+    sweep_dir = tmp_path / "sweep"
+    process = sweep(tmp_path, "model=bigram", "trainer.max_steps=10000000", "trainer.val_check_interval=2000",
+                    "threads=1", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=50",
+                    "hydra.launcher.max_num_timeout=1", f"hydra.sweep.dir={sweep_dir}")
+    code, out, err = finish(process)
+    assert code == 0, err
+    job_dir = sweep_dir / "0"
+    first, second = json.loads((job_dir / "segments.json").read_text())
+    assert second["resumed_from_step"] == first["steps"] > 0 and second["steps"] > 0
+    assert not (job_dir / "failure.json").exists() and not (job_dir / "summary.json").exists()
+    assert (job_dir / "checkpoints" / "last.ckpt").is_file()
+    log = (job_dir / "train.log").read_text()
+    assert log.count("SIGUSR2 (a time limit or preemption is near)") == 2 and "Requeued job" in log
+    assert "job 0 interrupted: SIGUSR2" in log
+    stderr = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.err"))
+    assert "reentrant" not in stderr and "Traceback" not in stderr  # nothing logged from inside a signal handler
+    row = table(sweep_dir)["0"]
+    assert row["error"] == "" and row["val_loss"] == ""  # unfinished, not failed
+
+
+@slurm
+def test_ddp_with_two_ranks_as_a_slurm_job_equals_the_local_ddp_run(cluster, tmp_path):
+    """trainer=ddp trainer.devices=2: two SLURM tasks (gloo ranks) that Lightning joins; rank 1 claims nothing
+    (ranks.py), rank 0 writes the run's files, and the run ends where the same run under Lightning's own DDP
+    launcher on this machine ends."""
+    sweep_dir, local_dir = tmp_path / "sweep", tmp_path / "local"
+    ddp = ["trainer=ddp", "trainer.devices=2", "model=mlp", "debug=fast", "threads=1"]
+    process = sweep(tmp_path, *ddp, f"hydra.sweep.dir={sweep_dir}")
+    local = subprocess.run([sys.executable, str(ROOT / "train.py"), *ddp, f"hydra.run.dir={local_dir}"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    code, out, err = finish(process)
+    assert code == 0 and local.returncode == 0, err + local.stderr
+    on_slurm, here = summary(sweep_dir / "0"), summary(local_dir)
+    assert (on_slurm["val_loss"], on_slurm["test_loss"]) == (here["val_loss"], here["test_loss"])
+    (rank1_log,) = (sweep_dir / ".submitit").rglob("*_1_log.out")  # the job's second task
+    rank1 = rank1_log.read_text()
+    assert "global_rank=1(2)" in rank1 and "refused" not in rank1 and "in use" not in rank1
+    assert table(sweep_dir)["0"]["error"] == ""
