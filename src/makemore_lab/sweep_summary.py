@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from makemore_lab.atomic_write import write_text_atomically
 from makemore_lab.ranks import is_rank_zero
+from makemore_lab.diagnostics.health import verdict_word
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
         row.update({column: summary.get(key) for column, key in METRICS.items()})
         if row["time_s"] is not None:  # a resumed job's summary.json times its last fit; the table, all of them
             row["time_s"] += job.get("interrupted_seconds", 0)
+        row["health"] = verdict_word(summary.get("health")) if job["summary"] else ""  # the diagnostics' verdict
         row["error"] = job["error"] or ""
         rows.append(row)
 
@@ -135,7 +137,7 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
 def write_csv(path: Path, override_keys: list[str], rows: list[dict]) -> None:
     """Numbers are written in full (repr), so they read back equal to summary.json's."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=["job", *override_keys, *METRICS, "error"])
+    writer = csv.DictWriter(text, fieldnames=["job", *override_keys, *METRICS, "health", "error"])
     writer.writeheader()
     writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
     write_text_atomically(path, text.getvalue())  # parallel jobs (joblib) may write the table at once: each whole
@@ -160,13 +162,13 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
         lines.append(f"{unfinished} job(s) have no summary.json (unfinished or killed): listed last.")
     lines += [
         "",
-        "| job | " + " | ".join(varying) + " | params | steps | train_loss | val_loss | test_loss | time (s) | failed |",
-        "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|---|",
+        "| job | " + " | ".join(varying) + " | params | steps | train_loss | val_loss | test_loss | time (s) | health | failed |",
+        "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in rows:
         cells = [row["job"], *(row[k] for k in varying), fmt(row["params"], ","), fmt(row["steps"], ","),
                  fmt(row["train_loss"], ".4f"), fmt(row["val_loss"], ".4f"), fmt(row["test_loss"], ".4f"),
-                 fmt(row["time_s"], ".1f"), row["error"].replace("|", "\\|")]
+                 fmt(row["time_s"], ".1f"), row["health"], row["error"].replace("|", "\\|")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
