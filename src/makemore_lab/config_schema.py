@@ -6,8 +6,12 @@ from deep inside torch or Lightning, or a silent misbehaviour after the run. A k
 optimizer without `momentum`, say) is not checked; a key present must obey its rule.
 """
 
+import difflib
+import functools
+import inspect
 import math
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +66,7 @@ PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "64", "64-true", "bf16-
 
 MAX_STEPS_PER_CALL = 10_000
 MAX_SAMPLE_LENGTH = 100_000  # characters of one generated item: one model call each
+MAX_TRAIN_SAMPLES = 10_000  # a run's printed samples, kept in summary.json; sample.py streams any number
 
 # What the data module takes: also checked by CharData itself (data/corpus.py), which eval.py and sample.py build
 # from a checkpoint's saved settings without a config.
@@ -179,9 +184,26 @@ TRAINER_FLAG_RULES = [
     unsupported("trainer.model_registry", None, "checkpoints stay in the run dir"),
 ]
 
-TRAIN_RULES = [
+# A population's own settings (the population launcher checks them once, before any member is built; a member
+# checks them too, as part of TRAIN_RULES).
+POPULATION_RULES = [
+    Rule("population_max_memory_gb", "a positive number of GB (or null: measured from the machine)", number(above=0),
+         nullable=True),
+]
+
+class Rules(list):
+    """A list of per-key Rules, and `checks`: rules over several keys (functions of the config that raise UserError),
+    which validate runs after them."""
+
+    def __init__(self, rules, checks=()):
+        super().__init__(rules)
+        self.checks = tuple(checks)
+
+
+TRAIN_RULES = Rules([
     Rule("seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
-    Rule("num_samples", "a non-negative integer", non_negative_int),
+    Rule("num_samples", f"an integer in [0, {MAX_TRAIN_SAMPLES:,}] (printed at the end and kept in summary.json; "
+         "for more: python sample.py num_samples=N, which streams them)", integer(0, MAX_TRAIN_SAMPLES)),
     Rule("max_params", "a positive integer or null", positive_int, nullable=True),
     Rule("final_weights", "'last' or 'best'", one_of("last", "best")),
     Rule("ckpt_path", "a checkpoint path or null", text, nullable=True),
@@ -192,7 +214,10 @@ TRAIN_RULES = [
     *SCHEDULE_RULES,
     Rule("data", "a data option, e.g. data=names (configs/data/)", group_option, required=True),
     *DATA_RULES,
-]
+], checks=[
+    lambda cfg: validate(cfg, POPULATION_RULES),
+    lambda cfg: check_known_keys(cfg),  # keys no rule, option or model reads: a typo, in a preset or elsewhere
+])
 
 SAMPLE_RULES = [
     Rule("ckpt_path", "a checkpoint path", text),
@@ -218,8 +243,8 @@ def check(key: str, value, what: str, ok: Callable[[Any], bool]):
     return value
 
 
-def validate(cfg: DictConfig, rules: list[Rule]) -> None:
-    """Raise UserError for the first key whose value breaks its rule."""
+def validate(cfg: DictConfig, rules: list) -> None:
+    """Raise UserError for the first key whose value breaks its rule, then run the rules' checks (Rules.checks)."""
     for rule in rules:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT, throw_on_missing=False)
         if value is _ABSENT and rule.required:
@@ -227,6 +252,8 @@ def validate(cfg: DictConfig, rules: list[Rule]) -> None:
         if value is _ABSENT or (value is None and rule.nullable):
             continue
         check(rule.key, value, rule.what, rule.ok)
+    for check_keys in getattr(rules, "checks", ()):
+        check_keys(cfg)
 
 
 def required_ckpt_path(cfg, script: str) -> str:
@@ -235,3 +262,136 @@ def required_ckpt_path(cfg, script: str) -> str:
     if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
         raise UserError(f"ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt")
     return cfg.ckpt_path
+
+
+# Top-level keys a train config may hold beyond train.yaml's own and its groups: a preset's note on where its numbers
+# come from (configs/experiment/*.yaml), and the population's settings. Anything else is a typo that would do nothing.
+EXTRA_TOP_LEVEL_KEYS = {"reference", "hydra", *(rule.key for rule in POPULATION_RULES)}
+
+
+@functools.cache
+def top_level_keys() -> frozenset[str]:
+    """train.yaml's own keys and config groups (the keys its options fill), and EXTRA_TOP_LEVEL_KEYS."""
+    from makemore_lab.configs import CONFIG_DIR
+
+    primary = OmegaConf.load(Path(CONFIG_DIR) / "train.yaml")
+    groups = {next(iter(entry)) for entry in primary.defaults if isinstance(entry, DictConfig)}
+    return frozenset({*primary.keys(), *groups, *EXTRA_TOP_LEVEL_KEYS} - {"defaults"})
+
+
+def typed_additions() -> set[str]:
+    """Keys the user added on purpose on the command line (`+key=value`): theirs to add."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    return {str(o).lstrip("+").split("=", 1)[0] for o in overrides if str(o).startswith("+")}
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key at the top of the config or under `trainer` that nothing reads is refused in one line: from an
+    experiment preset (a user's --config-dir), a config file, or a misspelt override. Keys added with `+` on the
+    command line are the user's own. Every Trainer argument has a rule (TRAINER_FLAG_RULES)."""
+    added = typed_additions()
+    for key in cfg.keys():
+        if key not in top_level_keys() and key not in added:
+            raise UserError(f"unknown config key {key!r} (from an experiment preset or a config file?): no option "
+                            "or rule reads it; remove it, or add it on purpose with +" + f"{key}=<value>")
+    trainer = cfg.get("trainer")
+    if isinstance(trainer, DictConfig):
+        flags = {rule.key.removeprefix("trainer.") for rule in TRAINER_FLAG_RULES} | {"_target_"}
+        for key in trainer.keys():
+            if key not in flags and f"trainer.{key}" not in added:
+                raise UserError(f"trainer.{key} is not an argument of Lightning's Trainer (docs/reliability_keys.md "
+                                "lists every one): remove it from the experiment preset or config that sets it")
+
+
+# Group nodes built with hydra's instantiate, and the arguments the run passes them itself (not from the config).
+BUILT = {"data": {"steps_per_call", "vocab"}, "optimizer": {"params"}, "schedule": {"total_steps"},
+         "model": {"vocab_size", "block_size"}, "trainer": {"callbacks", "logger", "plugins"}}
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Before anything is built: every `_target_` of the run's groups (data, optimizer, schedule, model, trainer,
+    each callback and logger) imports, and each of its config keys is an argument it takes. A user's model class
+    that cannot be imported, or a misspelt optimizer key (`optimizer.momentun`), is one line here instead of an
+    error after the data and the model are built. Imports the targets (torch, Lightning, the user's modules): call
+    it where the run is about to build them (train.build_run), not in a torch-free process."""
+    nodes = [(group, cfg.get(group)) for group in BUILT]
+    for group in ("callbacks", "logger"):
+        nodes += [(f"{group}.{name}", node) for name, node in (cfg.get(group) or {}).items()]
+    for where, node in nodes:
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        target = locate(where, node._target_)
+        check_arguments(where, node, target, BUILT.get(where, set()))
+
+
+def locate(where: str, target) -> Any:
+    """The object `target` names, or one line saying why it cannot be imported."""
+    from hydra.utils import get_object
+
+    if not isinstance(target, str) or not target:
+        raise UserError(f"{where}._target_ must name a class or function (module.Name), got {target!r}")
+    try:
+        return get_object(target)
+    except Exception as err:  # ImportError, or whatever the user's module raises while it is imported
+        cause = err.__cause__ or err
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise UserError(f"{where}._target_={target} cannot be imported ({type(cause).__name__}: {detail}): is its "
+                        "module installed, or on PYTHONPATH?") from None
+
+
+def check_arguments(where: str, node: DictConfig, target, passed: set[str]) -> None:
+    """Each key of `node` (not Hydra's `_..._` keys) is an argument of `target`, unless it takes **kwargs."""
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    names = [name for name, p in parameters.items() if p.kind != inspect.Parameter.VAR_POSITIONAL]
+    for key in node.keys():
+        if str(key).startswith("_") or key in parameters:
+            continue
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f" (did you mean {where}.{close[0]}?)" if close else ""
+        takes = ", ".join(n for n in names if n not in passed and n != "self")
+        raise UserError(f"{where}.{key} is not an argument of {node._target_}{hint}; it takes: {takes}")
+
+
+def check_model_contract(net, model_name: str, vocab_size: int, block_size: int) -> None:
+    """The model contract (models/__init__.py), checked on one window before training: forward(idx) on (B,
+    block_size) indices gives (B, vocab_size) logits, and a model that scores every position gives (B, T,
+    vocab_size) with all_positions=True. A user's model that returns another shape is one line naming both shapes,
+    not a traceback from the loss on the first batch. In eval mode, without gradients: a BatchNorm's running
+    statistics and the random state are left as they were."""
+    import torch
+
+    from makemore_lab.models import scores_every_position
+
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    idx = torch.zeros(2, block_size, dtype=torch.long, device=device)
+    checks = [("forward(idx)", {}, (2, vocab_size))]
+    if scores_every_position(net):
+        checks.append(("forward(idx, all_positions=True)", {"all_positions": True}, (2, block_size, vocab_size)))
+    was_training = net.training
+    net.eval()
+    try:
+        for call, kwargs, expected in checks:
+            with torch.no_grad():
+                try:
+                    out = net(idx, **kwargs)
+                except Exception as err:
+                    raise UserError(f"model {model_name}: {call} on a (2, {block_size}) batch of indices raised "
+                                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+            shape = tuple(getattr(out, "shape", ()))
+            if not isinstance(out, torch.Tensor) or shape != expected:
+                got = f"shape {shape}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+                raise UserError(f"model {model_name}: {call} on a (B, block_size) = (2, {block_size}) batch returned "
+                                f"{got}, where the model contract (src/makemore_lab/models/__init__.py) expects "
+                                f"{expected}: (B, vocab_size) logits of the next character"
+                                + (", or (B, T, vocab_size) with all_positions=True" if kwargs else ""))
+    finally:
+        net.train(was_training)

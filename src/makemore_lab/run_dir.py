@@ -7,7 +7,8 @@
   `ckpt_path=` is allowed, once the checkpoint is known to continue this config (resume_refusal): a refused resume
   is refused before Hydra writes the run's `.hydra/` and `train.log`, so the finished run keeps its own.
 - Hydra writes `<run dir>/.hydra/` before the task starts, so the claim is made earlier, by the Hydra callback
-  OutputDirCheck (on_run_start runs before Hydra's run_job): a refused run leaves the dir exactly as it was.
+  OutputDirCheck (on_run_start runs before Hydra's run_job): a refused run leaves the dir exactly as it was. The
+  config's rules (config_schema.TRAIN_RULES) are checked there first: a bad setting makes no run dir at all.
   train() takes the same lock itself when called without Hydra (tests, scripts); in a process that already holds
   it (claimed by the callback) it is not taken twice.
 - One sweep per sweep dir: a multirun into a non-empty `hydra.sweep.dir` is refused unless it is the same sweep
@@ -30,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from makemore_lab import config_schema
 from makemore_lab.commands import command, resume_command
 from makemore_lab.errors import UserError
 from makemore_lab.ranks import is_rank_zero
@@ -49,8 +51,12 @@ class OutputDirCheck(Callback):
             return
         with fail_closed("the run dir (hydra.run.dir)"):
             run_dir = str(config.hydra.run.dir)
-            make_dir_or_exit(run_dir, "run dir (hydra.run.dir)")
             job = job_config(config, run_dir)
+            try:  # a bad setting is refused before the run dir is made or written (Hydra's .hydra/, train.log)
+                config_schema.validate(job, config_schema.TRAIN_RULES)
+            except UserError as err:
+                exit_with(err)
+            make_dir_or_exit(run_dir, "run dir (hydra.run.dir)")
             resuming = bool(job.get("ckpt_path"))
             try:
                 if resuming:  # reads only: refused here, the run dir (its lock file too) is left as it was
@@ -110,10 +116,8 @@ def check_resume(job: DictConfig) -> None:
     train, a checkpoint that is not a resumable one, a bad setting) is refused here, before Hydra writes the run
     dir's `.hydra/` and `train.log`: a finished run keeps its own. What needs the built data and model (the
     vocabulary, block size and the weights' shapes) is checked by the run, which builds them."""
-    from makemore_lab import config_schema  # torch-free
     from makemore_lab.checkpoint import check_resumable, data_fingerprint, read_checkpoint  # torch: a resume only
 
-    config_schema.validate(job, config_schema.TRAIN_RULES)
     checkpoint = read_checkpoint(job.ckpt_path)
     expected = {"model": OmegaConf.to_container(job.model, resolve=True), "optimizer": job.optimizer._target_}
     if str(job.data._target_).startswith("makemore_lab.data."):  # the package's data module: its file's fingerprint
