@@ -67,27 +67,26 @@ def sweep(*overrides: str, config_dir: str | Path | None = None) -> "SweepTable"
 def where(config_name: str, overrides: list[str], config_dir, key: str, kind: str) -> Path:
     """The run dir (or sweep dir) the command will use: the one given, else the one the configs compose now,
     appended to `overrides` (its name holds a timestamp: the child must use the same). Overrides that do not
-    compose are the command's to refuse, in its own words."""
+    compose are the command's to refuse, in its own words (raised here as its one line)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     from makemore_lab.commands import hydra_quote
     from makemore_lab.hydra_app import compose
 
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
-    if given:
-        return Path(given[-1])
-    try:  # a sweep's axes are not one config; where it goes does not depend on them
+    try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-        cfg = compose(config_name, [o.input_line for o in parsed if not o.is_sweep_override()],
-                      str(config_dir) if config_dir else None)
     except Exception:
-        cfg = None
+        parsed = None
+    # A sweep's axes are not one config; where it goes does not depend on them.
+    cfg = None if parsed is None else compose(config_name, [o.input_line for o in parsed if not o.is_sweep_override()],
+                                              str(config_dir) if config_dir else None)
     if cfg is None:
         run_entry_point(overrides, config_dir, multirun=kind == "sweep")  # raises the command's one line
         raise UserError(f"the {kind}'s overrides do not compose")  # (the command took them after all)
-    chosen = str(OmegaConf.select(cfg, key))
-    overrides.append(f"{key}={hydra_quote(chosen)}")
+    chosen = str(OmegaConf.select(cfg, key))  # the one given (resolved), else the configs' default
+    if not any(o.key_or_group == key for o in parsed):
+        overrides.append(f"{key}={hydra_quote(chosen)}")
     return Path(chosen)
 
 
