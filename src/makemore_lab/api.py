@@ -132,9 +132,10 @@ def run_entry_point(overrides: list[str], config_dir, multirun: bool) -> None:
             print(line, file=sys.stderr)
         return
     message = errors[-1].removeprefix("error: ") if errors else None
-    if message is None:
-        raise RuntimeError(f"makemore-train exited with status {code} (its output is above)")
-    if code in (130, 143):
+    if message is None:  # a crash (its traceback is above) or a kill
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        raise RuntimeError(f"makemore-train {how} (its output is above)")
+    if code > 128:  # 128 + the signal that stopped it (Ctrl-C, SIGTERM, SIGUSR2): its checkpoint is saved
         raise TrainingInterrupted(message, exit_code=code)
     raise UserError(message, exit_code=code)
 
