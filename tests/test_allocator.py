@@ -71,6 +71,7 @@ def test_a_freed_tensor_stays_in_the_heap():
     assert kept["mapped"] < MB16 and kept["free_in_heap"] >= MB16, kept
 
 
+@pytest.mark.slow
 def test_a_run_scores_its_splits_in_the_same_pages_and_leaves_the_users_malloc_settings_alone(tmp_path):
     run = run_python(SCORING_FAULTS, str(tmp_path / "run"))
     users = run_python(SCORING_FAULTS, str(tmp_path / "users"), GLIBC_TUNABLES="glibc.malloc.check=0")

@@ -33,6 +33,7 @@ def api_run(tmp_path_factory, small_names):
     return workdir, run
 
 
+@pytest.mark.slow
 def test_train_runs_in_logs_of_the_working_directory(api_run):
     workdir, run = api_run
     assert run.run_dir.parent == workdir.resolve() / "logs" / "train" / "runs"
@@ -46,6 +47,7 @@ def test_train_runs_in_logs_of_the_working_directory(api_run):
     assert callable(makemore_lab.train)  # still the function after the makemore_lab.train module was imported
 
 
+@pytest.mark.slow
 def test_history_is_the_runs_tensorboard_events(api_run):
     _, run = api_run
     run_dir = run.run_dir
@@ -56,6 +58,7 @@ def test_history_is_the_runs_tensorboard_events(api_run):
     assert [step for step, _ in history["val/loss"]] == [10, 20]
 
 
+@pytest.mark.slow
 def test_net_and_samples_match_the_checkpoint_and_makemore_sample(api_run):
     _, run = api_run
     assert isinstance(run.net, torch.nn.Module) and not run.net.training
@@ -65,6 +68,7 @@ def test_net_and_samples_match_the_checkpoint_and_makemore_sample(api_run):
     assert run.sample(5, seed=7) == result.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_health_and_figures_come_from_the_run_dir(api_run):
     _, run = api_run
     assert run.health == run.summary["health"] and isinstance(run.health.ok, bool)
@@ -90,6 +94,7 @@ def test_a_bad_override_is_a_one_line_user_error(override, message, tmp_path, mo
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.slow
 def test_sweep_returns_the_table_with_a_failed_job_last(tmp_path, monkeypatch, small_names):
     monkeypatch.chdir(tmp_path)
     table = makemore_lab.sweep(*TINY, f"data.path={small_names}", "callbacks=none", "optimizer.lr=-1,0.1,0.3")
@@ -109,6 +114,7 @@ def test_importing_the_package_does_not_import_torch():
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_the_jobs_hydra_config_holds_its_overrides(api_run):
     """As the CLI's: resume.py builds the command that continues an interrupted run from them."""
     _, run = api_run
@@ -116,6 +122,7 @@ def test_the_jobs_hydra_config_holds_its_overrides(api_run):
     assert re.search(r"task:\n(\s+- .+\n)+", overrides) and "trainer.log_every_n_steps=5" in overrides
 
 
+@pytest.mark.slow
 def test_config_dir_adds_a_users_preset_as_config_dir_does_on_the_command_line(tmp_path, monkeypatch, small_names):
     (tmp_path / "my_configs" / "experiment").mkdir(parents=True)
     (tmp_path / "my_configs" / "experiment" / "narrow.yaml").write_text("# @package _global_\nmodel:\n  n_hidden: 7\n")
@@ -161,6 +168,7 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_leaving_it_byte_for_byte(tmp
     assert files_of(foreign) == before
 
 
+@pytest.mark.slow
 def test_train_into_a_finished_run_dir_refuses_without_rewriting_it(api_run, small_names):
     workdir, run = api_run
     before = files_of(run.run_dir)

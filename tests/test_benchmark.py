@@ -7,6 +7,7 @@ import pytest
 from conftest import run_script
 
 
+@pytest.mark.slow
 def test_benchmark_table_has_a_row_per_model_and_diagnostics_mode(tmp_path, small_names):
     out = tmp_path / "rows.json"
     # few steps (100 timed after the script's 100 warm-up steps, in calls of 50: the rate needs two calls) and a
@@ -55,6 +56,7 @@ def test_population_step_benchmark_refuses_a_bad_override_in_one_line():
     assert result.stderr.strip().splitlines()[-1] == "error: model.n_hidden must be a positive integer, got 'wide'"
 
 
+@pytest.mark.slow
 def test_figures_benchmark_times_each_setting_on_a_measured_member():
     """scripts/benchmark_figures.py end to end: a row per setting, each with the four PNGs it wrote (timings are
     never asserted: noise here)."""

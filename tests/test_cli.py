@@ -38,6 +38,7 @@ def test_the_console_shows_no_advertisement_or_third_party_deprecation(trained_r
     assert "LeafSpec" not in console and "FutureWarning" not in console
 
 
+@pytest.mark.slow
 def test_sample_prints_exactly_n_items_and_is_seeded(trained_run, small_names):
     run_dir, _ = trained_run
     ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
@@ -73,6 +74,7 @@ def imported_modules(stderr: str) -> list[str]:
     return [line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["sample.py", "eval.py"])
 def test_sample_and_eval_never_import_lightning(trained_run, small_names, script):
     """From a checkpoint alone they need the net and the data (data.CharData), not Lightning's ~3 s import."""

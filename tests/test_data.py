@@ -304,6 +304,7 @@ def window_loss(net, dm, split):
     lambda V, T: Transformer(V, T, n_layer=2, n_head=2, n_embd=16, init="kaiming"),
     lambda V, T: RecurrentLM(V, T, cell="gru", n_embd=8, n_hidden=16, init="kaiming"),
 ])
+@pytest.mark.slow
 @pytest.mark.parametrize("block_size", [None, 6])  # 6: some items are too long for a whole-item window
 def test_whole_item_evaluation_equals_the_window_loss(tmp_path, build, block_size):
     dm = CharDataModule(path=write(tmp_path, random_items(400, max_len=10)), block_size=block_size,

@@ -626,6 +626,7 @@ def test_the_documented_table_has_every_setup_and_its_lecture_judgement():
         assert bool(expected) == (table[setup] != "healthy"), setup
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", range(9))
 def test_the_verdicts_agree_with_the_lecture(agreement, row):
     """Healthy where the lecture says good or fixed; where it finds a fault, the rules for that fault fail, and only

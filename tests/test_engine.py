@@ -37,6 +37,7 @@ def test_gradient_clipping_applies_at_every_optimizer_step(compose_train, small_
     assert max(clipped) <= limit * (1 + 1e-3)  # float32 rounding of (before - after) / lr
 
 
+@pytest.mark.slow
 def test_probe_callback_gets_every_per_step_hook_with_one_step_per_batch(compose_train, small_names, tmp_path):
     out = tmp_path / "hooks.json"
     summary = train(compose_train(f"data.path={small_names}", "trainer.max_steps=900", "steps_per_call=1",
@@ -84,6 +85,7 @@ def test_stock_learning_rate_monitor_logs_the_schedule_against_optimizer_steps(c
     assert values == pytest.approx([0.1 if s < 50 else 0.01 for s in steps])
 
 
+@pytest.mark.slow
 def test_early_stopping_and_max_time_stop_training(compose_train, small_names, tmp_path):
     early = train(compose_train(
         f"data.path={small_names}", "trainer.max_steps=2000", "trainer.val_check_interval=100",
@@ -97,6 +99,7 @@ def test_early_stopping_and_max_time_stop_training(compose_train, small_names, t
     assert 0 < timed["steps"] < 10000000  # stopped by the clock, at a batch end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains_on_the_cpu(compose_train, small_names, precision):
     """bf16-mixed runs on CPUs and GPUs; 16-mixed on a CPU is Lightning's fp16 autocast without a gradient scaler."""

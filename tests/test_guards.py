@@ -58,6 +58,7 @@ def finished_sweep(tmp_path_factory, small_names) -> Path:
     return sweep_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "population"])
 @pytest.mark.parametrize("override", INTERPOLATIONS)
 def test_a_sweep_with_an_interpolation_is_refused_in_another_sweeps_dir(finished_sweep, small_names, override, launcher):
@@ -69,6 +70,7 @@ def test_a_sweep_with_an_interpolation_is_refused_in_another_sweeps_dir(finished
     assert files_of(finished_sweep) == before
 
 
+@pytest.mark.slow
 def test_the_same_sweep_with_an_interpolation_is_recognised_as_itself(tmp_path, small_names):
     """The override is compared as typed on both sides: a rerun of the same sweep continues it (nothing retrained)."""
     sweep_dir = tmp_path / "sweep"
@@ -81,6 +83,7 @@ def test_the_same_sweep_with_an_interpolation_is_recognised_as_itself(tmp_path, 
     assert (again.stdout + again.stderr).count("finished in an earlier run of this sweep: kept") == 2, again.stdout[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", [o for o in INTERPOLATIONS if not o.startswith("ckpt_path=")])
 def test_a_run_with_an_interpolation_is_refused_in_a_finished_run_dir(finished_run, small_names, override):
     before = files_of(finished_run)
@@ -110,6 +113,7 @@ RESUME_REFUSALS = {  # each resume the checkpoint and the config refuse; the fin
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(RESUME_REFUSALS))
 def test_a_refused_resume_leaves_the_finished_run_byte_for_byte(finished_run, small_names, tmp_path, case):
     overrides, expected = RESUME_REFUSALS[case]

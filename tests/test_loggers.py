@@ -71,6 +71,7 @@ def assert_same_scalars(series: dict, reference: dict) -> None:
         assert [v for _, v in series[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
 
 
+@pytest.mark.slow
 def test_csv_holds_every_scalar(four_loggers):
     root, _, reference, _ = four_loggers
     with (root / "run" / "csv" / "metrics.csv").open(newline="") as f:
@@ -84,6 +85,7 @@ def test_csv_holds_every_scalar(four_loggers):
     assert (root / "run" / "csv" / "hparams.yaml").read_text().count("optimizer.lr") == 1
 
 
+@pytest.mark.slow
 def test_mlflow_holds_every_scalar_and_the_images_and_text_as_artifacts(four_loggers):
     from mlflow import MlflowClient
 
@@ -125,6 +127,7 @@ def wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_runs_offline_and_holds_every_scalar_histogram_image_and_text(four_loggers):
     root, _, reference, _ = four_loggers
     (run_file,) = (root / "run" / "wandb").glob("offline-run-*/run-*.wandb")  # offline: nothing sent, no account
@@ -147,6 +150,7 @@ def test_wandb_runs_offline_and_holds_every_scalar_histogram_image_and_text(four
     assert media["health"] == [(20, "table-file")] and (20, "table-file") in media["samples"]
 
 
+@pytest.mark.slow
 def test_one_line_says_which_logger_skips_what(four_loggers):
     *_, lines = four_loggers
     skipped = [line for line in lines if "skip" in line]

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from conftest import ROOT
 
 # Modules that exist on POSIX systems only (the standard library's "Availability: Unix" ones).
@@ -40,6 +42,7 @@ print("imported", len(modules), flush=True)
 """
 
 
+@pytest.mark.slow  # imports every module in a fresh interpreter (~12 s)
 def test_no_module_imports_a_posix_only_module_when_it_loads():
     found = subprocess.run([sys.executable, "-c", PROBE, ",".join(POSIX_ONLY)], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)

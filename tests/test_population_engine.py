@@ -49,6 +49,7 @@ def compose_member(compose_train, tmp_path, name: str, *overrides: str):
 FOLDED = {"mlp", "mlp_bn", "wavenet", "transformer"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(TINY_MODELS))
 def test_members_train_exactly_as_their_solo_runs(compose_train, small_names, tmp_path, model, caplog):
     caplog.set_level(logging.INFO, logger="makemore_lab.population.stacked")
@@ -57,6 +58,7 @@ def test_members_train_exactly_as_their_solo_runs(compose_train, small_names, tm
     assert forward in caplog.text
 
 
+@pytest.mark.slow
 def test_plain_sgd_members_step_together_exactly(compose_train, small_names, tmp_path):
     """Members all on SGD without momentum take the engine's one-op-per-tensor step: still their solo runs."""
     members = [["optimizer.lr=0.2", "seed=1"], ["optimizer.lr=0.05", "optimizer.weight_decay=0.01", "data.seed=3"]]
@@ -95,6 +97,7 @@ def numbers(node, prefix: str = "") -> dict:
     return {prefix: node}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["optimizer.lr=0.2", "optimizer=adamw"])  # vectorised SGD; per-member steps
 def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(compose_train, small_names, tmp_path,
                                                                             optimizer, monkeypatch):
@@ -134,6 +137,7 @@ def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(comp
                 p.name for p in (tmp_path / f"solo{i}" / "figures").glob("*.png")) != []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["wavenet", "transformer"])
 def test_each_member_drops_at_its_own_rate(compose_train, small_names, tmp_path, model):
     """Members alike but for model.dropout: the 0.0 member is exactly its solo run (no rate of another member
@@ -148,6 +152,7 @@ def test_each_member_drops_at_its_own_rate(compose_train, small_names, tmp_path,
     assert not all(torch.allclose(dropped[k], solo[k], atol=1e-2) for k in solo)
 
 
+@pytest.mark.slow
 def test_a_diverging_member_stops_alone_and_the_others_are_plain_runs(compose_train, small_names, tmp_path):
     common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=40", "trainer.val_check_interval=20",
               "trainer.log_every_n_steps=10", "callbacks=default", "~callbacks.diagnostics", "~callbacks.sample_text"]
@@ -228,6 +233,7 @@ def test_members_stop_early_as_lightnings_early_stopping_stops_their_solo_runs(c
     assert patient[0]["steps"] == 60
 
 
+@pytest.mark.slow
 def test_memory_budget_splits_or_refuses(compose_train, small_names, tmp_path):
     common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=10", *QUIET, *TINY_MODELS["mlp"]]
     refused = train_population([compose_member(compose_train, tmp_path, f"r{i}", *common, "+population_max_memory_gb=1e-9")
@@ -240,6 +246,7 @@ def test_memory_budget_splits_or_refuses(compose_train, small_names, tmp_path):
     assert [r["population_size"] for r in split] == [2, 2, 2, 2]
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line(compose_train):
     assert population_refusal(compose_train("model=mlp")) is None
     assert "DDP" in population_refusal(compose_train("trainer=ddp"))
@@ -273,6 +280,7 @@ def population_cfgs(compose_train, out: Path, data: Path, steps: int, *extra: st
                           f"optimizer.lr={0.05 * (i + 1)}", f"seed={i}", *POPULATION, *extra) for i in range(2)]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(compose_train, small_names, tmp_path):
     script = tmp_path / "population.py"
     script.write_text(POPULATION_SCRIPT)
@@ -299,6 +307,7 @@ def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(c
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["bigram", "bow", "gru", "lstm"])
 def test_the_other_models_train_in_a_population(compose_train, small_names, tmp_path, model):
     """The exactness test covers five models; the other four run through the same code (bigram folded, the rest

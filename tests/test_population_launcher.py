@@ -47,6 +47,7 @@ def compose_jobs(tmp_path: Path, *jobs: list[str]) -> list:
     return cfgs
 
 
+@pytest.mark.slow
 def test_shape_preserving_differences_share_one_population(tmp_path):
     cfgs = compose_jobs(
         tmp_path,

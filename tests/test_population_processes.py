@@ -80,6 +80,7 @@ def test_a_worker_trains_a_part_in_its_jobs_environment_and_restores_its_own(mon
     assert os.environ["MAKEMORE_TEST_KEPT"] == "before" and "MAKEMORE_TEST_NEW" not in os.environ
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_fails_its_parts_members_and_is_not_given_another_part():
     workers = Workers(2, OmegaConf.create({"version": 1, "root": None}), False)
     try:

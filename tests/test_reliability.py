@@ -37,6 +37,7 @@ def saved_step(ckpt: Path) -> int:
     return torch.load(ckpt, weights_only=True)["global_step"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_signal_saves_a_checkpoint_and_the_printed_resume_command_runs(tmp_path, small_names, signum, code, name):
     """Ctrl-C and SIGTERM (kill, SLURM, Kubernetes) alike; the run dir has a space, parentheses and non-ASCII."""
@@ -64,6 +65,7 @@ def test_a_signal_saves_a_checkpoint_and_the_printed_resume_command_runs(tmp_pat
     assert saved_step(run_dir / "checkpoints" / "last.ckpt") == step + 40
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_finishes_at_max_steps(tmp_path, small_names):
     run_dir = tmp_path / "run"
     args = ("trainer.max_steps=8000", "trainer.val_check_interval=2000", "optimizer=adam")
@@ -115,6 +117,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     assert not (Path(cfg.paths.output_dir) / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_same_run_dir_is_refused_while_the_first_runs(tmp_path, small_names):
     run_dir = tmp_path / "run"
     first = start_training(run_dir, small_names, "trainer.max_steps=1000000")
@@ -146,6 +149,7 @@ def test_a_finished_run_dir_is_not_overwritten_by_a_new_run(compose_train, small
     assert more["health"]["rules"]["initial_loss"]["ok"] is True and "ok" in more["health"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["sample.py", "eval.py", "train.py"])
 def test_a_truncated_checkpoint_is_one_line_everywhere(tmp_path, small_names, compose_train, script):
     cfg = compose_train(f"data.path={small_names}")
@@ -159,6 +163,7 @@ def test_a_truncated_checkpoint_is_one_line_everywhere(tmp_path, small_names, co
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {cut} is corrupt, truncated")
 
 
+@pytest.mark.slow
 def test_resuming_with_another_optimizer_is_refused_and_a_new_lr_is_applied(compose_train, small_names, tmp_path):
     cfg = compose_train(f"data.path={small_names}", "schedule=constant")
     train(cfg)
@@ -202,6 +207,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(compose_trai
     assert saved_step(last) == 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.3, 0.6, 1.2])
 def test_ctrl_c_while_starting_up_is_one_line(tmp_path, small_names, delay):
     proc = start_training(tmp_path / "run", small_names)
@@ -218,6 +224,7 @@ def test_ctrl_c_while_starting_up_is_one_line(tmp_path, small_names, delay):
     assert err.strip().splitlines()[-1] == "error: interrupted before training started; nothing was saved"
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_aborts_at_once_with_130(tmp_path, small_names):
     run_dir = tmp_path / "run"
     # batches of 1,000 WaveNet steps (a second or so): the second Ctrl-C lands inside the batch the first one ends

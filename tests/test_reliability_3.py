@@ -248,6 +248,7 @@ def start_sweep(sweep_dir: Path, data: Path, *overrides: str) -> subprocess.Pope
     )
 
 
+@pytest.mark.slow
 def test_a_sweep_dir_belongs_to_one_sweep(tmp_path, small_names):
     """Ctrl-C keeps the table of the jobs done; the same sweep run again continues (a finished job is kept, not
     marked failed; the interrupted one resumes); another sweep into the dir is refused."""
@@ -302,6 +303,7 @@ def test_resuming_on_another_data_file_is_refused(compose_train, small_names, tm
                             f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"))
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_run_gets_the_uninterrupted_runs_health_verdict(compose_train, small_names, tmp_path):
     args = (f"data.path={small_names}", "trainer.max_steps=1500", "trainer.val_check_interval=500",
             "callbacks.diagnostics.every_n_steps=100")
@@ -396,6 +398,7 @@ def limit_file_size(size: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_is_one_line_naming_the_run_dir(tmp_path, small_names):
     run_dir = tmp_path / "run"
     result = subprocess.run(

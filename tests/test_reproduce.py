@@ -7,6 +7,7 @@ import pytest
 from conftest import run_script
 
 
+@pytest.mark.slow
 def test_reproduce_one_preset_writes_results_md_and_json(tmp_path):
     out, runs = tmp_path / "docs", tmp_path / "runs"
     result = run_script("scripts/reproduce.py", "lecture3_mlp", "--steps", "100", "--out", str(out), "--runs", str(runs))

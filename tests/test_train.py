@@ -22,6 +22,7 @@ def test_all_nine_architectures_have_a_config():
     assert MODELS == ["bigram", "bow", "gru", "lstm", "mlp", "mlp_bn", "rnn", "transformer", "wavenet"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_and_writes_summary(compose_train, small_names, model):
     cfg = compose_train(f"model={model}", f"data.path={small_names}")
@@ -57,6 +58,7 @@ def test_default_run_reads_back_from_tensorboard_and_checkpoint(compose_train, s
     assert sum(p.numel() for p in net.parameters()) == summary["params"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_on_cpu(compose_train, small_names, tmp_path):
     first = train(compose_train(f"data.path={small_names}", "model=wavenet"))
     again = train(compose_train(f"data.path={small_names}", "model=wavenet", f"paths.output_dir={tmp_path}/again"))
@@ -66,6 +68,7 @@ def test_same_seed_same_result_on_cpu(compose_train, small_names, tmp_path):
     assert other["val_loss"] != pytest.approx(first["val_loss"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_block_size_override_reaches_model_and_data(compose_train, small_names):
     summary = train(compose_train(f"data.path={small_names}", "model=mlp", "block_size=5"))
     assert summary["block_size"] == 5
