@@ -159,6 +159,16 @@ class ComposedOnce:
         return getattr(self.loader, name)
 
 
+def why(err: Exception) -> str:
+    """One line for a submitit job without a result: its state (UncompletedJobError), or the exception that ended it
+    (FailedJobError's message holds the job's trace between two dashed lines, then where its logs are)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    rules = [i for i, line in enumerate(lines) if line and set(line) == {"-"}]
+    trace = [line for line in lines[rules[0] + 1 : rules[1]] if line] if len(rules) >= 2 else []
+    state = [line for line in lines if "state:" in line]  # UncompletedJobError: "... (state: CANCELLED by 0)"
+    return trace[-1] if trace else state[0] if state else next((line for line in lines if line), type(err).__name__)
+
+
 @exit_on_user_error  # the sweep ends with this one line (exit 130), as after a Ctrl-C
 def raise_unfinished(unfinished: list[str]) -> None:
     raise TrainingInterrupted("SLURM job(s) ended without a result: " + "; ".join(unfinished) + ". Their members' "
@@ -278,9 +288,7 @@ class PopulationLauncher(Launcher):
             try:
                 returns.update(job.result())
             except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as err:
-                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-                unfinished.append(f"{job.job_id} (job(s) {','.join(str(m.num) for m in members)}): "
-                                  f"{lines[-1] if lines else type(err).__name__}")  # a trace's last line says why
+                unfinished.append(f"{job.job_id} (job(s) {','.join(str(m.num) for m in members)}): {why(err)}")
         if unfinished:
             raise_unfinished(unfinished)
         return returns
