@@ -51,7 +51,8 @@ def hydra_quote(value: str) -> str:
 
 
 def split_command_line(args: list[str]) -> tuple[list[str], list[str]]:
-    """Hydra's command line as (flags, overrides): `--config-dir d -m a=1` -> (['--config-dir', 'd', '-m'], ['a=1'])."""
+    """Hydra's command line as (flags, overrides): `--config-dir d -m a=1` -> (['--config-dir', 'd', '-m'], ['a=1'])
+    (anything else, e.g. a script's own arguments where a script called train(cfg), is no part of a command)."""
     flags, overrides, args = [], [], list(args)
     while args:
         arg = args.pop(0)
@@ -59,7 +60,7 @@ def split_command_line(args: list[str]) -> tuple[list[str], list[str]]:
             flags += [arg, args.pop(0)]
         elif arg.startswith("-"):
             flags.append(arg)
-        else:
+        elif "=" in arg or arg.startswith("~"):  # key=value, +key=value, ~key: what Hydra takes as an override
             overrides.append(arg)
     return flags, overrides
 
