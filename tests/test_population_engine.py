@@ -173,7 +173,11 @@ def test_a_diverging_member_stops_alone_and_the_others_are_plain_runs(compose_tr
         scalars = read_scalars(run / "tensorboard")
         assert len(scalars["train/loss"]) == 4 and len(scalars["val/loss"]) == 2 and "lr" in scalars
         assert scalars["val/loss"][-1] == pytest.approx(result["val_loss"], rel=1e-5)
-    # The job's checkpoints are plain single-model checkpoints: the entry points take them as they are.
+    # The job's checkpoints are plain single-model checkpoints, holding this member's weights only (its tensors are
+    # rows of the population's: a view would be saved with every member's), and the entry points take them as they are.
+    for saved in [tmp_path / "ok1" / "checkpoints" / "last.ckpt", *(tmp_path / "ok0" / "checkpoints").glob("best*")]:
+        for name, tensor in read_checkpoint(saved)["state_dict"].items():
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
     evaluated = run_script("eval.py", f"ckpt_path={tmp_path / 'ok1' / 'checkpoints' / 'last.ckpt'}",
                            f"data.path={small_names}")
     assert evaluated.returncode == 0, evaluated.stderr

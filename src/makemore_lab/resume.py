@@ -111,12 +111,12 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     except SIGTERMException:  # Lightning stops at the end of the batch in which SIGTERM arrived
         terminated = True
     except OSError as err:  # disk full, read-only or gone
-        raise cannot_write(err, trainer, out_dir) from None
+        raise cannot_write(err, trainer.global_step, out_dir) from None
     seconds = time.perf_counter() - start
     try:
         trainer.save_checkpoint(last, weights_only=False)  # the final (or interrupted) weights, whatever the cadence
     except OSError as err:
-        raise cannot_write(err, trainer, out_dir) from None
+        raise cannot_write(err, trainer.global_step, out_dir) from None
     if stop["requested"] or terminated:
         record_interrupted_segment(trainer, module, seconds, out_dir)
     if stop.get("scheduler"):
@@ -133,11 +133,12 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     return Segment(trainer.global_step - first_step, seconds, first_step)
 
 
-def cannot_write(err: OSError, trainer: pl.Trainer, out_dir: Path) -> UserError:
+def cannot_write(err: OSError, step: int, out_dir: Path) -> UserError:
     """A failed write as one line: the file (a write to an open file, TensorBoard's or a log, names none: the run
-    dir is where it went) and the last good checkpoint (saves are atomic, so one that is there is whole)."""
-    return UserError(f"cannot write the run's files ({err.strerror}: {err.filename or out_dir}) at step "
-                     f"{trainer.global_step}; {last_good(out_dir)}")
+    dir is where it went) and the last good checkpoint (saves are atomic, so one that is there is whole). Runs and
+    population members alike (population/run.py)."""
+    return UserError(f"cannot write the run's files ({err.strerror}: {err.filename or out_dir}) at step {step}; "
+                     f"{last_good(out_dir)}")
 
 
 def record_interrupted_segment(trainer: pl.Trainer, module, seconds: float, out_dir: Path) -> None:

@@ -29,7 +29,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from makemore_lab import commands, config_schema, final_report, logging_media
 from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
 from makemore_lab.callbacks.sample_text import SampleText
-from makemore_lab.checkpoint import net_state_dict, read_checkpoint
+from makemore_lab.checkpoint import net_state_dict, read_checkpoint, save_atomically
 from makemore_lab.diagnostics import Diagnostics
 from makemore_lab.errors import TrainingInterrupted
 from makemore_lab.resume import Segment
@@ -211,7 +211,9 @@ class Member:
             "epoch": 0,
             "global_step": step,
             "pytorch-lightning_version": pl.__version__,
-            "state_dict": self.module.state_dict(),
+            # copies: the member's tensors are rows of the population's, and torch.save writes a view's whole storage
+            # (every member's weights in each member's file)
+            "state_dict": {name: tensor.clone() for name, tensor in self.module.state_dict().items()},
             "optimizer_states": [self.optimizer.state_dict()],
             "lr_schedulers": [],
             "population_member": {"best_path": self.best_path, "best_val": self.best_val,
@@ -219,8 +221,7 @@ class Member:
             "callbacks": {c.state_key: c.state_dict() for c in self.callbacks},  # the diagnostics' history
         }
         self.module.on_save_checkpoint(checkpoint)  # the model config and vocabulary: what rebuilds the net alone
-        path.parent.mkdir(parents=True, exist_ok=True)
-        final_report.write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
+        save_atomically(checkpoint, path)  # a full disk: an OSError naming `path`, the previous file kept
 
     def save_last(self, step: int) -> None:
         self.save(self.out_dir / "checkpoints" / "last.ckpt", step)

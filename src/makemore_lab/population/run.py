@@ -28,6 +28,8 @@ from makemore_lab.losses import split_loss, training_loss
 from makemore_lab.population.member import Member
 from makemore_lab.population.processes import StopFlag, stopping_on_signals
 from makemore_lab.population.stacked import StackedNets
+from makemore_lab.atomic_write import last_good
+from makemore_lab.resume import cannot_write
 
 log = logging.getLogger(__name__)
 
@@ -158,38 +160,58 @@ class Population:
         step = self.members[0].start_step
         for member in self.members:
             member.start_callbacks()
-        started = last_save = time.perf_counter()
+        started = time.perf_counter()
         with stopping_on_signals(self.stop) if self.owns_stop else contextlib.nullcontext():
-            while step < self.max_steps and self.active and not self.stop_signal:
-                hooked = self.next_hooked_step(step)
-                count = 1 if hooked == step else min(
-                    MAX_CHUNK - step % MAX_CHUNK, hooked - step, self.max_steps - step, *self.until_next_event(step))
-                xs, ys = self.minibatches(step, count)
-                active = self.active
-                if hooked == step:
-                    losses = self.solo_steps(xs[0], ys[0], step, active).unsqueeze(0)
-                else:
-                    losses = torch.stack([self.step(xs[j], ys[j], step + j, active) for j in range(count)])  # (count, N)
-                if step == 0:
-                    for member, loss in zip(self.members, losses[0].tolist()):
-                        if member.module.initial_loss is None:
-                            member.module.initial_loss = loss
-                self.stop_diverged(losses, step)
-                step += count
-                if step % self.log_every == 0:
-                    self.log_training(losses[-1], step)
-                if step % self.val_every == 0:
-                    self.validate(step, time.perf_counter() - started)
-                    last_save = time.perf_counter()
-                elif self.checkpoint_due(time.perf_counter() - last_save):
-                    for member in self.active:
-                        member.save_last(step)
-                    last_save = time.perf_counter()
+            try:
+                step = self.train_until_stopped(step, started)
+            except OSError as err:  # a full (or read-only) disk: every member still training ends with its line
+                for member in self.active:
+                    with member.logging_to_train_log():
+                        member.fail(self.cannot_write(err, member))
+                return
         seconds = time.perf_counter() - started
         if self.stop_signal:
             self.interrupted(step)
         for member in self.active:
             self.finish(member, step, seconds)
+
+    def train_until_stopped(self, step: int, started: float) -> int:
+        """Steps from `step` until max_steps, every member stopped, or a signal; returns the step reached."""
+        last_save, self.stopped_at = started, step
+        while step < self.max_steps and self.active and not self.stop_signal:
+            hooked = self.next_hooked_step(step)
+            count = 1 if hooked == step else min(
+                MAX_CHUNK - step % MAX_CHUNK, hooked - step, self.max_steps - step, *self.until_next_event(step))
+            xs, ys = self.minibatches(step, count)
+            active = self.active
+            if hooked == step:
+                losses = self.solo_steps(xs[0], ys[0], step, active).unsqueeze(0)
+            else:
+                losses = torch.stack([self.step(xs[j], ys[j], step + j, active) for j in range(count)])  # (count, N)
+            if step == 0:
+                for member, loss in zip(self.members, losses[0].tolist()):
+                    if member.module.initial_loss is None:
+                        member.module.initial_loss = loss
+            self.stop_diverged(losses, step)
+            step += count
+            self.stopped_at = step  # where a failed save or log write stopped it
+            if step % self.log_every == 0:
+                self.log_training(losses[-1], step)
+            if step % self.val_every == 0:
+                self.validate(step, time.perf_counter() - started)
+                last_save = time.perf_counter()
+            elif self.checkpoint_due(time.perf_counter() - last_save):
+                for member in self.active:
+                    member.save_last(step)
+                last_save = time.perf_counter()
+        return step
+
+    def cannot_write(self, err: OSError, member: Member) -> UserError:
+        """resume.cannot_write's line for the member whose file it was; the others say whose write stopped them."""
+        if err.filename and Path(err.filename).is_relative_to(member.out_dir):
+            return cannot_write(err, self.stopped_at, member.out_dir)
+        return UserError(f"stopped at step {self.stopped_at} with its population: cannot write another member's file "
+                         f"({err.strerror}: {err.filename}); {last_good(member.out_dir)}")
 
     def finish(self, member: Member, step: int, seconds: float) -> None:
         """The member's final report; a UserError there (final_weights=best without a validation, a full disk)
@@ -201,6 +223,8 @@ class Population:
                 member.finish(step, seconds, len(self.members))
             except UserError as err:
                 member.fail(err)
+            except OSError as err:  # its summary.json or a checkpoint on a full disk
+                member.fail(cannot_write(err, step, member.out_dir))
 
     @property
     def active(self) -> list[Member]:
