@@ -24,8 +24,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from makemore_lab.atomic_write import write_text_atomically
-from makemore_lab.ranks import is_rank_zero
 from makemore_lab.diagnostics.health import verdict_word
+from makemore_lab.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
 
