@@ -75,7 +75,7 @@ def test_a_population_memory_budget_is_a_positive_number(value):
 
 def test_a_runs_samples_are_bounded(tmp_path):
     result = run_script("train.py", "num_samples=100000000", f"hydra.run.dir={tmp_path / 'run'}")
-    assert one_line(result).startswith("error: num_samples must be an integer in [0, 10,000]")
+    assert one_line(result).startswith("error: num_samples must be an integer in [0, 1,000,000]")
     assert "python sample.py num_samples=N" in result.stderr
 
 

@@ -62,7 +62,7 @@ def test_every_shipped_config_passes(preset):
 
 @pytest.mark.parametrize("args, message", [
     (["seed=-1"], "seed must be an integer in [0, 2**32), got -1"),
-    (["num_samples=-1"], "num_samples must be an integer in [0, 10,000] (printed at the end"),
+    (["num_samples=-1"], "num_samples must be an integer in [0, 1,000,000] (printed at the end"),
     (["data.eval_batch_size=0"], "data.eval_batch_size must be a positive integer, got 0"),
     (["model=transformer", "optimizer.betas=[0.9]"], "optimizer.betas must be two numbers in [0, 1)"),
     (["model=mlp_bn", "data.batch_size=1"], "data.batch_size=1 cannot train mlp_bn: BatchNorm needs at least 2"),

@@ -66,7 +66,7 @@ PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "64", "64-true", "bf16-
 
 MAX_STEPS_PER_CALL = 10_000
 MAX_SAMPLE_LENGTH = 100_000  # characters of one generated item: one model call each
-MAX_TRAIN_SAMPLES = 10_000  # a run's printed samples, kept in summary.json; sample.py streams any number
+MAX_TRAIN_SAMPLES = 1_000_000  # a run's printed samples, kept in summary.json (~8 MB at most); sample.py streams more
 
 # What the data module takes: also checked by CharData itself (data/corpus.py), which eval.py and sample.py build
 # from a checkpoint's saved settings without a config.
