@@ -7,6 +7,10 @@ segments.json holds the interrupted ones, resume.py). A job that failed
 (its failure.json, see sweep_policy.py) is listed last with its one-line reason; one with neither file (still running, or killed) is listed last with empty numbers.
 The table is rewritten after every job too, so a sweep stopped by Ctrl-C or a kill keeps the table of the jobs done;
 when the multirun ends, its path is logged and the table printed (its best PRINTED_ROWS rows).
+Jobs that differ only in `seed` and `data.seed` (a config run over several seeds) are also one row over their seeds:
+the mean +/- standard deviation (n - 1) of each loss over the finished ones, and n. summary.md and the console show
+that table first, then the per-job one; summary.csv holds the per-job rows (n = 1) and then the seed rows (their job
+column lists the jobs; seed columns are empty; *_std columns hold the deviations).
 Enabled for every multirun by configs/hydra/default.yaml; `python scripts/sweep_summary.py <sweep dir>` re-summarises.
 """
 
@@ -15,6 +19,7 @@ import io
 import json
 import logging
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,13 +70,27 @@ class SweepSummary(Callback):
                   f"python scripts/sweep_summary.py {sweep_dir} writes the table again", file=sys.stderr)
             sys.exit(1)
         log.info("sweep summary (%d jobs): %s", len(rows), sweep_dir / "summary.md")
-        table = [line for line in (sweep_dir / "summary.md").read_text().splitlines() if line.startswith("|")]
+        table = first_table((sweep_dir / "summary.md").read_text())
         more = len(table) - 2 - PRINTED_ROWS
-        print("\n".join(table[: 2 + PRINTED_ROWS]) + (f"\n... {more} more in summary.md" if more > 0 else ""),
+        print("\n".join(table[: 2 + PRINTED_ROWS]) + (f"\n... {more} more in summary.md" if more > 0 else "")
+              + ("\n(over seeds; each job's own row: summary.md)" if table[0].startswith("| jobs |") else ""),
               flush=True)
 
 
 PRINTED_ROWS = 20  # a 500-job search prints its best 20; summary.md and summary.csv hold every job
+SEED_KEYS = ("seed", "data.seed")  # jobs that differ only in these are one config over several seeds
+LOSSES = ("train_loss", "val_loss", "test_loss")
+
+
+def first_table(markdown_text: str) -> list[str]:
+    """The lines of the first table of summary.md (the seeds' table where there is one, else the jobs')."""
+    table = []
+    for line in markdown_text.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+        elif table:
+            break
+    return table
 
 
 def rank_zero() -> bool:
@@ -134,12 +153,46 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
     return override_keys, sorted(rows, key=by_val_loss)  # stable: ties keep job order
 
 
-def write_csv(path: Path, override_keys: list[str], rows: list[dict]) -> None:
-    """Numbers are written in full (repr), so they read back equal to summary.json's."""
+def finished(row: dict) -> bool:
+    return not row["error"] and row["val_loss"] is not None and math.isfinite(row["val_loss"])
+
+
+def seed_rows(override_keys: list[str], rows: list[dict]) -> list[dict]:
+    """One row per group of two or more jobs whose overrides differ only in SEED_KEYS: each loss's mean and standard
+    deviation over the group's finished jobs, and their number n; best mean val loss first. [] without seeds."""
+    seeds = [key for key in override_keys if key in SEED_KEYS]
+    others = [key for key in override_keys if key not in SEED_KEYS]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in others), []).append(row)
+    aggregated = []
+    for values, members in groups.items():
+        if not seeds or len(members) < 2:
+            continue
+        done = [row for row in members if finished(row)]
+        row = {"job": ",".join(sorted((r["job"] for r in members), key=job_sort_key)), **dict(zip(others, values)),
+               **{key: "" for key in seeds}, "params": members[0]["params"], "n": len(done), "health": "",
+               "error": f"{len(members) - len(done)} of {len(members)} seeds failed or unfinished"
+               if len(done) < len(members) else ""}
+        for column in ("steps", "time_s", *LOSSES):
+            numbers = [r[column] for r in done if r[column] is not None]
+            row[column] = statistics.fmean(numbers) if numbers else None
+            if column in LOSSES:
+                row[f"{column}_std"] = statistics.stdev(numbers) if len(numbers) > 1 else None
+        aggregated.append(row)
+    return sorted(aggregated, key=lambda r: math.inf if r["val_loss"] is None else r["val_loss"])
+
+
+def write_csv(path: Path, override_keys: list[str], rows: list[dict], seeds: list[dict] = ()) -> None:
+    """Numbers are written in full (repr), so they read back equal to summary.json's. The seed rows, if any, after
+    the jobs' (each job's n is 1)."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=["job", *override_keys, *METRICS, "health", "error"])
+    extra = ["n", *(f"{loss}_std" for loss in LOSSES)] if seeds else []
+    writer = csv.DictWriter(text, fieldnames=["job", *override_keys, *METRICS, "health", "error", *extra])
     writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    writer.writerows({k: "" if v is None else v for k, v in {**row, **({"n": 1} if seeds else {})}.items()}
+                     for row in rows)
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in seeds)
     write_text_atomically(path, text.getvalue())  # parallel jobs (joblib) may write the table at once: each whole
 
 
@@ -160,6 +213,20 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
         lines.append(f"{len(failed)} job(s) failed: listed last, with the reason.")
     if unfinished:
         lines.append(f"{unfinished} job(s) have no summary.json (unfinished or killed): listed last.")
+    seeds = seed_rows(override_keys, rows)
+    if seeds:
+        per_config = [k for k in varying if k not in SEED_KEYS]
+        lines += ["", f"Over seeds ({', '.join(k for k in override_keys if k in SEED_KEYS)}): mean ± standard deviation "
+                  "over each config's finished seeds (n), best mean val loss first; each job below.", "",
+                  "| jobs | " + " | ".join(per_config) + (" | " if per_config else "") +
+                  "n | train_loss | val_loss | test_loss | time (s) | failed |",
+                  "|---|" + "---|" * len(per_config) + "---:|---:|---:|---:|---:|---|"]
+        for row in seeds:
+            spread = lambda loss: (fmt(row[loss], ".4f") + (f" ± {row[f'{loss}_std']:.4f}"
+                                                             if row[f"{loss}_std"] is not None else ""))
+            cells = [row["job"], *(row[k] for k in per_config), row["n"], *(spread(loss) for loss in LOSSES),
+                     fmt(row["time_s"], ".1f"), row["error"]]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [
         "",
         "| job | " + " | ".join(varying) + " | params | steps | train_loss | val_loss | test_loss | time (s) | health | failed |",
@@ -176,6 +243,6 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
 def write_summary(sweep_dir: Path) -> list[dict]:
     """Write <sweep_dir>/summary.csv and summary.md; returns the rows, best val loss first."""
     override_keys, rows = summary_rows(read_jobs(sweep_dir))
-    write_csv(sweep_dir / "summary.csv", override_keys, rows)
+    write_csv(sweep_dir / "summary.csv", override_keys, rows, seed_rows(override_keys, rows))
     write_text_atomically(sweep_dir / "summary.md", markdown(sweep_dir, override_keys, rows))
     return rows
