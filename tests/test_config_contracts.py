@@ -155,8 +155,11 @@ WIRED = "check_model_contract" in (ROOT / "src" / "makemore_lab" / "train.py").r
 
 @pytest.mark.xfail(not WIRED, strict=True, reason="train.check_model does not call config_schema.check_model_contract "
                    "yet (issue 36 item 7: the lead's line)")
-def test_a_run_of_a_model_that_breaks_the_contract_is_one_line(tmp_path, small_names):
-    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={tmp_path / 'run'}",
-                        "model._target_=test_config_contracts.WindowModelGivingEveryPosition",
-                        "model.batchnorm=false", "+model.n_embd=10")
-    assert re.match(r"error: model mlp: forward\(idx\) .* returned shape \(2, 3, 27\)", one_line(result))
+def test_a_run_of_a_model_that_breaks_the_contract_is_one_line(compose_train, small_names):
+    from makemore_lab.train import train
+
+    cfg = compose_train(f"data.path={small_names}", "model._target_=test_config_contracts.WindowModelGivingEveryPosition")
+    with pytest.raises(UserError, match=r"^model mlp: forward\(idx\) on a \(B, block_size\) = \(2, 3\) batch returned "
+                                        r"shape \(2, 3, 27\), where the model contract"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # refused before training
