@@ -76,6 +76,9 @@ def job_result(train, cfg, job: int, continue_sweep: bool = True) -> float:
     except UserError as err:
         reason = str(err)
     except Exception as err:  # a crash is one job's result, not the sweep's end; its traceback goes to the job log
+        if not_requeued(err):  # SIGUSR2 before or after training: submitit's handler ran at once, nothing to save
+            log.warning("job %s interrupted: SIGUSR2 (time limit), %s", job, err)
+            return math.nan
         log.debug("job crashed:\n%s", traceback.format_exc())
         reason = f"crashed: {type(err).__name__}: {err}".splitlines()[0]
     log.error("job %s failed: %s", job, reason)
@@ -94,6 +97,16 @@ def in_scheduler_job() -> bool:
     """This process runs one job of the sweep for a scheduler (submitit: hydra/launcher=slurm, slurm_cpu,
     submitit_local), not the sweep itself."""
     return "SUBMITIT_FOLDER" in os.environ
+
+
+def not_requeued(err: Exception) -> bool:
+    """submitit's "job not requeued" (a time limit after max_num_timeout requeues), raised by its SIGUSR2 handler
+    where that signal came outside training (resume.py handles it during training): an interruption, not a crash."""
+    if not in_scheduler_job():
+        return False
+    from submitit.core.utils import UncompletedJobError  # a submitit job: submitit is there
+
+    return isinstance(err, UncompletedJobError)
 
 
 def earlier_result(cfg, job, task_overrides=None, announce_resume: bool = True) -> float | None:
