@@ -17,8 +17,8 @@ before Hydra writes anything), every message and exit is the command line's, wit
 and nothing a run does to its process reaches the caller's (a notebook kernel's): malloc thresholds, warning
 filters, logging handlers, signal handlers, torch's thread count, sys.argv, the working directory. Hydra's main
 in-process would have to undo each of those (some, like mallopt, cannot be undone), and its launchers' pools and
-`sys.exit`s would run in the kernel. The price is the child's start-up (~5 s: importing torch and Lightning),
-small next to a run.
+`sys.exit`s would run in the kernel. The price is the child's start-up (a Python, torch and Lightning imported
+for every call, as the command does), small next to a run; scripts/benchmark_api.py measures it.
 
 The child's error (a bad override, a refused dir: its one `error: ...` line) is raised here as a UserError with
 that line, never `sys.exit`; a KeyboardInterrupt (a notebook's stop button) is forwarded to the child as its
