@@ -125,8 +125,8 @@ def run_entry_point(overrides: list[str], config_dir, multirun: bool) -> None:
         if child.poll() is None:  # anything else ended the wait: the child does not outlive the call
             child.kill()
             child.wait()
-        for thread in relays:
-            thread.join()
+        for thread in relays:  # the output still in the pipes; bounded, should a grandchild keep a pipe open
+            thread.join(timeout=30)
     if code == 0:
         for line in errors:
             print(line, file=sys.stderr)
