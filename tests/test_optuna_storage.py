@@ -36,6 +36,7 @@ def test_another_search_in_a_stored_study_is_one_line_and_leaves_nothing_running
     assert "study 'mlp_optuna' in " + storage + " holds another search" in line and "model.n_hidden" in line, line
     study = optuna.load_study(study_name="mlp_optuna", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # nothing asked, nothing left RUNNING
+    assert not any((tmp_path / "second").rglob("*"))  # the refused sweep wrote nothing (its corrected rerun may go there)
 
 
 def test_a_trial_that_cannot_be_drawn_is_failed_not_left_running(tmp_path):

@@ -111,11 +111,11 @@ class OptunaSweeper(Sweeper):
             except (UnsupportedSweep, ValueError) as err:
                 raise SweeperError(f"hydra.sweeper.params: {err}") from None
 
+        study = self._open_study(optuna)
+        self.check_same_search(study, space)  # refused before the sweep dir holds anything of this sweep
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        study = self._open_study(optuna)
-        self.check_same_search(study, space)
         log.info("study %r: %d trials before this sweep, %d to run, %d at a time; searching %s",
                  study.study_name, len(study.trials), self.n_trials, self.n_jobs, ", ".join(space) or "nothing")
 
