@@ -4,6 +4,7 @@ the exit code and the files left are the point."""
 
 import hashlib
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,11 @@ def test_a_refused_resume_leaves_the_finished_run_byte_for_byte(finished_run, sm
     line = assert_refused(result)
     assert expected in line, line
     assert files_of(finished_run) == before
+
+
+def test_the_run_dir_guard_imports_without_posix_only_modules():
+    """Windows has no fcntl (issue 37, item 6): the run-dir lock is filelock's, which picks the platform's lock."""
+    code = ("import sys, warnings; sys.modules['fcntl'] = None; warnings.simplefilter('ignore'); "
+            "import makemore_lab.run_dir, makemore_lab.sweep_policy, makemore_lab.sweep_summary; print('imported')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "imported", result.stderr[-3000:]
