@@ -141,8 +141,9 @@ def run_entry_point(overrides: list[str], config_dir, multirun: bool) -> None:
 
 
 def relay(pipe, stream: str, errors: list[str] | None) -> None:
-    """Copy the child's output to this process's sys.stdout / sys.stderr as it comes (a progress bar's `\r`
-    updates too). On stderr, the `error: ...` lines are kept for the caller to raise instead of printed."""
+    """Copy the child's output to this process's sys.stdout / sys.stderr as it comes (a progress bar's
+    carriage-return updates too). On stderr, the `error: ...` lines are kept for the caller to raise, not
+    printed."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     pending = ""
     while chunk := pipe.read1(65536) if hasattr(pipe, "read1") else pipe.read(65536):
@@ -158,8 +159,10 @@ def relay(pipe, stream: str, errors: list[str] | None) -> None:
             else:
                 write(stream, line + "\n")
     rest = pending + decoder.decode(b"", final=True)
-    if rest:
-        errors.append(rest) if errors is not None and rest.startswith("error: ") else write(stream, rest)
+    if errors is not None and rest.startswith("error: "):
+        errors.append(rest)
+    elif rest:
+        write(stream, rest)
     pipe.close()
 
 
