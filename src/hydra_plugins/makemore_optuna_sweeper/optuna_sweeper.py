@@ -25,6 +25,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from makemore_lab.atomic_write import write_text_atomically
+
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"
@@ -115,7 +117,7 @@ class OptunaSweeper(Sweeper):
         self.check_same_search(study, space)  # refused before the sweep dir holds anything of this sweep
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        write_text_atomically(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         log.info("study %r: %d trials before this sweep, %d to run, %d at a time; searching %s",
                  study.study_name, len(study.trials), self.n_trials, self.n_jobs, ", ".join(space) or "nothing")
 
@@ -221,7 +223,7 @@ class OptunaSweeper(Sweeper):
         results = {"name": "optuna", "study_name": study.study_name, "storage": self.storage,
                    "n_trials": len(study.trials), "best_trial": best.number,
                    "best_params": best.params, "best_value": best.value}
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+        write_text_atomically(sweep_dir / RESULTS_FILE, OmegaConf.to_yaml(OmegaConf.create(results)))
         log.info("best of %d trials: trial %d, value %.4f, %s", len(study.trials), best.number, best.value,
                  " ".join(f"{k}={v}" for k, v in best.params.items()))
 
