@@ -1,10 +1,10 @@
 """Sweeps on a real SLURM cluster: scripts/slurm_cluster.sh starts one on this machine (as root: Debian's slurm-wlm,
 slurmdbd with MariaDB, munge) and these tests submit to it through hydra/launcher=slurm_cpu, as a user would.
 
-Covered: the shipped sweep command; a failed job's row; scancel, then the sweep's rerun resumes the job; a job
-requeued (scontrol requeue) and a job cancelled mid-run end at the same losses as one left alone; preemption by a
-higher partition requeues and resumes; a time limit sends SIGUSR2, the job saves its step, is requeued and resumes,
-and is left unfinished (not failed) once max_num_timeout is spent; trainer=ddp with 2 ranks as one SLURM job equals
+Covered: the shipped sweep command; a failed job's row; a job requeued mid-run (scontrol requeue) ends at the same
+losses as one left alone; preemption by a higher partition requeues and resumes; scancel, then the sweep's rerun
+resumes the job; a time limit's SIGUSR2: the job saves its step, is requeued and resumes, and is left unfinished
+(not failed) once max_num_timeout is spent; trainer=ddp with 2 ranks as one SLURM job equals
 the local DDP run. Where the cluster cannot be started (not root, no apt-get) they are skipped with the reason.
 """
 
@@ -29,7 +29,11 @@ LONG = ["model=bigram", "trainer.max_steps=8000", "trainer.val_check_interval=10
 FIRST_VALIDATION = "step 1000/"
 WAIT_S = 240  # for a job to reach a point; a cluster that takes longer is broken, not slow
 
-slurm = pytest.mark.slurm
+
+
+def slurm(test):
+    """A test that submits to the cluster: marked slurm, and slow (real training runs)."""
+    return pytest.mark.slow(pytest.mark.slurm(test))
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +64,24 @@ def finish(process: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str
     return process.returncode, out, err
 
 
-def wait_for(path: Path, text: str, what: str) -> None:
+def wait_for(path: Path, text: str, what: str, after: str = "") -> None:
+    """Until `text` is in the file (after the first `after` in it)."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        if path.is_file() and text in path.read_text(errors="replace"):
+        content = path.read_text(errors="replace") if path.is_file() else ""
+        if after in content and text in content[content.index(after):]:
             return
         time.sleep(0.2)
     pytest.fail(f"{what}: {text!r} never appeared in {path}")
 
 
 def slurm_job_id(sweep_dir: Path, job: int) -> str:
-    """The SLURM id of a sweep's job: submitit's folder for it, <array id>_<job>."""
+    """The SLURM id of a sweep's running job: submitit's folder for it, <array id>_<job> (a sweep of one job is
+    not an array: <job id>)."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        found = [p.name for p in (sweep_dir / ".submitit").glob(f"*_{job}") if p.is_dir()]
+        folders = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir()]
+        found = [name for name in folders if name.endswith(f"_{job}")] or [name for name in folders if name.isdigit()]
         if found:
             return found[0]
         time.sleep(0.2)
@@ -126,69 +134,80 @@ def test_the_shipped_sweep_runs_and_a_failing_job_is_a_failed_row(cluster, tmp_p
 
 
 @slurm
-def test_requeued_and_cancelled_jobs_resume_to_the_uninterrupted_result(cluster, tmp_path):
-    """Three identical jobs: 0 runs alone, 1 is requeued by `scontrol requeue` mid-run (SLURM sends SIGTERM: the
-    job saves its step and exits; its requeued run resumes), 2 is cancelled by scancel mid-run (the sweep ends with
-    one line naming it; its rerun resumes it). All three end at the same losses."""
+def test_a_requeued_job_resumes_to_the_uninterrupted_result(cluster, tmp_path):
+    """Two identical jobs: 0 runs alone, 1 is requeued by `scontrol requeue` mid-run (SLURM sends SIGTERM: the job
+    saves its step and exits; its requeued run resumes there). Both end at the same losses, and the table times
+    job 1 over both of its runs."""
     sweep_dir = tmp_path / "sweep"
-    overrides = [*LONG, "seed=1,1,1", f"hydra.sweep.dir={sweep_dir}"]
-    process = sweep(tmp_path, *overrides)
+    process = sweep(tmp_path, *LONG, "seed=1,1", f"hydra.sweep.dir={sweep_dir}")
     wait_for(sweep_dir / "1" / "train.log", FIRST_VALIDATION, "job 1 training")
     subprocess.run(["scontrol", "requeue", slurm_job_id(sweep_dir, 1)], check=True)
-    wait_for(sweep_dir / "2" / "train.log", FIRST_VALIDATION, "job 2 training")
-    subprocess.run(["scancel", slurm_job_id(sweep_dir, 2)], check=True)
     code, out, err = finish(process)
-    assert code != 0 and "CANCELLED" in err and len(err.strip().splitlines()) == 1, err  # one line, no traceback
-    assert (sweep_dir / "2" / "checkpoints" / "last.ckpt").is_file() and not (sweep_dir / "2" / "failure.json").exists()
-
-    code, out, err = finish(sweep(tmp_path, *overrides))  # the same sweep again: 0 and 1 kept, 2 resumed
     assert code == 0, err
-    results = [summary(sweep_dir / str(job)) for job in range(3)]
-    assert [r["val_loss"] for r in results[1:]] == [results[0]["val_loss"]] * 2
-    assert [r["test_loss"] for r in results[1:]] == [results[0]["test_loss"]] * 2
-    for job in (1, 2):
-        assert "resuming from" in (sweep_dir / str(job) / "train.log").read_text()
-        (interrupted,) = json.loads((sweep_dir / str(job) / "segments.json").read_text())
-        assert interrupted["steps"] == results[job]["resumed_from_step"] > 0
-        row = table(sweep_dir)[str(job)]  # the table's time: every fit of the job, not the last one alone
-        assert float(row["time_s"]) == pytest.approx(results[job]["train_seconds"] + interrupted["seconds"])
+    alone, requeued = summary(sweep_dir / "0"), summary(sweep_dir / "1")
+    assert (requeued["val_loss"], requeued["test_loss"]) == (alone["val_loss"], alone["test_loss"])
+    assert "resuming from" in (sweep_dir / "1" / "train.log").read_text()
+    (interrupted,) = json.loads((sweep_dir / "1" / "segments.json").read_text())
+    assert interrupted["steps"] == requeued["resumed_from_step"] > 0
+    row = table(sweep_dir)["1"]  # the table's time: every fit of the job, not the last one alone
+    assert float(row["time_s"]) == pytest.approx(requeued["train_seconds"] + interrupted["seconds"])
 
 
 @slurm
-def test_a_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
+def test_a_preempted_then_cancelled_job_resumes_each_time(cluster, tmp_path):
     """A job in the `urgent` partition that needs every CPU preempts the running sweep job (PreemptMode=REQUEUE):
-    the sweep job saves its step, is requeued, resumes after the urgent job, and the sweep finishes."""
+    the sweep job saves its step, is requeued, and resumes after the urgent job. Then scancel: the job saves its
+    step again, the sweep ends with one line naming the cancelled job, and running the same sweep again resumes it
+    to the end."""
     sweep_dir = tmp_path / "sweep"
-    process = sweep(tmp_path, *LONG, f"hydra.sweep.dir={sweep_dir}")
-    wait_for(sweep_dir / "0" / "train.log", FIRST_VALIDATION, "the sweep's job training")
+    overrides = [*LONG, f"hydra.sweep.dir={sweep_dir}"]
+    process = sweep(tmp_path, *overrides)
+    log = sweep_dir / "0" / "train.log"
+    wait_for(log, FIRST_VALIDATION, "the sweep's job training")
     subprocess.run(["sbatch", "--partition=urgent", f"--cpus-per-task={os.cpu_count()}", "--mem=100M",
                     f"--output={tmp_path / 'urgent.out'}", "--wrap=true"], check=True, capture_output=True)
+    wait_for(log, "/8000: train/loss", "the preempted job training again", after="resuming from")
+    subprocess.run(["scancel", slurm_job_id(sweep_dir, 0)], check=True)
     code, out, err = finish(process)
+    assert code != 0 and "CANCELLED" in err and len(err.strip().splitlines()) == 1, err  # one line, no traceback
+    assert (sweep_dir / "0" / "checkpoints" / "last.ckpt").is_file() and not (sweep_dir / "0" / "failure.json").exists()
+
+    code, out, err = finish(sweep(tmp_path, *overrides))  # the same sweep again: the job resumes
     assert code == 0, err
-    log = (sweep_dir / "0" / "train.log").read_text()
-    assert "Received SIGTERM" in log and "resuming from" in log
-    assert summary(sweep_dir / "0")["resumed_from_step"] > 0 and table(sweep_dir)["0"]["error"] == ""
+    text = log.read_text()
+    assert text.count("Received SIGTERM") >= 2 and text.count("resuming from") == 2
+    preempted, cancelled = json.loads((sweep_dir / "0" / "segments.json").read_text())
+    assert cancelled["resumed_from_step"] == preempted["steps"] > 0
+    result = summary(sweep_dir / "0")
+    assert result["resumed_from_step"] == preempted["steps"] + cancelled["steps"] and result["steps"] == 8000
+    assert table(sweep_dir)["0"]["error"] == ""
 
 
 @slurm
 def test_a_time_limit_requeues_the_job_then_leaves_it_unfinished_not_failed(cluster, tmp_path):
-    """timeout_min=1 with SIGUSR2 50 s before it: the job stops at its current step, saves, and is requeued
-    (max_num_timeout=1); its second run resumes there and is stopped the same way, then left unfinished: no
-    failure.json, the sweep ends (exit 0) with the job listed as unfinished, and its rerun would resume it."""
+    """A time limit's warning (SIGUSR2, sent here as SLURM sends it, `scancel --signal=USR2`, once training is
+    under way; SLURM's own comes on a 30 s tick that can land before a loaded machine has started training) to a
+    job with timeout_min=1: the job stops at its current step, saves, and submitit requeues it (max_num_timeout=1);
+    its second run resumes there, is stopped the same way and left unfinished: no failure.json, the sweep ends
+    (exit 0) with the job's row empty, and its rerun would resume it."""
     sweep_dir = tmp_path / "sweep"
-    process = sweep(tmp_path, "model=bigram", "trainer.max_steps=10000000", "trainer.val_check_interval=2000",
-                    "threads=1", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=50",
-                    "hydra.launcher.max_num_timeout=1", f"hydra.sweep.dir={sweep_dir}")
+    process = sweep(tmp_path, "model=bigram", "trainer.max_steps=10000000", "trainer.val_check_interval=1000",
+                    "threads=1", "hydra.launcher.timeout_min=1",
+                    "hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=1", f"hydra.sweep.dir={sweep_dir}")
+    job_dir = sweep_dir / "0"
+    wait_for(job_dir / "train.log", FIRST_VALIDATION, "the job training")
+    subprocess.run(["scancel", "--signal=USR2", slurm_job_id(sweep_dir, 0)], check=True)
+    wait_for(job_dir / "train.log", "/10000000: train/loss", "the requeued job training", after="resuming from")
+    subprocess.run(["scancel", "--signal=USR2", slurm_job_id(sweep_dir, 0)], check=True)
     code, out, err = finish(process)
     assert code == 0, err
-    job_dir = sweep_dir / "0"
+    log = (job_dir / "train.log").read_text()
     first, second = json.loads((job_dir / "segments.json").read_text())
     assert second["resumed_from_step"] == first["steps"] > 0 and second["steps"] > 0
     assert not (job_dir / "failure.json").exists() and not (job_dir / "summary.json").exists()
     assert (job_dir / "checkpoints" / "last.ckpt").is_file()
-    log = (job_dir / "train.log").read_text()
     assert log.count("SIGUSR2 (a time limit or preemption is near)") == 2 and "Requeued job" in log
-    assert "job 0 interrupted: SIGUSR2" in log
+    assert "job 0 interrupted: SIGUSR2" in log and "timed-out too many times" in log
     stderr = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.err"))
     assert "reentrant" not in stderr and "Traceback" not in stderr  # nothing logged from inside a signal handler
     row = table(sweep_dir)["0"]
