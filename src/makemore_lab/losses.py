@@ -39,6 +39,17 @@ def training_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, all_po
     return F.cross_entropy(logits.flatten(0, 1), item_targets(x, y).flatten(), ignore_index=IGNORE)
 
 
+def member_losses(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, all_positions: bool) -> torch.Tensor:
+    """training_loss of each member of a population, (N,), from its logits (N, B, V) or (N, B, T, V)
+    (population/stacked.py's PopulationNet); x, y are the members' minibatch (B, ...), or one each (N, B, ...)."""
+    n, batch = logits.shape[:2]
+    targets = item_targets(x.reshape(-1, x.shape[-1]), y.reshape(-1)) if all_positions else y.reshape(-1)
+    # (B, ...) shared by every member, or (N * B, ...) one set each: (N, B, ...) either way
+    targets = targets.reshape(-1, batch, *targets.shape[1:]).expand(n, batch, *targets.shape[1:])
+    losses = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="none")
+    return losses.view(n, -1).sum(1) / (targets != IGNORE).reshape(n, -1).sum(1)  # each member's mean
+
+
 def position_losses(net: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss of every scored character, its item index) for one evaluation batch (data.Windows or WholeItems),
     in chunks of rows whose logits stay under EVAL_LOGIT_CELLS."""

@@ -13,7 +13,6 @@ per-member meaning while the forward runs:
 - `F.batch_norm`: each member's channels normalised over its own rows (the members become N * C channels of one
   fused batch_norm, with each member's own running statistics as views of the stacked buffers);
 - `F.layer_norm`: normalised per row, then each member's own scale and shift;
-- `F.cross_entropy` with a mean or sum: one loss per member, (N,) instead of a scalar;
 - `F.dropout` and `F.scaled_dot_product_attention`'s `dropout_p`, where the members' rates differ: each member's
   rows dropped at its own rate. A module's number that differs between members (`nn.Dropout.p`, the attention's
   `dropout`) is set on the folded copy as a `MemberNumber`: a float holding every member's value, which these
@@ -149,20 +148,6 @@ def layer_norm(n, input, normalized_shape, weight=None, bias=None, eps=1e-5):
     return out.view(input.shape)
 
 
-def cross_entropy(n, input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0):
-    if weight is not None or size_average is not None or reduce is not None or label_smoothing:
-        raise NotFoldable("F.cross_entropy with class weights, label smoothing or legacy reduction arguments")
-    losses = F.cross_entropy(input, target, ignore_index=ignore_index, reduction="none")
-    if reduction == "none":
-        return losses
-    _rows(n, losses)
-    per_member = losses.view(n, -1).sum(dim=1)
-    if reduction == "sum":
-        return per_member
-    return per_member / (target != ignore_index).view(n, -1).sum(dim=1)  # cross_entropy's mean over scored targets
-
-
 def member_dropout(n, input, rates: MemberNumber):
     """Member i's rows zeroed with probability rates.values[i], the kept ones scaled by 1 / (1 - p), as F.dropout."""
     _rows(n, input)
@@ -197,7 +182,7 @@ def scaled_dot_product_attention(n, query, key, value, attn_mask=None, dropout_p
 
 
 PER_MEMBER = {F.linear: linear, F.embedding: embedding, F.batch_norm: batch_norm, F.layer_norm: layer_norm,
-              F.cross_entropy: cross_entropy, F.dropout: dropout,
+              F.dropout: dropout,
               F.scaled_dot_product_attention: scaled_dot_product_attention}
 
 

@@ -2,7 +2,7 @@
 
 Per optimizer step: each data seed's minibatch (the data module's stream, a pure function of (data.seed, rank 0,
 step), so members with one data seed share it and each matches its solo run's); one vmapped forward and one
-backward for all members (stacked.StackedNets); per-member clipping; then each member's own torch optimizer
+backward for all members (stacked.PopulationNet); per-member clipping; then each member's own torch optimizer
 steps its own Parameters (rows of the stacked weights) and sets its own next lr (the engine's StepEngine.set_lr).
 Host syncs happen once per chunk of steps (the divergence check), not per step.
 
@@ -27,7 +27,7 @@ from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from makemore_lab.losses import split_loss, training_loss
 from makemore_lab.population.member import Member
 from makemore_lab.population.processes import StopFlag, stopping_on_signals
-from makemore_lab.population.stacked import StackedNets
+from makemore_lab.population.stacked import PopulationNet
 from makemore_lab.atomic_write import last_good
 from makemore_lab.resume import cannot_write
 
@@ -44,7 +44,7 @@ class Population:
         self.val_every, self.log_every = first.trainer.val_check_interval, first.trainer.log_every_n_steps
         self.all_positions = members[0].datamodule.train_on == "items"
         self.batch_size = first.data.batch_size
-        self.stacked = StackedNets([m.net for m in members])
+        self.stacked = PopulationNet([m.net for m in members])
         # One minibatch stream per data seed; `feeds[i]` is member i's.
         seeds = sorted({m.datamodule.seed for m in members})
         examples = members[0].datamodule.train_examples  # the same split for every member (one population key)
@@ -95,7 +95,7 @@ class Population:
 
     def step(self, x, y, step: int, active: list[Member]) -> torch.Tensor:
         self.stacked.zero_grad(member_views=not self.plain_sgd)
-        losses = self.stacked.losses(self.loss, x, y, shared_data=len(self.streams) == 1)
+        losses = self.stacked.losses(x, y, self.all_positions, shared=len(self.streams) == 1)
         losses.sum().backward()  # member i's loss depends on member i's weights only: each gets its own gradient
         self.clip()
         if self.plain_sgd:
@@ -148,7 +148,7 @@ class Population:
             lr, self._wd = torch.tensor(rates, device=self.device).T
             self._minus_lr = -lr
             self._decay = any(wd for _, wd in rates)  # read here, on the host: no per-step device sync
-        for stacked in self.stacked.params.values():
+        for stacked in self.stacked.stacked_params.values():
             if stacked.grad is None:  # not used by the loss: torch's SGD skips it too
                 continue
             shape = (-1, *[1] * (stacked.dim() - 1))

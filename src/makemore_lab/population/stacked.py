@@ -1,12 +1,13 @@
-"""N copies of one architecture as one: stacked weights, one vmapped forward, each member still a plain nn.Module.
+"""N copies of one architecture as one nn.Module: stacked weights, one forward that returns every member's logits,
+each member still a plain nn.Module.
 
 The members' own nets (built exactly as a solo run builds its net) keep their Parameter objects, but each
 Parameter's storage becomes row i of a stacked (N, ...) tensor. So:
 
-- the population's forward runs the unchanged model code once for all members: folded into the batch dimension
-  (population/folded.py: one batched kernel per layer, the fast path) where that gives each member exactly its
-  own losses and gradients, checked on the first minibatch; otherwise `torch.func.vmap` of `functional_call`
-  with the stacked tensors;
+- `PopulationNet(x)` runs the unchanged model code once for all members and returns (N, B, ..., V) logits: folded
+  into the batch dimension (population/folded.py: one batched kernel per layer, the fast path) where that gives
+  each member exactly its own losses and gradients, checked on the first minibatch; otherwise `torch.func.vmap` of
+  `functional_call` with the stacked tensors. `member_losses` (losses.py) turns them into each member's loss;
 - each member's net *is* the member at every moment (its state_dict, split_loss, sampling, a checkpoint: the
   solo code paths, unchanged), and its Parameters can go to any torch optimizer: an in-place step on a member's
   Parameter writes its row of the stacked tensor;
@@ -24,35 +25,41 @@ from torch.func import functional_call, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from makemore_lab.errors import UserError
+from makemore_lab.losses import member_losses
 from makemore_lab.population.folded import MemberNumber, MembersInBatch, differing_numbers
 
 log = logging.getLogger(__name__)
 
 
-class StackedNets:
+class PopulationNet(nn.Module):
+    """The members' nets as one module whose forward returns every member's logits. Its parameters are the stacked
+    tensors (through the folded copy, which holds them as its own); the members' nets and the vmap template are
+    kept outside the module tree (their Parameters are rows of those, or copies)."""
+
     def __init__(self, nets: list[nn.Module]):
-        self.nets = nets
+        super().__init__()
+        self.nets = nets  # a list: not registered as submodules
         # The template whose code runs under vmap; functional_call swaps the stacked tensors in for its own.
-        self.template = copy.deepcopy(nets[0])
+        self.template = (copy.deepcopy(nets[0]),)  # a tuple: not registered either
         # The folded forward's copy holds the stacked tensors themselves as its parameters and buffers.
         self.folded: nn.Module | None = copy.deepcopy(nets[0])
         self.fold_checked = False
-        self.params = {name: torch.stack([dict(n.named_parameters())[name].detach() for n in nets]).requires_grad_()
+        self.stacked_params = {name: torch.stack([dict(n.named_parameters())[name].detach() for n in nets]).requires_grad_()
                        for name, _ in nets[0].named_parameters()}
-        self.buffers = {name: torch.stack([dict(n.named_buffers())[name] for n in nets])
+        self.stacked_buffers = {name: torch.stack([dict(n.named_buffers())[name] for n in nets])
                         for name, _ in nets[0].named_buffers()}
         for i, net in enumerate(nets):
             for name, param in net.named_parameters():
-                param.data = self.params[name].detach()[i]  # same Parameter object, storage = row i
+                param.data = self.stacked_params[name].detach()[i]  # same Parameter object, storage = row i
             for name, _ in net.named_buffers():
                 owner, leaf = _split(net, name)
-                owner._buffers[leaf] = self.buffers[name][i]
-        for name in self.params:
+                owner._buffers[leaf] = self.stacked_buffers[name][i]
+        for name in self.stacked_params:
             owner, leaf = _split(self.folded, name)
-            owner._parameters[leaf] = self.params[name]
-        for name in self.buffers:
+            owner._parameters[leaf] = self.stacked_params[name]
+        for name in self.stacked_buffers:
             owner, leaf = _split(self.folded, name)
-            owner._buffers[leaf] = self.buffers[name]
+            owner._buffers[leaf] = self.stacked_buffers[name]
         self.bind_member_grads()
         # Numbers the members' modules hold differently (dropout rates): only the folded forward gives each its own.
         self.member_numbers = differing_numbers(nets)
@@ -67,7 +74,7 @@ class StackedNets:
         a member's own `.grad` (the vectorised SGD step), drop them: backward then hands its gradient over as the
         new `.grad` instead of adding it to zeros (one fill and one add per tensor less, every step). A population
         keeps one of the two for its whole life (Population.plain_sgd)."""
-        for stacked in self.params.values():
+        for stacked in self.stacked_params.values():
             if member_views:
                 stacked.grad.zero_()
             else:
@@ -76,53 +83,58 @@ class StackedNets:
     def bind_member_grads(self) -> None:
         """Zeroed stacked gradients with each member's `.grad` its row: set up here at the start, and again before
         a member's own backward (a solo step, population/run.py), whichever way zero_grad left them."""
-        for stacked in self.params.values():
+        for stacked in self.stacked_params.values():
             stacked.grad = torch.zeros_like(stacked)
         for i, net in enumerate(self.nets):
             for name, param in net.named_parameters():
-                param.grad = self.params[name].grad[i]
+                param.grad = self.stacked_params[name].grad[i]
 
-    def losses(self, loss_fn, x: torch.Tensor, y: torch.Tensor, shared_data: bool) -> torch.Tensor:
-        """(N,) losses: `loss_fn(net, x, y)` of every member at once; x, y are (B, ...) when the members share
-        their minibatch (shared_data), else (N, B, ...) with member i's in row i."""
-        if not self.fold_checked:
-            self.choose_forward(loss_fn, x, y, shared_data)
+    def forward(self, x: torch.Tensor, all_positions: bool = False, shared: bool = True) -> torch.Tensor:
+        """Every member's logits, (N, B, V) (or (N, B, T, V) with all_positions); x is (B, ...) when the members
+        share their minibatch (`shared`), else (N, B, ...) with member i's in row i."""
         if self.folded is not None:
-            return self.folded_losses(loss_fn, x, y, shared_data)
-        return self.vmapped_losses(loss_fn, x, y, shared_data)
+            return self.folded_logits(x, all_positions, shared)
+        return self.vmapped_logits(x, all_positions, shared)
 
-    def folded_losses(self, loss_fn, x, y, shared_data: bool) -> torch.Tensor:
+    def losses(self, x: torch.Tensor, y: torch.Tensor, all_positions: bool, shared: bool) -> torch.Tensor:
+        """(N,) training losses: each member's losses.training_loss on its minibatch (x, y as in forward)."""
+        if not self.fold_checked:
+            self.choose_forward(x, y, all_positions, shared)
+        return member_losses(self(x, all_positions, shared), x, y, all_positions)
+
+    def folded_logits(self, x, all_positions: bool, shared: bool) -> torch.Tensor:
         n = len(self)
-        if shared_data:
-            x, y = x.expand(n, *x.shape), y.expand(n, *y.shape)
+        rows = x.expand(n, *x.shape) if shared else x
+        kwargs = {"all_positions": True} if all_positions else {}
         with MembersInBatch(n):
-            return loss_fn(self.folded, x.reshape(-1, *x.shape[2:]), y.reshape(-1, *y.shape[2:]))
+            logits = self.folded(rows.reshape(-1, *rows.shape[2:]), **kwargs)
+        return logits.view(n, -1, *logits.shape[1:])
 
-    def vmapped_losses(self, loss_fn, x, y, shared_data: bool) -> torch.Tensor:
-        template = self.template
+    def vmapped_logits(self, x, all_positions: bool, shared: bool) -> torch.Tensor:
+        template = self.template[0]
+        kwargs = {"all_positions": True} if all_positions else {}
 
-        def member_loss(params, buffers, x, y):
-            net = lambda *args, **kwargs: functional_call(template, (params, buffers), args, kwargs)
-            return loss_fn(net, x, y)
+        def member_logits(params, buffers, x):
+            return functional_call(template, (params, buffers), (x,), kwargs)
 
-        data_dim = None if shared_data else 0
+        data_dim = None if shared else 0
         # The math attention kernel: CPU flash attention has no vmap batching rule (a per-member loop otherwise).
         with sdpa_kernel(SDPBackend.MATH):
-            return vmap(member_loss, in_dims=(0, 0, data_dim, data_dim), randomness="different")(
-                self.params, self.buffers, x, y)
+            return vmap(member_logits, in_dims=(0, 0, data_dim), randomness="different")(self.stacked_params, self.stacked_buffers, x)
 
-    def choose_forward(self, loss_fn, x, y, shared_data: bool) -> None:
+    def choose_forward(self, x, y, all_positions: bool, shared: bool) -> None:
         """Keep the folded forward only if, on this minibatch, it gives every member the vmap path's losses and
         gradients (dropout off for the comparison; the members' weights and statistics are left as they were)."""
         self.fold_checked = True
-        saved = {name: b.clone() for name, b in self.buffers.items()}
-        weights = list(self.params.values())
+        saved = {name: b.clone() for name, b in self.stacked_buffers.items()}
+        weights = list(self.stacked_params.values())
+        loss = lambda logits: member_losses(logits, x, y, all_positions)
         try:
-            with dropout_off(self.template), dropout_off(self.folded):
-                expected = self.vmapped_losses(loss_fn, x, y, shared_data)
+            with dropout_off(self.template[0]), dropout_off(self.folded):
+                expected = loss(self.vmapped_logits(x, all_positions, shared))
                 expected_grads = torch.autograd.grad(expected.sum(), weights, allow_unused=True)
                 self.restore(saved)
-                got = self.folded_losses(loss_fn, x, y, shared_data)
+                got = loss(self.folded_logits(x, all_positions, shared))
                 got_grads = torch.autograd.grad(got.sum(), weights, allow_unused=True)
             same = close(got.detach(), expected.detach()) and all(
                 (a is None and b is None) or (a is not None and b is not None and close(a, b))
@@ -145,11 +157,11 @@ class StackedNets:
 
     def restore(self, saved: dict[str, torch.Tensor]) -> None:
         for name, value in saved.items():
-            self.buffers[name].copy_(value)
+            self.stacked_buffers[name].copy_(value)
 
     def grads(self) -> list[torch.Tensor]:
         """The stacked gradients of this step (a weight the loss does not use has none, as in torch)."""
-        return [stacked.grad for stacked in self.params.values() if stacked.grad is not None]
+        return [stacked.grad for stacked in self.stacked_params.values() if stacked.grad is not None]
 
 
 def close(got: torch.Tensor, expected: torch.Tensor) -> bool:
