@@ -8,6 +8,7 @@ train_population) say so in their name (`..._by_the_engine`); without the engine
 
 import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -406,3 +407,33 @@ def test_each_group_is_one_submitit_job_with_the_same_records_as_here(tmp_path, 
     logs = {p.parent.name for p in (sweep_dir / ".submitit").glob("*/*_log.out")}
     assert logs == {job_id for _, job_id in submitted}  # each group trained in its own submitit job
     check_rows_match_jobs(sweep_dir, read_rows(sweep_dir))
+
+
+@pytest.mark.slow
+def test_a_member_whose_peer_stopped_early_resumes_alone_from_its_member_checkpoint(tmp_path, small_names):
+    """Job 0 (lr=1e-9) stops early, job 1 trains on; Ctrl-C; the printed command runs the sweep again: job 0 is kept,
+    job 1 is the only one left to train, and resumes from its population member's checkpoint (no Lightning loop
+    state, which a run cannot resume) as a population of one, instead of failing."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *POPULATION, "model=mlp", "model.n_hidden=16", "callbacks=[default,early_stopping]",
+            "~callbacks.diagnostics", "logger=none", "trainer.max_steps=3000", "trainer.val_check_interval=100",
+            "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=1e-9,0.1", "threads=1",
+            "trainer.accelerator=cpu", "num_samples=1", f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    wait_for(sweep_dir / "0" / "summary.json", proc, timeout=180)
+    wait_for(sweep_dir / "1" / "checkpoints" / "last.ckpt", proc, timeout=60)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if "Resume with:" in line]
+    stopped = saved_step(sweep_dir / "1" / "checkpoints" / "last.ckpt")
+    assert 0 < job_summary(sweep_dir, "0")["steps"] <= stopped < 3000
+    resume = shlex.split(line.split("Resume with: ", 1)[1])
+    assert resume[:2] == ["python", str(ROOT / "train.py")] or resume[1].endswith("train.py")
+    again = run_script("train.py", *resume[2:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "population of 1" in again.stdout + again.stderr
+    summary = job_summary(sweep_dir, "1")
+    assert summary["resumed_from_step"] == stopped < summary["steps"] <= 3000  # (it may stop early too)
+    assert not (sweep_dir / "1" / "failure.json").exists()

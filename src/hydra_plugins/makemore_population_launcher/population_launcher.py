@@ -159,6 +159,23 @@ class ComposedOnce:
         return getattr(self.loader, name)
 
 
+def resumes_a_member(job: Job) -> bool:
+    """Whether this job resumes from a population member's checkpoint (no Lightning loop state: a run cannot resume
+    it), as a job whose peers stopped early does: it then trains as a population of one. Reads the checkpoint, so
+    only for a job about to train in this process (a job alone imports torch anyway)."""
+    ckpt_path = job.train_config.get("ckpt_path") if job.resolves else None
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return False
+    from makemore_lab.checkpoint import read_checkpoint
+    from makemore_lab.errors import UserError
+
+    try:
+        checkpoint = read_checkpoint(ckpt_path)
+    except UserError:  # not one of ours: the job alone says so, in its own words
+        return False
+    return "population_member" in checkpoint and "loops" not in checkpoint
+
+
 def why(err: Exception) -> str:
     """One line for a submitit job without a result: its state (UncompletedJobError), or the exception that ended it
     (FailedJobError's message holds the job's trace between two dashed lines, then where its logs are)."""
@@ -171,8 +188,10 @@ def why(err: Exception) -> str:
 
 @exit_on_user_error  # the sweep ends with this one line (exit 130), as after a Ctrl-C
 def raise_unfinished(unfinished: list[str]) -> None:
+    from makemore_lab.commands import sweep_resume_command  # torch-free
+
     raise TrainingInterrupted("SLURM job(s) ended without a result: " + "; ".join(unfinished) + ". Their members' "
-                              "last checkpoints are kept: the same command continues the sweep")
+                              f"last checkpoints are kept; continue the sweep with: {sweep_resume_command()}")
 
 
 class GroupJob:
@@ -308,7 +327,7 @@ class PopulationLauncher(Launcher):
         returns: dict[int, JobReturn] = {}
         for group in grouping.groups:
             members = [jobs[index] for index in group]
-            if engine is None or len(members) == 1:
+            if engine is None or (len(members) == 1 and not resumes_a_member(members[0])):
                 returns.update((job.num, self.run_alone(job)) for job in members)
             else:
                 returns.update(self.run_population(members, engine))
