@@ -19,8 +19,9 @@ per-member meaning while the forward runs:
   two rules read, and which refuses any other use (arithmetic, comparisons) rather than give all members one.
 
 Everything else runs as it is. That is an assumption about the model's code (no other op mixes rows, dim 0 is the
-batch), so it is checked rather than trusted: `folds_exactly` compares the folded losses and gradients with the
-vmap path's on the first minibatch, and a model that fails (an error, or other numbers) keeps the vmap path.
+batch), so it is checked rather than trusted: `PopulationNet.choose_forward` (stacked.py) compares the folded losses and
+gradients with the vmap path's on the first minibatch, and a model that fails (an error, or other numbers) keeps the
+vmap path.
 """
 
 import torch
