@@ -200,6 +200,12 @@ def fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def spread(row: dict, loss: str) -> str:
+    """A seed row's loss as `mean ± std` (the mean alone where one seed finished)."""
+    std = row[f"{loss}_std"]
+    return fmt(row[loss], ".4f") + (f" ± {std:.4f}" if std is not None else "")
+
+
 def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str:
     """The table for humans: only overrides that differ between jobs get a column; the shared ones go above it."""
     varying = [k for k in override_keys if len({row[k] for row in rows}) > 1] or override_keys
@@ -222,9 +228,7 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
                   "n | train_loss | val_loss | test_loss | time (s) | failed |",
                   "|---|" + "---|" * len(per_config) + "---:|---:|---:|---:|---:|---|"]
         for row in seeds:
-            spread = lambda loss: (fmt(row[loss], ".4f") + (f" ± {row[f'{loss}_std']:.4f}"
-                                                             if row[f"{loss}_std"] is not None else ""))
-            cells = [row["job"], *(row[k] for k in per_config), row["n"], *(spread(loss) for loss in LOSSES),
+            cells = [row["job"], *(row[k] for k in per_config), row["n"], *(spread(row, loss) for loss in LOSSES),
                      fmt(row["time_s"], ".1f"), row["error"]]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [
