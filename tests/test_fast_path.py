@@ -36,7 +36,8 @@ def test_logged_steps_are_optimizer_steps(compose_train, small_names):
     cfg = compose_train(f"data.path={small_names}", *RUN, "steps_per_call=7")
     train(cfg)
     steps = read_scalar_steps(Path(cfg.paths.output_dir) / "tensorboard")
-    assert steps["val/loss"] == [14, 28]  # validation cadence in optimizer steps, exactly
+    # validation cadence in optimizer steps, exactly; then the exact final val loss at the last step (final_report)
+    assert steps["val/loss"] == [14, 28, 30]
     assert steps["train/loss"] == [7, 14, 21, 28, 30]  # every 7 steps, and the last (short) call
     assert steps["lr"] == steps["train/loss"]
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)

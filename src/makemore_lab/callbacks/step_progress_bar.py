@@ -92,7 +92,7 @@ class StepProgressBar(TQDMProgressBar):
         shown = ", ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
                           for key, value in metrics.items() if "/" in key)  # train/loss, val/loss
         if "val/loss" not in metrics and trainer.global_step >= trainer.max_steps:
-            shown += "; no validation ran (trainer.val_check_interval > trainer.max_steps): the final losses are exact"
+            shown += "; no validation ran (trainer.val_check_interval > trainer.max_steps): the exact val loss follows"
         seconds = time.perf_counter() - self._started
         log.info("step %d/%d: %s (%.0f s)", trainer.global_step, trainer.max_steps, shown or "no loss yet", seconds)
         self._last_line_step = trainer.global_step
