@@ -110,6 +110,18 @@ def test_rank_zero_is_read_from_every_launcher(monkeypatch):
         monkeypatch.setenv(name, "0")
 
 
+@pytest.mark.slurm
+def test_the_cluster_script_is_idempotent_and_knows_its_daemons(cluster):
+    """`start` on a running cluster starts nothing; `status` names each daemon it started by PID."""
+    again = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+    status = subprocess.run([str(CLUSTER), "status"], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    for daemon in ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"):
+        assert f"{daemon}: running (pid " in status.stdout
+    assert "batch*" in status.stdout and "urgent" in status.stdout  # sinfo: the two partitions, batch the default
+
+
 @slurm
 def test_the_shipped_sweep_runs_and_a_failing_job_is_a_failed_row(cluster, tmp_path):
     shipped, failing = tmp_path / "shipped", tmp_path / "failing"
