@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from makemore_lab import console, tensorboard_events
@@ -36,6 +36,19 @@ def hparams_for_tensorboard(cfg: DictConfig, params: int, block_size: int, overr
     return {**{key: flat[key] for key in overridden}, **flat}
 
 
+def hparams_tab(cfg: DictConfig, hparams: dict, overrides=()) -> dict:
+    """The HParams tab's columns. TensorBoard lists them by name and shows only the first few, so a run given
+    overrides shows those (what its sweep varies is among them) beside its model and size; the loggers' own params
+    (hparams.yaml, MLflow, W&B) keep the full set."""
+    chosen = {}
+    for override in overrides:
+        key = str(override).partition("=")[0].lstrip("+~")
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float, str, bool)) and not key.startswith(("hydra.", "paths.", "data.path")):
+            chosen[key] = value
+    return {"model": hparams["model"], "params": hparams["params"], **chosen} if chosen else hparams
+
+
 def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
     """Put the best validation checkpoint's weights into `net`; returns the step they were saved at."""
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
@@ -63,7 +76,8 @@ def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: 
         logger.log_metrics(final, step=trainer.global_step)
         logger.log_hyperparams(hparams)
         if isinstance(logger, TensorBoardLogger):  # the HParams tab shows each run's val/loss and test/loss
-            tensorboard_events.write_hparams(logger.experiment, hparams, ("val/loss", "test/loss"))
+            tensorboard_events.write_hparams(logger.experiment, hparams_tab(cfg, hparams, overrides),
+                                             ("val/loss", "test/loss"))
             if seen is not None and validated is None:
                 tensorboard_events.write_text(logger.experiment, "val/note", no_validation_note(cfg, trainer),
                                               trainer.global_step)
