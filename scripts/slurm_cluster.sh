@@ -30,7 +30,11 @@ alive() {  # alive NAME: its recorded PID runs that daemon (a recycled PID is no
   [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$1"
 }
 
-all_alive() { for d in "${DAEMONS[@]}"; do alive "$d" || return 1; done; }
+all_alive() {  # every daemon runs: started by this script (its PID), or for munged the system's
+  for d in "${DAEMONS[@]}"; do
+    alive "$d" || { [[ $d == munged && ! -e $PIDS/munged.pid ]] && munge -n >/dev/null 2>&1; } || return 1
+  done
+}
 
 answers() { timeout 10 sinfo -h -o '%T' -n localhost 2>/dev/null | grep -q -E '^(idle|mixed|allocated|completing)'; }
 
@@ -147,7 +151,9 @@ start() {
   [[ -s /etc/munge/munge.key ]] || { mungekey --create --force >/dev/null 2>&1 || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 2>/dev/null; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
   mkdir -p /run/munge /var/log/munge /var/lib/munge
   chown munge:munge /run/munge /var/log/munge /var/lib/munge
-  launch munged setpriv --reuid=munge --regid=munge --init-groups munged --foreground
+  # A munged already answering (the system's: a package's postinst may start it where systemd runs) is used as is.
+  alive munged || ! munge -n >/dev/null 2>&1 || { say "using the munged that is already running"; rm -f "$PIDS/munged.pid"; }
+  munge -n >/dev/null 2>&1 || launch munged setpriv --reuid=munge --regid=munge --init-groups munged --foreground
   wait_for munged 10 munge -n
   # MariaDB for slurmdbd (accounting: sacct tells submitit that a job was cancelled), on 127.0.0.1:$DB_PORT.
   if [[ ! -d $DIR/mysql/mysql ]]; then
@@ -192,7 +198,9 @@ stop() {
 
 status() {
   for d in "${DAEMONS[@]}"; do
-    if alive "$d"; then echo "$d: running (pid $(cat "$PIDS/$d.pid"))"; else echo "$d: not running"; fi
+    if alive "$d"; then echo "$d: running (pid $(cat "$PIDS/$d.pid"))"
+    elif [[ $d == munged ]] && munge -n >/dev/null 2>&1; then echo "munged: running (not started by this script)"
+    else echo "$d: not running"; fi
   done
   answers && { sinfo; return 0; }
   return 1
