@@ -437,3 +437,29 @@ def test_a_member_whose_peer_stopped_early_resumes_alone_from_its_member_checkpo
     summary = job_summary(sweep_dir, "1")
     assert summary["resumed_from_step"] == stopped < summary["steps"] <= 3000  # (it may stop early too)
     assert not (sweep_dir / "1" / "failure.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_every_member_stopped_early_says_their_results_are_kept(tmp_path, small_names):
+    """Both members stop early (lr too small to learn); a Ctrl-C once both summaries are written lands after the
+    population (the launcher's between-jobs handler) or at its very end: either way one line that says the two
+    jobs ended and keep their results, never "nothing was saved" or a resume from a step."""
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", *POPULATION, "model=mlp", "model.n_hidden=16",
+         "callbacks=[default,early_stopping]", "~callbacks.diagnostics", "logger=none", "trainer.max_steps=3000",
+         "trainer.val_check_interval=100", "optimizer.lr=1e-9,2e-9", "threads=1", "trainer.accelerator=cpu",
+         "num_samples=1", f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    wait_for(sweep_dir / "1" / "summary.json", proc, timeout=180)
+    wait_for(sweep_dir / "0" / "summary.json", proc, timeout=10)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:  # the sweep had ended before the signal
+        return
+    assert proc.returncode == 130, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(("error: interrupted between sweep jobs; the 2 job(s) that ended keep their results.",
+                            "error: Ctrl-C after every member of the population of 2 had ended: their results are "
+                            "kept.")), stdout[-2000:] + stderr[-2000:]
+    assert all(job_summary(sweep_dir, job)["steps"] < 3000 for job in ("0", "1"))

@@ -20,7 +20,7 @@ from makemore_lab.errors import UserError
 from makemore_lab.population.processes import (MIN_MEMBERS, Workers, environment, process_count, split,
                                                train_side_by_side, trains_on_cpu)
 from test_reliability import saved_step, wait_for
-from test_sweeps import job_summary, read_rows
+from test_sweeps import compose_with_hydra, job_summary, read_rows
 
 POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]
 PROBE = """import atexit, runpy, sys
@@ -32,7 +32,12 @@ atexit.register(lambda: Path({record!r}).write_text(
 sys.argv[0] = {train!r}
 runpy.run_path({train!r}, run_name="__main__")
 """
-LRS = "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,100"  # 8 jobs, the last one diverges
+LRS = "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,100"
+
+
+def sweep_config():
+    """What a worker is started with: a sweep's config as Hydra composes it (its logging config, HydraConfig's)."""
+    return compose_with_hydra("hydra.hydra_logging.root=null")  # 8 jobs, the last one diverges
 
 
 @pytest.mark.parametrize("setting, budget, members, on_cpu, expected", [
@@ -82,7 +87,7 @@ def test_a_worker_trains_a_part_in_its_jobs_environment_and_restores_its_own(mon
 
 @pytest.mark.slow
 def test_a_worker_that_dies_fails_its_parts_members_and_is_not_given_another_part():
-    workers = Workers(2, OmegaConf.create({"version": 1, "root": None}), False)
+    workers = Workers(2, sweep_config())
     try:
         os.kill(workers.pids[0].result(timeout=60), signal.SIGKILL)
         dead = workers.answer(0, workers.submit(0, ["a", "b"], {}), ["a", "b"])
@@ -97,7 +102,7 @@ def test_a_worker_that_dies_fails_its_parts_members_and_is_not_given_another_par
 
 def test_a_part_left_without_a_live_worker_fails_its_members_and_the_other_parts_are_answered():
     """Two parts, one live worker: the first part (empty: nothing to train) is the worker's, the second fails."""
-    workers = Workers(1, OmegaConf.create({"version": 1, "root": None}), False)
+    workers = Workers(1, sweep_config())
     try:
         outcomes = train_side_by_side([[], ["a", "b"]], workers, lambda: "resume", {})
     finally:

@@ -31,7 +31,7 @@ def exit_on_early_interrupt(signum, frame) -> None:
     left numpy half-imported and surfaced as a RecursionError traceback, or was swallowed by a library's broad
     `except` and the run trained on (exit 0). Nothing is unsaved at these moments: no checkpoint exists yet, or the
     finished jobs' files are closed; the run dir's lock is released with the process."""
-    ended = getattr(sys.modules.get("makemore_lab.sweep_policy"), "jobs_ended", 0)  # not imported: still starting
+    ended = ended_jobs()
     if ended:
         print(f"error: interrupted between sweep jobs; the {ended} job(s) that ended keep their results. Continue "
               f"the sweep with: {commands.sweep_resume_command()}", file=sys.stderr)
@@ -41,6 +41,16 @@ def exit_on_early_interrupt(signum, frame) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)
+
+
+def ended_jobs() -> int:
+    """How many jobs of this process's multirun have ended, by their files (summary.json, failure.json): whichever
+    launcher ran them (one by one, or as a population whose members end together); 0 in a single run or before
+    the multirun has started. Torch-free, and quick: called from the Ctrl-C handler."""
+    sweep_dir = commands.multirun_dir()
+    if sweep_dir is None:
+        return 0
+    return len({path.parent for name in ("summary.json", "failure.json") for path in sweep_dir.glob(f"**/{name}")})
 
 
 def hydra_app(task, config_name: str):
@@ -126,6 +136,9 @@ def train() -> None:
     commands.record("train")
     resume_latest()
     hydra_app(lazy_task("makemore_lab.train", "TRAIN_RULES", "train"), "train")()
+    # Done: every result is written. A Ctrl-C during the interpreter's exit (a second or two, once torch is loaded)
+    # would otherwise end it by the signal's default action, exit 130 with nothing said; ignored, it changes nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def sample() -> None:

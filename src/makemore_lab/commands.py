@@ -193,14 +193,29 @@ def resume_command(out_dir: Path, task_overrides=None) -> str:
                              f"ckpt_path={hydra_quote(str(last))}"])
 
 
+_multirun_dir: Path | None = None  # this process's multirun's sweep dir, from its start (multirun_started)
+
+
+def multirun_started(sweep_dir) -> None:
+    """Called when a multirun starts (run_dir.OutputDirCheck.on_multirun_start), with its sweep dir."""
+    global _multirun_dir
+    _multirun_dir = Path(str(sweep_dir)).absolute()
+
+
+def multirun_dir() -> Path | None:
+    """This process's multirun's sweep dir: HydraConfig's while a job runs; between jobs and after the last one,
+    where Hydra has set none (its run_job restores what was there before), the one the multirun started with."""
+    if in_multirun():
+        return Path(str(HydraConfig.get().sweep.dir)).absolute()
+    return _multirun_dir
+
+
 def sweep_dir_of(out_dirs) -> Path | None:
     """The sweep dir that holds these job dirs, else this process's multirun's, else None."""
     parents = {Path(d).parent for d in out_dirs}
     if len(parents) == 1:
         return parents.pop()
-    if in_multirun():
-        return Path(str(HydraConfig.get().sweep.dir)).absolute()
-    return None
+    return multirun_dir()
 
 
 def sweep_resume_command(out_dirs=()) -> str:

@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from makemore_lab import config_schema
+from makemore_lab import commands, config_schema
 from makemore_lab.commands import command, resume_command
 from makemore_lab.errors import UserError
 from makemore_lab.ranks import is_rank_zero
@@ -82,6 +82,7 @@ class OutputDirCheck(Callback):
                 check_sweep_dir(Path(sweep_dir), typed_overrides(config))
             except UserError as err:
                 exit_with(err)
+            commands.multirun_started(sweep_dir)  # a Ctrl-C between jobs names it (cli.exit_on_early_interrupt)
 
 
 @contextlib.contextmanager

@@ -40,22 +40,13 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-# Jobs of this sweep that have ended in this process (finished or failed): a Ctrl-C between two jobs is not
-# "before training started" (cli.exit_on_early_interrupt says which).
-jobs_ended = 0
-
-
 def run_job(train, cfg, continue_sweep: bool = True) -> float:
     """`train(cfg)`'s val loss; under a multirun a failure is recorded and returned as +inf instead of raised.
     `continue_sweep=False`: the caller has already looked for the job's earlier result (earlier_outcome), as the
     population launcher does before training its jobs together; `train` runs (or replays) without a second look."""
     if not in_multirun():
         return train(cfg).get("val_loss", math.nan)
-    global jobs_ended
-    try:
-        return job_result(train, cfg, HydraConfig.get().job.num, continue_sweep)
-    finally:
-        jobs_ended += 1
+    return job_result(train, cfg, HydraConfig.get().job.num, continue_sweep)
 
 
 def job_result(train, cfg, job: int, continue_sweep: bool = True) -> float:

@@ -358,7 +358,7 @@ class PopulationLauncher(Launcher):
         from makemore_lab.population import processes
 
         try:
-            self.workers = processes.Workers(count, self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            self.workers = processes.Workers(count, self.config)
         except (OSError, EOFError) as err:  # no process could be started: the groups train here, one process each
             log.warning("the population's worker processes did not start (%s): every group trains in this process",
                         err)
@@ -467,7 +467,8 @@ class PopulationLauncher(Launcher):
         """Train the members together; each member's callbacks and result as run_job would give them.
 
         on_job_start fires for every member before training starts, on_job_end for each after the population
-        ends, each with HydraConfig set to that member's config. During training HydraConfig is the sweep's.
+        ends, each with HydraConfig set to that member's config. During training HydraConfig is the sweep's (a
+        multirun's, as a job of the basic launcher sees it: the members' reports, typed `+key`s, a Ctrl-C's line).
         """
         from makemore_lab import sweep_policy
 
@@ -478,7 +479,7 @@ class PopulationLauncher(Launcher):
             for job in members:
                 hydra_config.set_config(job.sweep_config)
                 callbacks.on_job_start(config=job.sweep_config, task_function=self.task_function)
-            hydra_config.cfg = sweep_hydra_cfg
+            hydra_config.set_config(self.config)
             parts = self.parts(members)
             # one part: trained here (torch imported now); side by side: in the workers, this process torch-free
             train = engine.train_population if len(parts) == 1 else self.side_by_side(members, parts)

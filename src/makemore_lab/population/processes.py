@@ -220,16 +220,19 @@ def picklable(outcome):
 _stop: StopFlag | None = None  # a worker's view of its parent's flag (start_worker)
 
 
-def start_worker(shared_stop, logging_config, verbose) -> None:
+def start_worker(shared_stop, sweep_config: DictConfig) -> None:
     """A worker process's start (the pool's initializer): signals are its parent's (it ignores SIGINT and SIGTERM
-    and reads the shared flag), and its console lines go through Hydra's handlers as in the parent."""
+    and reads the shared flag), its console lines go through Hydra's handlers as in the parent, and HydraConfig is
+    the sweep's, as in the parent while its members train."""
     global _stop
     for signum in (signal.SIGINT, signal.SIGTERM, SCHEDULER_SIGNAL):
         if signum is not None:
             signal.signal(signum, signal.SIG_IGN)
+    from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import configure_log
 
-    configure_log(logging_config, verbose)
+    configure_log(sweep_config.hydra.hydra_logging, sweep_config.hydra.verbose)
+    HydraConfig.instance().set_config(sweep_config)
     _stop = StopFlag(shared_stop)
 
 
@@ -269,11 +272,11 @@ class Workers:
     """`count` worker processes, each a one-process ProcessPoolExecutor started now (forked from the fork server:
     start_fork_server), sharing their `stop` flag with this process."""
 
-    def __init__(self, count: int, logging_config, verbose):
+    def __init__(self, count: int, sweep_config: DictConfig):
         context = start_fork_server()
         self.stop = stop = StopFlag()
         self.pools = [concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=start_worker,
-                                                             initargs=(stop.shared, logging_config, verbose))
+                                                             initargs=(stop.shared, sweep_config))
                       for _ in range(count)]
         self.pids = [pool.submit(os.getpid) for pool in self.pools]  # a pool starts its process at its first task
         self.dead: set[int] = set()

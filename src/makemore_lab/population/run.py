@@ -269,9 +269,13 @@ class Population:
                 self.finish(member, step, seconds)
 
     def interrupted(self, step: int) -> None:
+        resume = sweep_resume_command([m.out_dir for m in self.members])
+        if not self.active:  # the signal came after every member had ended (stopped early, failed): nothing stopped
+            raise TrainingInterrupted(f"{self.stop_signal} after every member of the population of {len(self.members)} "
+                                      f"had ended: their results are kept. Continue the sweep with: {resume}",
+                                      exit_code=self.stop.exit_code)
         where = (f"population of {len(self.members)} stopped at step {step} of {self.max_steps}; every member's "
                  "checkpoint saved")
-        resume = sweep_resume_command([m.out_dir for m in self.members])
         error = TrainingInterrupted(f"{self.stop_signal}: {where}. Resume with: {resume}", exit_code=self.stop.exit_code)
         for member in self.active:
             member.save_last(step)
