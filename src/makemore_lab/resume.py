@@ -110,6 +110,12 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
         raise TrainingDiverged(f"{err}; {kept}") from None
     except SIGTERMException:  # Lightning stops at the end of the batch in which SIGTERM arrived
         terminated = True
+    except RuntimeError:  # DDP: a peer rank that stopped first (SIGTERM, SIGUSR2) broke the process group
+        if trainer.world_size == 1 or not (trainer.received_sigterm or stop["requested"]):
+            raise
+        raise TrainingInterrupted(f"stopped at step {trainer.global_step} with another rank, whose process group "
+                                  f"ended; the last saved checkpoint is kept. Resume with: {resume_command(out_dir)}",
+                                  exit_code=128 + (signal.SIGUSR2 if stop.get("scheduler") else signal.SIGTERM)) from None
     except OSError as err:  # disk full, read-only or gone
         raise cannot_write(err, trainer.global_step, out_dir) from None
     seconds = time.perf_counter() - start
