@@ -4,7 +4,6 @@ line before the data and the model are built, and a user's model that breaks the
 the shapes."""
 
 import copy
-import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from conftest import CONFIG_DIR, ROOT, TINY, run_script
+from conftest import CONFIG_DIR, TINY, run_script
 from makemore_lab.config_schema import (POPULATION_RULES, TRAIN_RULES, check_model_contract, check_targets,
                                         validate)
 from makemore_lab.errors import UserError
@@ -150,11 +149,6 @@ def test_the_contract_check_leaves_the_model_and_the_random_state_as_they_were()
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BatchNorm's running stats too
 
 
-WIRED = "check_model_contract" in (ROOT / "src" / "makemore_lab" / "train.py").read_text()
-
-
-@pytest.mark.xfail(not WIRED, strict=True, reason="train.check_model does not call config_schema.check_model_contract "
-                   "yet (issue 36 item 7: the lead's line)")
 def test_a_run_of_a_model_that_breaks_the_contract_is_one_line(compose_train, small_names):
     from makemore_lab.train import train
 

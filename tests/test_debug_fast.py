@@ -1,19 +1,13 @@
 """debug=fast's warts (issue 36, item 8): its anomaly mode must not print torch's forward traceback (~79 lines)
 before a divergence's one line, and its callbacks=none must not leave Lightning's default checkpoint in the
-TensorBoard dir. Both need a line in the lead's files (engine.py, train.py): xfail until it is there."""
+TensorBoard dir."""
 
 from pathlib import Path
 
-import pytest
-
-from conftest import ROOT, TINY, run_script
+from conftest import run_script
 from test_sweeps import with_tests_on_path
 
-SOURCE = ROOT / "src" / "makemore_lab"
 
-
-@pytest.mark.xfail("Traceback of forward call" not in (SOURCE / "engine.py").read_text(), strict=True,
-                   reason="engine.py does not filter anomaly mode's forward-traceback warning yet (the lead's line)")
 def test_a_divergence_under_debug_fast_is_one_line_without_torchs_anomaly_warning(tmp_path, small_names, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())  # exploding_model.py
     result = run_script("train.py", "debug=fast", "threads=1", f"data.path={small_names}",
@@ -25,8 +19,6 @@ def test_a_divergence_under_debug_fast_is_one_line_without_torchs_anomaly_warnin
                                                              "returned nan values")
 
 
-@pytest.mark.xfail("enable_checkpointing=" not in (SOURCE / "train.py").read_text(), strict=True,
-                   reason="train.py does not switch off Lightning's default ModelCheckpoint yet (the lead's line)")
 def test_callbacks_none_leaves_no_lightning_checkpoint_in_the_tensorboard_dir(compose_train, small_names):
     from makemore_lab.train import train
 

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, run_script
+from conftest import TINY, run_script
 from makemore_lab import sweep_policy, sweep_summary
 from makemore_lab.atomic_write import write_json_atomically
 from makemore_lab.checkpoint import save_atomically
@@ -153,11 +153,6 @@ def test_summary_json_on_a_full_disk_names_it_and_the_last_good_checkpoint(small
     assert not (out_dir / "summary.json").exists() and temporaries(out_dir) == []
 
 
-WIRED = "AtomicCheckpointIO" in (ROOT / "src" / "makemore_lab" / "train.py").read_text()
-
-
-@pytest.mark.xfail(not WIRED, strict=True, reason="train.py does not pass plugins=[AtomicCheckpointIO()] to its "
-                   "Trainer yet (issue 36 item 3: the lead's line): Lightning's writer names /tmp/tmpXXXX")
 def test_a_solo_run_on_a_full_disk_names_its_own_file_and_the_last_good_checkpoint(small_disk, small_names):
     run_dir = small_disk(120) / "run"
     result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}",

@@ -463,3 +463,14 @@ def test_ctrl_c_after_every_member_stopped_early_says_their_results_are_kept(tmp
                             "error: Ctrl-C after every member of the population of 2 had ended: their results are "
                             "kept.")), stdout[-2000:] + stderr[-2000:]
     assert all(job_summary(sweep_dir, job)["steps"] < 3000 for job in ("0", "1"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", ["-1", "abc", "nan"])
+def test_a_bad_memory_budget_refuses_the_sweep_in_one_line_before_any_job(tmp_path, value):
+    sweep_dir = tmp_path / "sweep"
+    result = run_script("train.py", "-m", *POPULATION, "optimizer.lr=0.1,0.2", f"+population_max_memory_gb={value}",
+                        f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: population_max_memory_gb must be a positive number")
+    assert not sweep_dir.exists() or not list(sweep_dir.iterdir())  # no job dir, no multirun.yaml

@@ -411,14 +411,6 @@ def test_a_file_size_limit_is_one_line_naming_the_run_dir(tmp_path, small_names)
     assert line.startswith(f"error: cannot write the run's files (File too large: {run_dir}")
 
 
-def test_a_full_disk_at_the_summary_is_one_line_naming_the_file(tmp_path, small_names):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "summary.json.tmp").symlink_to("/dev/full")  # writes there fail with ENOSPC, as on a full disk
-    line = assert_one_line(run_script("train.py", *TINY, f"hydra.run.dir={run_dir}", f"data.path={small_names}"))
-    assert line == f"error: cannot write {run_dir / 'summary.json'}: No space left on device"
-
-
 def test_an_existing_run_dir_that_cannot_be_written_is_one_line():
     # /sys exists and refuses new files even to root (sysfs): what a read-only mount does to a run dir
     line = assert_one_line(run_script("train.py", "hydra.run.dir=/sys", "debug=fast"))

@@ -11,6 +11,7 @@ the local DDP run. Where the cluster cannot be started (not root, no apt-get) th
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_script
 from makemore_lab import ranks
+from test_reliability import saved_step
+from test_sweeps import job_summary, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "scripts" / "slurm_cluster.sh"
@@ -244,3 +248,108 @@ def test_ddp_with_two_ranks_as_a_slurm_job_equals_the_local_ddp_run(cluster, tmp
     rank1 = rank1_log.read_text()
     assert "global_rank=1(2)" in rank1 and "refused" not in rank1 and "in use" not in rank1
     assert table(sweep_dir)["0"]["error"] == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Populations: hydra/launcher=population_slurm, each group of a sweep one SLURM job.
+
+SLURM_POPULATION = ["hydra/launcher=population_slurm", "hydra.launcher.submitit.cpus_per_task=1",
+                    "hydra.launcher.submitit.mem_gb=2"]
+COMMON = ["model=mlp", "model.n_hidden=16", "~callbacks.progress_bar", "~callbacks.diagnostics", "logger=none",
+          "threads=1", "trainer.accelerator=cpu", "num_samples=1"]
+
+
+def wait_until_true(condition, proc, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep ended before {what}: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@slurm
+def test_a_requeued_population_group_resumes_every_member_as_if_uninterrupted(cluster, tmp_path, small_names):
+    steps = ["trainer.max_steps=3000", "trainer.val_check_interval=1500", "callbacks.last_checkpoint.every_seconds=0.5",
+             "optimizer.lr=0.05,0.1", f"data.path={small_names}"]
+    sweep_dir = tmp_path / "slurm"
+    log = tmp_path / "launcher.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *SLURM_POPULATION, *COMMON, *steps,
+                                 f"hydra.sweep.dir={sweep_dir}"], stdout=out, stderr=subprocess.STDOUT, text=True,
+                                cwd=tmp_path)
+        checkpoints = [sweep_dir / job / "checkpoints" / "last.ckpt" for job in ("0", "1")]
+        wait_until_true(lambda: all(c.is_file() for c in checkpoints), proc, 300, "both members saved")
+        [job_id] = re.findall(r"job\(s\) 0,1: slurm job (\d+)", log.read_text())
+        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    local = run_script("train.py", "-m", "hydra/launcher=population", *COMMON, *steps,
+                       f"hydra.sweep.dir={tmp_path / 'local'}")
+    assert local.returncode == 0, local.stderr[-3000:]
+    for job in ("0", "1"):
+        requeued, uninterrupted = job_summary(sweep_dir, job), job_summary(tmp_path / "local", job)
+        assert requeued["steps"] == 3000 and 0 < requeued["resumed_from_step"] < 3000
+        for key in ("train_loss", "val_loss", "test_loss"):
+            assert requeued[key] == pytest.approx(uninterrupted[key], abs=1e-6), (job, key)
+    assert len(read_rows(sweep_dir)) == 2 and not list(sweep_dir.glob("*/failure.json"))
+
+
+def population_sweep(tmp_path, *overrides):
+    """The sweep, as a user starts it, in the background; its console in launcher.log."""
+    log = tmp_path / "launcher.log"
+    out = log.open("w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *SLURM_POPULATION, *COMMON, *overrides],
+                            stdout=out, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    return proc, log
+
+
+def group_job_id(proc, log: Path, sweep_dir: Path) -> str:
+    """The SLURM job of the sweep's one group, once both members have saved a checkpoint."""
+    checkpoints = [sweep_dir / job / "checkpoints" / "last.ckpt" for job in ("0", "1")]
+    wait_until_true(lambda: all(c.is_file() for c in checkpoints), proc, 300, "both members saved")
+    [job_id] = re.findall(r"job\(s\) 0,1: slurm job (\d+)", log.read_text())
+    return job_id
+
+
+@slurm
+def test_a_population_group_warned_by_sigusr2_saves_every_member_is_requeued_and_resumes(cluster, tmp_path,
+                                                                                         small_names):
+    """SIGUSR2, as SLURM sends it signal_delay_s before a time limit or a preemption (here by scancel, at once):
+    every member saves at its step, submitit's handler requeues the group's job, and its next run resumes them."""
+    sweep_dir = tmp_path / "slurm"
+    proc, log = population_sweep(tmp_path, "trainer.max_steps=30000", "trainer.val_check_interval=15000",
+                       "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.05,0.1",
+                       f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}")
+    job_id = group_job_id(proc, log, sweep_dir)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, capture_output=True)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    for job in ("0", "1"):
+        summary = job_summary(sweep_dir, job)
+        assert summary["steps"] == 30000 and 0 < summary["resumed_from_step"] < 30000
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit" / job_id).glob("*_log.*"))
+    assert "every member's checkpoint saved; handing over to the scheduler" in logs and "Traceback" not in logs
+    assert not list(sweep_dir.glob("*/failure.json"))
+
+
+@slurm
+def test_a_cancelled_population_group_ends_the_sweep_in_one_line_and_the_same_command_resumes_it(
+        cluster, tmp_path, small_names):
+    sweep_dir = tmp_path / "slurm"
+    overrides = ["trainer.max_steps=30000", "trainer.val_check_interval=15000",
+                 "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.05,0.1", f"data.path={small_names}",
+                 f"hydra.sweep.dir={sweep_dir}"]
+    proc, log = population_sweep(tmp_path, *overrides)
+    job_id = group_job_id(proc, log, sweep_dir)
+    subprocess.run(["scancel", job_id], check=True, capture_output=True)
+    assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+    [line] = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: SLURM job(s) ended without a result: {job_id} (job(s) 0,1): ")
+    assert "CANCELLED" in line and "last checkpoints are kept; continue the sweep with: " in line
+    stopped = {job: saved_step(sweep_dir / job / "checkpoints" / "last.ckpt") for job in ("0", "1")}
+    assert not list(sweep_dir.glob("*/failure.json")) and not list(sweep_dir.glob("*/summary.json"))
+    again = run_script("train.py", "-m", *SLURM_POPULATION, *COMMON, *overrides, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    for job in ("0", "1"):
+        summary = job_summary(sweep_dir, job)
+        assert summary["steps"] == 30000 and summary["resumed_from_step"] == stopped[job] > 0

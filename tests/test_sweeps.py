@@ -283,7 +283,7 @@ def test_joblib_runs_jobs_in_parallel_each_in_its_own_dir(tmp_path, small_names)
     assert sorted(output_dirs) == [str(sweep_dir / "0"), str(sweep_dir / "1")]
     for job in ("0", "1"):
         event_files = list((sweep_dir / job).rglob("events.out.tfevents.*"))
-        assert event_files and all(f.parent == sweep_dir / job / "tensorboard" for f in event_files)
+        assert event_files and all(f.parent == sweep_dir / job / "tensorboard" / "mlp" for f in event_files)
 
 
 def test_slurm_launcher_asks_for_one_task_per_device():
@@ -324,7 +324,7 @@ def test_ddp_on_cpu_trains_in_two_processes_and_writes_one_summary_and_one_log(d
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 20
     assert list(root.rglob(".hydra")) == [run_dir / ".hydra"]
     event_files = list(root.rglob("events.out.tfevents.*"))
-    assert event_files and all(f.parent == run_dir / "tensorboard" for f in event_files)
+    assert event_files and all(f.parent == run_dir / "tensorboard" / "mlp" for f in event_files)
     # events.out.tfevents.<time>.<host>.<pid>.<n>: every event file comes from rank 0's process
     assert {int(re.search(r"\.(\d+)\.\d+$", f.name).group(1)) for f in event_files} == {ranks[0]["pid"]}
 

@@ -24,6 +24,7 @@ Contract (what a callback author can rely on; docs/callbacks.md has the long for
 import functools
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -31,6 +32,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor
 
+from makemore_lab import console
 from makemore_lab.errors import TrainingDiverged, UserError
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 # Lightning hooks that fire once per optimizer step: a callback that overrides one needs one step per batch.
 PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 ANOMALY = "returned nan values"  # torch.autograd anomaly mode's message for a NaN found in backward
+# Anomaly mode (debug=fast) also warns with the forward call's whole traceback (~80 lines) before raising: the
+# divergence is reported in one line (run_batch), so the warning says nothing more.
+warnings.filterwarnings("ignore", message=r"Error detected in \S+\. Traceback of forward call", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,8 @@ class StepPlan:
         for name, interval in intervals.items():
             if interval % k:
                 k, why = math.gcd(k, interval), f"{name}={interval} must fall on a Lightning batch boundary"
-        if why and k != cfg.steps_per_call:
-            log.info("steps_per_call %d -> %d: %s", cfg.steps_per_call, k, why)
+        if why and k != cfg.steps_per_call:  # the engine's business: train.log only, not the console
+            log.info("steps_per_call %d -> %d: %s", cfg.steps_per_call, k, why, extra=console.TRAIN_LOG_ONLY)
         clip = trainer.get("gradient_clip_val")
         return cls(k, clip or None, trainer.get("gradient_clip_algorithm") or "norm")
 

@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from makemore_lab import (allocator, commands, config_schema, final_report, lightning_flags, logging_media, resume,
                           sweep_policy, tensorboard_events, threads)
 from makemore_lab.callbacks.thread_budget import ThreadBudget
+from makemore_lab.checkpoint_io import AtomicCheckpointIO
 from makemore_lab.console import quiet_third_party_messages
 from makemore_lab.engine import StepPlan
 from makemore_lab.errors import OverParamBudget, UserError, exit_on_user_error
@@ -55,7 +56,9 @@ def build_partial(node: DictConfig, what: str, **trial_kwargs):
 
 
 def check_model(cfg: DictConfig, net: torch.nn.Module, datamodule) -> int:
-    """What only the built model can tell: its size against max_params, and whether it fits the data settings."""
+    """What only the built model can tell: its outputs' shapes (models/__init__.py's contract), its size against
+    max_params, and whether it fits the data settings."""
+    config_schema.check_model_contract(net, cfg.model_name, datamodule.vocab_size, datamodule.block_size)
     params = sum(p.numel() for p in net.parameters())
     if cfg.get("max_params") is not None and params > cfg.max_params:
         raise OverParamBudget(f"the model has {params:,} parameters, more than max_params={cfg.max_params:,}")
@@ -98,7 +101,8 @@ def build_run(cfg: DictConfig, population: bool = False, shared_data: dict | Non
     (seed, then the data module, then the net). A population member is built by this same function (population=True:
     it may resume from a population member's checkpoint, which has no Lightning loop state; `shared_data`: the
     population's data modules, so that its members read one copy of the corpus)."""
-    logging_media.check_logger_packages(cfg.get("logger"))
+    logging_media.check_loggers(cfg.get("logger"))
+    config_schema.check_targets(cfg)  # every _target_ imports and takes its keys: before anything is built
     pl.seed_everything(cfg.seed, workers=True)
     nodes = {name: c for name, c in (cfg.get("callbacks") or {}).items() if c and "_target_" in c}
     callbacks = [build(c, "callbacks") for c in nodes.values()]
@@ -158,9 +162,12 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
     tensorboard_events.quiet_writer_thread_disk_errors()
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                                plugins=[AtomicCheckpointIO()],  # every checkpoint whole or not at all, in the run dir
+                                # no ModelCheckpoint configured (callbacks=none): none of Lightning's own either
+                                enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
                                 **plan.trainer_arguments(cfg.trainer))
     if trainer.is_global_zero:
-        logging_media.log_what_is_skipped(loggers)
+        logging_media.prepare(loggers)
     try:
         with resume.sigint_restored():
             segment = resume.fit(trainer, module, datamodule, cfg.get("ckpt_path"), out_dir)

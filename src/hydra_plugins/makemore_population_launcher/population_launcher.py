@@ -159,6 +159,13 @@ class ComposedOnce:
         return getattr(self.loader, name)
 
 
+@exit_on_user_error  # a bad setting of the whole sweep: one line before any job, not every job a failed row
+def check_population_settings(config: DictConfig) -> None:
+    from makemore_lab import config_schema  # torch-free
+
+    config_schema.validate(config, config_schema.POPULATION_RULES)
+
+
 def resumes_a_member(job: Job) -> bool:
     """Whether this job resumes from a population member's checkpoint (no Lightning loop state: a run cannot resume
     it), as a job whose peers stopped early does: it then trains as a population of one. Reads the checkpoint, so
@@ -240,6 +247,7 @@ class PopulationLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        check_population_settings(config)  # before Hydra writes multirun.yaml
         if population_engine_spec() is None or self.submitit:  # groups trained in SLURM jobs start their own
             return
         from makemore_lab.population import processes  # torch-free: see the module docstring

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from makemore_lab import commands, config_schema, final_report, logging_media
+from makemore_lab.console import not_train_log_only
 from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
 from makemore_lab.callbacks.sample_text import SampleText
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint, save_atomically
@@ -55,10 +56,6 @@ class Labelled(logging.Formatter):
             return self.inner.format(record)
         finally:
             record.msg, record.args = msg, args
-
-
-def not_train_log_only(record: logging.LogRecord) -> bool:
-    return not getattr(record, "train_log_only", False)
 
 
 @dataclass
@@ -170,6 +167,7 @@ class Member:
             self._load(cfg.ckpt_path)
         self.module.start_optimizer(self.optimizer, self.start_step)
         self.loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+        logging_media.prepare(self.loggers)  # as a run's: each logger's run started now, a fault one line
         self.trainer = MemberTrainer(self.loggers, [self.optimizer], self.datamodule, str(self.out_dir),
                                      cfg.trainer.max_steps, self.start_step, self.callbacks)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from makemore_lab import console
 from makemore_lab.commands import sweep_resume_command
 from makemore_lab.data.batches import MinibatchStream
 from makemore_lab.engine import divergence
@@ -218,7 +219,8 @@ class Population:
         ends this member alone."""
         with member.logging_to_train_log():
             overrides = " ".join(member.module.checkpoint_meta.get("overrides", []))
-            log.info("final report at step %d%s", step, f" ({overrides})" if overrides else "")  # what prints next
+            log.info("final report at step %d%s", step, f" ({overrides})" if overrides else "",  # what follows
+                     extra=console.TRAIN_LOG_ONLY)  # the console has the job's own line
             try:
                 member.finish(step, seconds, len(self.members))
             except UserError as err:
