@@ -331,7 +331,7 @@ def test_ctrl_c_during_the_final_report_says_training_had_finished(tmp_path, sma
     proc = start_training(run_dir, small_names, "trainer.max_steps=20", "threads=1", "num_samples=300000")
     log = run_dir / "train.log"
     deadline = time.monotonic() + 120
-    while not (log.is_file() and "final loss" in log.read_text()):
+    while not (log.is_file() and "final loss (nats)" in log.read_text()):  # the exact losses: then the samples
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
@@ -340,7 +340,7 @@ def test_ctrl_c_during_the_final_report_says_training_had_finished(tmp_path, sma
     last = run_dir / "checkpoints" / "last.ckpt"
     assert err.strip().splitlines()[-1] == (
         f"error: Ctrl-C after training had finished (step 20): summary.json was not written; the last saved "
-        f"weights are in {last}. Their losses: python eval.py ckpt_path={last}")
+        f"weights are in {last}. Their losses: python eval.py ckpt_path={last} data.path={small_names}")
     assert saved(run_dir)["global_step"] == 20 and not (run_dir / "summary.json").exists()
 
 

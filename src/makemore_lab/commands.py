@@ -162,9 +162,11 @@ def typed_command(entry: str, args: list[str]) -> str:
     return command(entry, args, api=False)
 
 
-def losses_command(ckpt: Path) -> str:
-    """The command that prints a checkpoint's losses (makemore-eval / python eval.py), as the user runs commands."""
-    return typed_command("eval", [f"ckpt_path={hydra_quote(str(ckpt))}"])
+def losses_command(ckpt: Path, data_path: str | None = None) -> str:
+    """The command that prints a checkpoint's losses (makemore-eval / python eval.py), as the user runs commands;
+    with the run's own data file where it had one (eval reads the data the user names, never a checkpoint's)."""
+    data = [f"data.path={hydra_quote(str(data_path))}"] if data_path else []
+    return typed_command("eval", [f"ckpt_path={hydra_quote(str(ckpt))}", *data])
 
 
 # ------------------------------------------------------------------------------------------------- resuming

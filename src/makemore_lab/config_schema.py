@@ -256,14 +256,6 @@ def validate(cfg: DictConfig, rules: list) -> None:
         check_keys(cfg)
 
 
-def required_ckpt_path(cfg, script: str) -> str:
-    """sample.py and eval.py need a checkpoint: its absence is one line with the command, not Hydra's
-    MissingMandatoryValue traceback."""
-    if OmegaConf.is_missing(cfg, "ckpt_path") or cfg.ckpt_path is None:
-        raise UserError(f"ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt")
-    return cfg.ckpt_path
-
-
 # Top-level keys a train config may hold beyond train.yaml's own and its groups: a preset's note on where its numbers
 # come from (configs/experiment/*.yaml), and the population's settings. Anything else is a typo that would do nothing.
 EXTRA_TOP_LEVEL_KEYS = {"reference", "hydra", *(rule.key for rule in POPULATION_RULES)}

@@ -148,7 +148,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
     except OSError as err:  # a full disk at the very end: the trained weights are in last.ckpt
         raise UserError(f"cannot write {err.filename} ({err.strerror}): the run trained to step "
                         f"{trainer.global_step}, and {last_good(out_dir)}; its losses: "
-                        f"{losses_command(out_dir / 'checkpoints' / 'last.ckpt')}") from None
+                        f"{losses_command(out_dir / 'checkpoints' / 'last.ckpt', datamodule.source)}") from None
     log.info("summary: %s", Path(cfg.paths.output_dir) / "summary.json", extra=console.job_detail())
     if console.in_multirun():  # the job's one console line; the lines above are in its train.log
         log.info("%s", console.job_report_line(summary))

@@ -68,7 +68,8 @@ def stop_cleanly_on_sigint(trainer: pl.Trainer, last: Path):
     def after_training(signum, frame):  # the final save and report: training is over, its weights are saved
         raise TrainingInterrupted(
             f"Ctrl-C after training had finished (step {trainer.global_step}): summary.json was not written; the "
-            f"last saved weights are in {last}. Their losses: {losses_command(last)}")
+            f"last saved weights are in {last}. Their losses: "
+            f"{losses_command(last, getattr(getattr(trainer, 'datamodule', None), 'source', None))}")
 
     def request_stop_for_scheduler(signum, frame):  # nothing written here: a handler that logs can re-enter a stream
         stop["requested"] = stop["scheduler"] = True
