@@ -152,11 +152,18 @@ def time_to_target(target: float, device: str, max_steps: int, check_every: int)
 
     with tempfile.TemporaryDirectory() as out:
         overrides = [
-            "model=wavenet", f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={check_every}",
-            f"trainer.accelerator={device}", "schedule.at=0.75", f"paths.output_dir={out}", "~callbacks.progress_bar",
+            "model=wavenet",
+            f"trainer.max_steps={max_steps}",
+            f"trainer.val_check_interval={check_every}",
+            f"trainer.accelerator={device}",
+            "schedule.at=0.75",
+            f"paths.output_dir={out}",
+            "~callbacks.progress_bar",
             "+callbacks.early_stop._target_=pytorch_lightning.callbacks.EarlyStopping",
-            "+callbacks.early_stop.monitor=val/loss", f"+callbacks.early_stop.stopping_threshold={target}",
-            "+callbacks.early_stop.patience=1000000", "+callbacks.early_stop.check_on_train_epoch_end=false",
+            "+callbacks.early_stop.monitor=val/loss",
+            f"+callbacks.early_stop.stopping_threshold={target}",
+            "+callbacks.early_stop.patience=1000000",
+            "+callbacks.early_stop.check_on_train_epoch_end=false",
         ]
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
@@ -179,8 +186,10 @@ def main():
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("makemore_lab").setLevel(logging.ERROR)
 
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"device {args.device}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"device {args.device}"
+    )
     if args.time_to_target:
         result = time_to_target(2.00, args.device, max_steps=200_000, check_every=2000)
         print(json.dumps(result, indent=2))
@@ -192,8 +201,10 @@ def main():
     print("| model | device | diagnostics | hand-written steps/s | framework steps/s | ratio |")
     print("|---|---|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['device']} | {r['diagnostics']} | {r['hand_steps_per_s']:,.0f} | "
-              f"{r['framework_steps_per_s']:,.0f} | {r['ratio']:.2f} |")
+        print(
+            f"| {r['model']} | {r['device']} | {r['diagnostics']} | {r['hand_steps_per_s']:,.0f} | "
+            f"{r['framework_steps_per_s']:,.0f} | {r['ratio']:.2f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -59,8 +59,10 @@ def generate(path: Path, lines: int, seed: int = 0) -> int:
     letters = "abcdefghijklmnopqrstuvwxyz"
     with path.open("w") as f:
         for start in range(0, lines, 100_000):
-            chunk = [rng.choice(names) + "".join(rng.choices(letters, k=rng.randint(0, 2)))
-                     for _ in range(min(100_000, lines - start))]
+            chunk = [
+                rng.choice(names) + "".join(rng.choices(letters, k=rng.randint(0, 2)))
+                for _ in range(min(100_000, lines - start))
+            ]
             f.write("\n".join(chunk) + "\n")
     return path.stat().st_size
 
@@ -88,13 +90,25 @@ def measure(args: list[str], timeout: int = 900) -> dict:
         except subprocess.TimeoutExpired:
             child.kill()
             out, err = child.communicate()
-    return {"seconds": time.perf_counter() - start, "rss_gb": peak_rss_gb(child.rusage), "rc": child.returncode,
-            "out": out, "err": err}
+    return {
+        "seconds": time.perf_counter() - start,
+        "rss_gb": peak_rss_gb(child.rusage),
+        "rc": child.returncode,
+        "out": out,
+        "err": err,
+    }
 
 
 def train_command(path: Path, run_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), f"data.path={path}", "callbacks=none", "logger=none",
-            f"hydra.run.dir={run_dir}", *overrides]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"data.path={path}",
+        "callbacks=none",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
 
 
 def human(n: int) -> str:
@@ -125,8 +139,10 @@ def benchmark(sizes: list[int], end_to_end: bool, outlier: bool, tmp: Path) -> l
             if e2e["rc"] != 0:
                 raise SystemExit(f"training on {lines} lines failed:\n{e2e['err'][-2000:]}")
             e2e_s, e2e_gb = f"{e2e['seconds']:.1f}", f"{e2e['rss_gb']:.2f}"
-        rows.append(f"| {human(lines)} | {size / 1e6:.1f} | {int(found[2]):,} | {float(found[1]):.1f} | "
-                    f"{prep['rss_gb']:.2f} | {e2e_s} | {e2e_gb} |")
+        rows.append(
+            f"| {human(lines)} | {size / 1e6:.1f} | {int(found[2]):,} | {float(found[1]):.1f} | "
+            f"{prep['rss_gb']:.2f} | {e2e_s} | {e2e_gb} |"
+        )
         print(rows[-1], flush=True)
         path.unlink()
     if outlier:
@@ -142,8 +158,10 @@ def outlier_case(tmp: Path) -> str:
     path.write_text("\n".join(names) + "\n")
     result = measure(train_command(path, tmp / "run_outlier", "model=transformer", "trainer.max_steps=20"))
     said = (result["err"].strip().splitlines() or [""])[-1].replace(f"{tmp}/", "")
-    line = (f"Outlier (30,000 names + one 3,000-character line, `model=transformer`): exit {result['rc']} after "
-            f"{result['seconds']:.1f} s, peak {result['rss_gb']:.2f} GB: `{said}`")
+    line = (
+        f"Outlier (30,000 names + one 3,000-character line, `model=transformer`): exit {result['rc']} after "
+        f"{result['seconds']:.1f} s, peak {result['rss_gb']:.2f} GB: `{said}`"
+    )
     print(line, flush=True)
     return line
 
@@ -154,9 +172,11 @@ def transformer_eval() -> str:
         raise SystemExit(f"the transformer evaluation failed:\n{result['err'][-2000:]}")
     runs = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in result["out"].splitlines()}
     gap = max(abs(a - b) for a, b in zip(runs["windows"][1:], runs["whole"][1:]))
-    line = (f"Transformer (makemore.py's sizes), exact losses on names.txt's three splits: window by window "
-            f"{runs['windows'][0]:.1f} s, whole items {runs['whole'][0]:.1f} s (largest difference of the three "
-            f"losses: {gap:.1e})")
+    line = (
+        f"Transformer (makemore.py's sizes), exact losses on names.txt's three splits: window by window "
+        f"{runs['windows'][0]:.1f} s, whole items {runs['whole'][0]:.1f} s (largest difference of the three "
+        f"losses: {gap:.1e})"
+    )
     print(line, flush=True)
     return line
 

@@ -44,8 +44,12 @@ from makemore_lab.train import train
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "configs")
 DIAGNOSTICS = ["diagnostics", "sample_text"]  # the diagnostics callback (its report and figures with it), samples
-HOOKS = [(Diagnostics, "_before_step"), (Diagnostics, "_after_step"), (ActivationStats, "_record"),
-         (SampleText, "_after_step")]
+HOOKS = [
+    (Diagnostics, "_before_step"),
+    (Diagnostics, "_after_step"),
+    (ActivationStats, "_record"),
+    (SampleText, "_after_step"),
+]
 in_hooks = {"seconds": 0.0}
 
 
@@ -114,8 +118,12 @@ def run(model: str, steps: int, warmup: int, diagnostics: bool, extra: list[str]
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp", "wavenet"])
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per run, after a warm-up of 500 "
-                        "(default: 5000 for mlp, 1000 otherwise)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per run, after a warm-up of 500 (default: 5000 for mlp, 1000 otherwise)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of three runs (off, on, off)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
@@ -127,10 +135,14 @@ def main():
     for cls, name in HOOKS:
         setattr(cls, name, timed(getattr(cls, name)))
 
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"cpu, {args.repeats} rounds of off-on-off, overrides: {' '.join(args.overrides) or 'none'}")
-    print("| model | steps | off: steps/s | on: steps/s | off: CPU ms/step | on: CPU ms/step | overhead: on / off | "
-          "noise: off / off | overhead: hooks | off: wall s | on: wall s |")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"cpu, {args.repeats} rounds of off-on-off, overrides: {' '.join(args.overrides) or 'none'}"
+    )
+    print(
+        "| model | steps | off: steps/s | on: steps/s | off: CPU ms/step | on: CPU ms/step | overhead: on / off | "
+        "noise: off / off | overhead: hooks | off: wall s | on: wall s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model in args.models:
         steps = args.steps or (5000 if model == "mlp" else 1000)
@@ -138,13 +150,18 @@ def main():
         for i in range(args.repeats):  # off, on, off: load from elsewhere that drifts hits both alike
             order = ("a", "on", "b") if i % 2 == 0 else ("b", "on", "a")
             rounds.append({mode: run(model, steps, 500, mode == "on", args.overrides) for mode in order})
-        overhead = statistics.median(r["on"]["cpu_ms"] / ((r["a"]["cpu_ms"] + r["b"]["cpu_ms"]) / 2) - 1 for r in rounds)
+        overhead = statistics.median(
+            r["on"]["cpu_ms"] / ((r["a"]["cpu_ms"] + r["b"]["cpu_ms"]) / 2) - 1 for r in rounds
+        )
         noise = statistics.median(r["b"]["cpu_ms"] / r["a"]["cpu_ms"] - 1 for r in rounds)
         offs, ons = [r[m] for r in rounds for m in ("a", "b")], [r["on"] for r in rounds]
         off, on = ({k: best(results, k) for k in ("cpu_ms", "rate", "wall")} for results in (offs, ons))
         hooks = statistics.median(r["hooks_ms"] for r in ons) / off["cpu_ms"]
-        print(f"| {model} | {steps} | {off['rate']:,.0f} | {on['rate']:,.0f} | {off['cpu_ms']:.3f} | {on['cpu_ms']:.3f} | "
-              f"{overhead:+.1%} | {noise:+.1%} | {hooks:+.1%} | {off['wall']:.1f} | {on['wall']:.1f} |", flush=True)
+        print(
+            f"| {model} | {steps} | {off['rate']:,.0f} | {on['rate']:,.0f} | {off['cpu_ms']:.3f} | {on['cpu_ms']:.3f} | "
+            f"{overhead:+.1%} | {noise:+.1%} | {hooks:+.1%} | {off['wall']:.1f} | {on['wall']:.1f} |",
+            flush=True,
+        )
 
 
 def best(results: list[dict], key: str) -> float:

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from benchmark_population_step import population
+
 from makemore_lab.diagnostics import Diagnostics, figures
 
 SETTINGS = {
@@ -60,8 +60,9 @@ def main() -> None:
                         times[name].append(time.perf_counter() - start)
                     sizes[name] = sum(p.stat().st_size for p in paths)
             for name in SETTINGS:
-                print(f"| {model} | {name} | {statistics.median(times[name]) * 1000:.0f} | {sizes[name]:,} |",
-                      flush=True)
+                print(
+                    f"| {model} | {name} | {statistics.median(times[name]) * 1000:.0f} | {sizes[name]:,} |", flush=True
+                )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from makemore_lab.sweep_summary import read_jobs
@@ -71,8 +71,9 @@ def timed(command: list[str], threads: int) -> tuple[float, float | None]:
     with its stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     started, start = time.time(), time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *command], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *command], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"error: train.py {' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -81,8 +82,14 @@ def timed(command: list[str], threads: int) -> tuple[float, float | None]:
 
 def config(model: str, steps: int, device: str, extra: list[str]) -> list[str]:
     accelerator = "gpu" if device == "cuda" else "cpu"
-    return [f"model={model}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={min(steps, 2000)}",
-            f"trainer.accelerator={accelerator}", "~callbacks.progress_bar", *extra]
+    return [
+        f"model={model}",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={min(steps, 2000)}",
+        f"trainer.accelerator={accelerator}",
+        "~callbacks.progress_bar",
+        *extra,
+    ]
 
 
 def launcher_overrides(launcher: str, threads: int, joblib_jobs: int) -> tuple[list[str], int]:
@@ -123,23 +130,43 @@ def measure(model: str, steps: int, points: int, launchers: list[str], args) -> 
             run_dir = Path(tmp) / "run"
             seconds, startup = timed([*base, f"threads={args.threads}", f"hydra.run.dir={run_dir}"], args.threads)
             if seconds < best.get("one run", {}).get("seconds", float("inf")):
-                best["one run"] = {"seconds": seconds, "startup_seconds": startup, "jobs": 1, "failed": 0,
-                                   "population_sizes": [],
-                                   "member_steps_per_s": one_run_steps_per_s(run_dir)}
+                best["one run"] = {
+                    "seconds": seconds,
+                    "startup_seconds": startup,
+                    "jobs": 1,
+                    "failed": 0,
+                    "population_sizes": [],
+                    "member_steps_per_s": one_run_steps_per_s(run_dir),
+                }
             for launcher in launchers:
                 sweep_dir = Path(tmp) / launcher
                 overrides, threads = launcher_overrides(launcher, args.threads, args.joblib_jobs or args.threads)
-                seconds, startup = timed(["-m", *base, *overrides, f"optimizer.lr={','.join(lrs(points))}",
-                                          f"hydra.sweep.dir={sweep_dir}"], threads)
+                seconds, startup = timed(
+                    ["-m", *base, *overrides, f"optimizer.lr={','.join(lrs(points))}", f"hydra.sweep.dir={sweep_dir}"],
+                    threads,
+                )
                 if seconds < best.get(launcher, {}).get("seconds", float("inf")):
                     best[launcher] = {"seconds": seconds, "startup_seconds": startup, **sweep_jobs(sweep_dir)}
     one = best["one run"]
-    return [{"model": model, "device": args.device, "steps": steps, "points": points, "launcher": name,
-             "threads": args.threads, "joblib_jobs": args.joblib_jobs or args.threads, **row,
-             "x_one_run": row["seconds"] / one["seconds"],
-             "member_vs_one_run_steps_per_s": (row["member_steps_per_s"] / one["member_steps_per_s"]
-                                               if row["member_steps_per_s"] and one["member_steps_per_s"] else None)}
-            for name, row in best.items()]
+    return [
+        {
+            "model": model,
+            "device": args.device,
+            "steps": steps,
+            "points": points,
+            "launcher": name,
+            "threads": args.threads,
+            "joblib_jobs": args.joblib_jobs or args.threads,
+            **row,
+            "x_one_run": row["seconds"] / one["seconds"],
+            "member_vs_one_run_steps_per_s": (
+                row["member_steps_per_s"] / one["member_steps_per_s"]
+                if row["member_steps_per_s"] and one["member_steps_per_s"]
+                else None
+            ),
+        }
+        for name, row in best.items()
+    ]
 
 
 def trained_as(row: dict) -> str:
@@ -153,13 +180,18 @@ def trained_as(row: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | device | steps | launcher | jobs | wall time (s) | × one run | first model built at (s) | "
-             "trained as | member steps/s vs one run |", "|---|---|---:|---|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| model | device | steps | launcher | jobs | wall time (s) | × one run | first model built at (s) | "
+        "trained as | member steps/s vs one run |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
     for r in rows:
         ratio = "–" if r["member_vs_one_run_steps_per_s"] is None else f"{r['member_vs_one_run_steps_per_s']:.2f}"
         startup = "–" if r.get("startup_seconds") is None else f"{r['startup_seconds']:.1f}"
-        lines.append(f"| {r['model']} | {r['device']} | {r['steps']:,} | {r['launcher']} | {r['jobs']} | "
-                     f"{r['seconds']:.1f} | {r['x_one_run']:.2f} | {startup} | {trained_as(r)} | {ratio} |")
+        lines.append(
+            f"| {r['model']} | {r['device']} | {r['steps']:,} | {r['launcher']} | {r['jobs']} | "
+            f"{r['seconds']:.1f} | {r['x_one_run']:.2f} | {startup} | {trained_as(r)} | {ratio} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -173,8 +205,13 @@ def main():
     parser.add_argument("--joblib-jobs", type=int, help="joblib's n_jobs, each with 1 thread (default: --threads)")
     parser.add_argument("--launchers", nargs="+", choices=LAUNCHERS, default=DEFAULT_LAUNCHERS)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--members", type=int, nargs="+", default=[64, 256],
-                        help="with --device cuda: population sizes to time against one run (population launcher only)")
+    parser.add_argument(
+        "--members",
+        type=int,
+        nargs="+",
+        default=[64, 256],
+        help="with --device cuda: population sizes to time against one run (population launcher only)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmark_population.json")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every command, e.g. data.batch_size=64")
     args = parser.parse_args()
@@ -182,8 +219,10 @@ def main():
         try:
             import hydra_plugins.hydra_joblib_launcher  # noqa: F401
         except ImportError:
-            raise SystemExit("error: the joblib launcher is not installed: pip install -e '.[joblib]', or leave it out "
-                             "with --launchers basic population") from None
+            raise SystemExit(
+                "error: the joblib launcher is not installed: pip install -e '.[joblib]', or leave it out "
+                "with --launchers basic population"
+            ) from None
 
     rows = []
     for model in args.models:
@@ -196,15 +235,18 @@ def main():
     print(table, end="")
     # one entry per invocation, added to what the file holds: measurements of other models or devices stay
     runs = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
-    runs.append({
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work)",
-        "command": " ".join(["python", "scripts/benchmark_population.py", *sys.argv[1:]]),
-        "rows": rows,
-        "table": table,
-    })
+    runs.append(
+        {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work)",
+            "command": " ".join(["python", "scripts/benchmark_population.py", *sys.argv[1:]]),
+            "rows": rows,
+            "table": table,
+        }
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+
 
 if __name__ == "__main__":
     main()

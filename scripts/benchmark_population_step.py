@@ -31,14 +31,25 @@ from makemore_lab.population.run import Population
 def member_cfg(model: str, lr: float, out: Path, extra: tuple[str, ...] = ()):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose("train", overrides=[f"model={model}", f"optimizer.lr={lr}", f"paths.output_dir={out}",
-                                           "trainer.accelerator=cpu", "logger=none", "threads=1", *extra])
+        return compose(
+            "train",
+            overrides=[
+                f"model={model}",
+                f"optimizer.lr={lr}",
+                f"paths.output_dir={out}",
+                "trainer.accelerator=cpu",
+                "logger=none",
+                "threads=1",
+                *extra,
+            ],
+        )
 
 
 def population(model: str, size: int, out: Path, extra: tuple[str, ...] = ()) -> Population:
     base_lr = member_cfg(model, 1.0, out / "probe", extra).optimizer.lr
-    members = [Member(member_cfg(model, base_lr * (0.5 + i / size), out / str(i), extra), out / str(i))
-               for i in range(size)]
+    members = [
+        Member(member_cfg(model, base_lr * (0.5 + i / size), out / str(i), extra), out / str(i)) for i in range(size)
+    ]
     for member in members:
         member.set_up(torch.device("cpu"))
     return Population(members, torch.device("cpu"))
@@ -59,14 +70,18 @@ def population_steps(pop: Population):
         xs, ys = pop.minibatches(0, count)
         for j in range(count):
             pop.step(xs[j], ys[j], j, pop.members)
+
     return run
 
 
 def solo_steps(pop: Population):
     """One member alone, stepped as the solo engine steps it (loss, zero_grad, backward, step, set_lr)."""
     member = pop.members[0]
-    net = type(member.net)(**{k: v for k, v in member.cfg.model.items() if k != "_target_"},
-                           vocab_size=member.datamodule.vocab_size, block_size=member.datamodule.block_size)
+    net = type(member.net)(
+        **{k: v for k, v in member.cfg.model.items() if k != "_target_"},
+        vocab_size=member.datamodule.vocab_size,
+        block_size=member.datamodule.block_size,
+    )
     optimizer = member.module.optimizer_factory(params=net.parameters())
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
@@ -79,6 +94,7 @@ def solo_steps(pop: Population):
             loss.backward()
             optimizer.step()
             member.module.engine.set_lr(optimizer, j + 1)
+
     return run
 
 
@@ -92,9 +108,12 @@ def print_profile(run_steps, steps: int, title: str, rows: int = 20) -> None:
     print(f"\n{title}: torch.profiler over {steps} population steps (profiled: slower than the rates above)")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=50))
     print(f"{title}, by input shapes:")
-    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows // 2,
-                                                             max_name_column_width=30, max_shapes_column_width=70),
-          flush=True)
+    print(
+        prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=rows // 2, max_name_column_width=30, max_shapes_column_width=70
+        ),
+        flush=True,
+    )
 
 
 @exit_on_user_error  # a bad override: one line, as from train.py
@@ -106,12 +125,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                        help="also run this many population steps under torch.profiler and print its top ops")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also run this many population steps under torch.profiler and print its top ops",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every member and the single model")
     args = parser.parse_args()
     print(f"torch threads {args.threads}; steps/s, best of {args.repeats} x {args.steps} steps")
-    print("| model | members | one model steps/s | population steps/s | population step / one step | sweep time / one run |")
+    print(
+        "| model | members | one model steps/s | population steps/s | population step / one step | sweep time / one run |"
+    )
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
@@ -121,8 +147,11 @@ def main() -> None:
                 solo = rate(solo_steps(pop), args.steps, args.warmup, args.repeats)
                 together = rate(population_steps(pop), args.steps, args.warmup, args.repeats)
                 # N solo runs take N / solo; the population takes 1 / together for all N.
-                print(f"| {model} | {size} | {solo:.0f} | {together:.0f} | {solo / together:.2f}x | "
-                      f"{solo / together:.2f}x (vs {size}x one after another) |", flush=True)
+                print(
+                    f"| {model} | {size} | {solo:.0f} | {together:.0f} | {solo / together:.2f}x | "
+                    f"{solo / together:.2f}x (vs {size}x one after another) |",
+                    flush=True,
+                )
                 if args.profile:
                     print_profile(population_steps(pop), args.profile, f"{model}, {size} members")
                 for member in pop.members:

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import torch
+from benchmark_population_step import population
 from torch.nn import functional as F
 
-from benchmark_population_step import population
 from makemore_lab import allocator, losses
 from makemore_lab.models import scores_every_position
 
@@ -64,8 +64,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     allocator.keep_freed_memory()  # as train.py and eval.py run
     variants = {"every window": every_window_loss, "distinct contexts": losses.split_loss}
-    print("| model | split | windows | distinct contexts | every window, median s | distinct contexts, median s | "
-          "× faster | largest loss difference |")
+    print(
+        "| model | split | windows | distinct contexts | every window, median s | distinct contexts, median s | "
+        "× faster | largest loss difference |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
@@ -84,9 +86,12 @@ def main() -> None:
             for split in SPLITS:
                 old, new = (statistics.median(times[name][split]) for name in variants)
                 difference = abs(scored["every window"][split] - scored["distinct contexts"][split])
-                print(f"| {model} | {split} | {member.datamodule.num_examples(split):,} | "
-                      f"{distinct_contexts(member.datamodule, split):,} | {old:.3g} | {new:.3g} | {old / new:.2f} | "
-                      f"{difference:.1e} |", flush=True)
+                print(
+                    f"| {model} | {split} | {member.datamodule.num_examples(split):,} | "
+                    f"{distinct_contexts(member.datamodule, split):,} | {old:.3g} | {new:.3g} | {old / new:.2f} | "
+                    f"{difference:.1e} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -24,10 +24,23 @@ DEFAULT_STEPS = {"wavenet": 4000, "mlp": 20000}
 def start(model: str, steps: int, threads: str, out_dir: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), f"model={model}", f"trainer.max_steps={steps}",
-         f"trainer.val_check_interval={steps}", "callbacks=none", "logger=none", "num_samples=0",
-         f"threads={threads}", f"hydra.run.dir={out_dir}"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"model={model}",
+            f"trainer.max_steps={steps}",
+            f"trainer.val_check_interval={steps}",
+            "callbacks=none",
+            "logger=none",
+            "num_samples=0",
+            f"threads={threads}",
+            f"hydra.run.dir={out_dir}",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -39,7 +52,9 @@ def rates(model: str, steps: int, threads: str, copies: int) -> list[float]:
             _, err = proc.communicate()
             if proc.returncode != 0:
                 raise SystemExit(f"error: a run failed: {err.strip().splitlines()[-1:]}")
-        return [json.loads((Path(tmp) / str(i) / "summary.json").read_text())["steps_per_second"] for i in range(copies)]
+        return [
+            json.loads((Path(tmp) / str(i) / "summary.json").read_text())["steps_per_second"] for i in range(copies)
+        ]
 
 
 def main():

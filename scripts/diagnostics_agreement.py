@@ -18,35 +18,69 @@ from makemore_lab.train import train
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "configs")
 NAMES = Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "datasets" / "names.txt"
-LECTURE = ["optimizer=sgd", "optimizer.lr=0.1", "schedule=constant", "data.batch_size=32", "block_size=3",
-           "model.n_embd=10", "model.n_hidden=100"]
+LECTURE = [
+    "optimizer=sgd",
+    "optimizer.lr=0.1",
+    "schedule=constant",
+    "data.batch_size=32",
+    "block_size=3",
+    "model.n_embd=10",
+    "model.n_hidden=100",
+]
 DEEP = ["model=mlp_bn", "model.batchnorm=false"]
 # (setup as the table writes it, overrides, the lecture's judgement, the rules that judgement means must fail)
 SETUPS = [
     ("`model=mlp` (default, fixed init)", ["model=mlp", *LECTURE], "fixed", set()),
-    ("`model=mlp model.init=naive`", ["model=mlp", "model.init=naive", *LECTURE],
-     "confidently wrong start, saturated tanh", {"initial_loss", "saturation"}),
+    (
+        "`model=mlp model.init=naive`",
+        ["model=mlp", "model.init=naive", *LECTURE],
+        "confidently wrong start, saturated tanh",
+        {"initial_loss", "saturation"},
+    ),
     ("`model=mlp_bn model.batchnorm=false model.gain=1.6667`", [*DEEP, "model.gain=1.6667", *LECTURE], "good", set()),
     ("`… model.gain=1.0`", [*DEEP, "model.gain=1.0", *LECTURE], "activations shrink with depth", {"activation_std"}),
-    ("`… model.gain=0.5`", [*DEEP, "model.gain=0.5", *LECTURE], "collapse; gradients grow with depth",
-     {"activation_std", "gradient_scale"}),
+    (
+        "`… model.gain=0.5`",
+        [*DEEP, "model.gain=0.5", *LECTURE],
+        "collapse; gradients grow with depth",
+        {"activation_std", "gradient_scale"},
+    ),
     ("`… model.gain=3.0`", [*DEEP, "model.gain=3.0", *LECTURE], "over-saturated", {"saturation"}),
     ("`model=mlp_bn` (with BatchNorm)", ["model=mlp_bn", *LECTURE], "good", set()),
-    ("`model=mlp_bn optimizer.lr=0.001`", ["model=mlp_bn", *LECTURE, "optimizer.lr=0.001"],
-     "updates ~1e-5 of the data: too slow", {"update_data"}),
+    (
+        "`model=mlp_bn optimizer.lr=0.001`",
+        ["model=mlp_bn", *LECTURE, "optimizer.lr=0.001"],
+        "updates ~1e-5 of the data: too slow",
+        {"update_data"},
+    ),
     ("`model=transformer` (its defaults, AdamW)", ["model=transformer", "data.batch_size=32"], "–", set()),
 ]
-COMMON = ["trainer.accelerator=cpu", "callbacks.diagnostics.figures=false", "~callbacks.sample_text",
-          "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "~callbacks.progress_bar", "num_samples=1",
-          "++trainer.enable_model_summary=false"]
+COMMON = [
+    "trainer.accelerator=cpu",
+    "callbacks.diagnostics.figures=false",
+    "~callbacks.sample_text",
+    "~callbacks.model_checkpoint",
+    "~callbacks.last_checkpoint",
+    "~callbacks.progress_bar",
+    "num_samples=1",
+    "++trainer.enable_model_summary=false",
+]
 
 
 def run(overrides: list[str], steps: int, names: Path | None, out: Path) -> dict:
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIGS):
-        cfg = compose("train", overrides=[*overrides, *COMMON, f"trainer.max_steps={steps}",
-                                          f"trainer.val_check_interval={steps}", f"paths.output_dir={out}",
-                                          *([f"data.path={names}"] if names else [])])
+        cfg = compose(
+            "train",
+            overrides=[
+                *overrides,
+                *COMMON,
+                f"trainer.max_steps={steps}",
+                f"trainer.val_check_interval={steps}",
+                f"paths.output_dir={out}",
+                *([f"data.path={names}"] if names else []),
+            ],
+        )
     return train(cfg)
 
 

@@ -99,8 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps, one lr each (default 1000)")
     parser.add_argument("--min-exp", type=float, default=-3.0, help="smallest lr exponent (default -3)")
     parser.add_argument("--max-exp", type=float, default=0.0, help="largest lr exponent (default 0)")
-    parser.add_argument("--back-off", type=float, default=0.25,
-                        help="how far below the smoothed minimum to suggest, in exponent units (default 0.25)")
+    parser.add_argument(
+        "--back-off",
+        type=float,
+        default=0.25,
+        help="how far below the smoothed minimum to suggest, in exponent units (default 0.25)",
+    )
     parser.add_argument("--out", type=Path, help="output dir (default logs/lr_find/<model>)")
     args = parser.parse_intermixed_args(argv)
     if args.steps < 2 or not args.min_exp < args.max_exp:
@@ -131,8 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     plot(out / "lr_find.png", exps, losses, smoothed, best, suggested, title)
 
     if len(losses) < args.steps:
-        print(f"the loss became non-finite at lr {10 ** exps[-1]:.3g} (step {len(losses) - 1}); the sweep stopped there",
-              file=sys.stderr)
+        print(
+            f"the loss became non-finite at lr {10 ** exps[-1]:.3g} (step {len(losses) - 1}); the sweep stopped there",
+            file=sys.stderr,
+        )
     print(f"smoothed loss is lowest at lr {10**best:.3g} (10^{best:.2f})", file=sys.stderr)
     print(f"plot: {out / 'lr_find.png'}", file=sys.stderr)
     print(f"suggested: optimizer.lr={10**suggested:.3g}")

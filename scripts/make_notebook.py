@@ -28,17 +28,28 @@ def execute(notebook_path: Path, steps: int, workdir: Path):
 
     kernel_dir = workdir / "jupyter" / "kernels" / KERNEL
     kernel_dir.mkdir(parents=True)
-    (kernel_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "makemore-lab", "language": "python"}))
+    (kernel_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "makemore-lab",
+                "language": "python",
+            }
+        )
+    )
     notebook = nbformat.read(notebook_path, as_version=4)
     run_dir = workdir / "work"
     run_dir.mkdir()
     saved = {name: os.environ.get(name) for name in ("JUPYTER_PATH", "MAKEMORE_TUTORIAL_STEPS")}
     os.environ.update(JUPYTER_PATH=str(workdir / "jupyter"), MAKEMORE_TUTORIAL_STEPS=str(steps))  # the kernel's
     try:
-        NotebookClient(notebook, kernel_name=KERNEL, timeout=900, record_timing=False,
-                       resources={"metadata": {"path": str(run_dir)}}).execute()
+        NotebookClient(
+            notebook,
+            kernel_name=KERNEL,
+            timeout=900,
+            record_timing=False,
+            resources={"metadata": {"path": str(run_dir)}},
+        ).execute()
     finally:
         for name, value in saved.items():
             if value is None:

@@ -32,10 +32,21 @@ def main():
     for i, row in enumerate(rows):
         steps, values = zip(*row["val_curve"])
         style = "--" if "tuned" in row["preset"] else "-"
-        ax.plot(steps, values, style, color=colors[i % len(colors)], marker=".", markersize=4,
-                label=f"{row['preset']} ({row['val_loss']:.3f})")
-    ax.set(xlabel="optimizer step", ylabel="validation loss (nats)", title="makemore-lab presets: validation loss",
-           ylim=(1.9, 2.6))
+        ax.plot(
+            steps,
+            values,
+            style,
+            color=colors[i % len(colors)],
+            marker=".",
+            markersize=4,
+            label=f"{row['preset']} ({row['val_loss']:.3f})",
+        )
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="validation loss (nats)",
+        title="makemore-lab presets: validation loss",
+        ylim=(1.9, 2.6),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()

@@ -45,7 +45,9 @@ def run_preset(preset: str, steps: int | None, run_root: Path, collect_only: boo
     if steps:  # a short run: validate once, at the end
         overrides += [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"]
     print(f"running {preset} ...", file=sys.stderr, flush=True)
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise SystemExit(f"error: preset {preset} failed:\n{result.stderr[-3000:]}")
     return result_row(preset, run_dir)

@@ -38,9 +38,17 @@ def free_port() -> int:
 
 
 def train_sweep(sweep_dir: Path, steps: int) -> None:
-    command = [sys.executable, str(ROOT / "train.py"), "-m", "model=mlp,wavenet,transformer",
-               f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(steps // 5, 1)}", "num_samples=3",
-               "callbacks.diagnostics.every_n_steps=100", f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "model=mlp,wavenet,transformer",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={max(steps // 5, 1)}",
+        "num_samples=3",
+        "callbacks.diagnostics.every_n_steps=100",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=sweep_dir.parent, check=True, stdout=subprocess.DEVNULL)
 
@@ -62,10 +70,24 @@ def wait_until_serving(port: int, tensorboard: subprocess.Popen, timeout: float 
 
 def screenshot(browser: str, url: str, out: Path, width: int, height: int) -> None:
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                        "--virtual-time-budget=20000", f"--screenshot={out}", url],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "--virtual-time-budget=20000",
+                f"--screenshot={out}",
+                url,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=180,
+        )
 
 
 def main() -> None:
@@ -83,9 +105,12 @@ def main() -> None:
         sweep_dir = Path(tmp) / "sweep"
         train_sweep(sweep_dir, args.steps)
         port = free_port()
-        tensorboard = subprocess.Popen([str(tensorboard_bin), "--logdir", str(sweep_dir), "--port", str(port)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        tensorboard = subprocess.Popen(
+            [str(tensorboard_bin), "--logdir", str(sweep_dir), "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         try:
             wait_until_serving(port, tensorboard)
             url = pinned_url(port)

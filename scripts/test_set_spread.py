@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=1000, help="items per drawn test set (makemore.py: 1,000)")
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default=None, help="the data file it was trained on (default: the packaged names.txt)")
+    parser.add_argument(
+        "--data", default=None, help="the data file it was trained on (default: the packaged names.txt)"
+    )
     args = parser.parse_args()
 
     net, vocab, meta = load_trained_net(args.ckpt_path)
@@ -41,10 +43,13 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     draws = torch.randint(0, count, (args.draws, args.subset), generator=generator)
     subset_losses = item_sums[draws].sum(1) / lengths[draws].sum(1)
-    print(f"test split: {count} items, {int(lengths.sum())} characters, "
-          f"loss {float(item_sums.sum() / lengths.sum()):.4f}")
-    print(f"{args.subset}-item test sets ({args.draws} draws): loss std {subset_losses.std():.4f}, "
-          f"5-95% range {subset_losses.quantile(0.05):.4f} .. {subset_losses.quantile(0.95):.4f}")
+    print(
+        f"test split: {count} items, {int(lengths.sum())} characters, loss {float(item_sums.sum() / lengths.sum()):.4f}"
+    )
+    print(
+        f"{args.subset}-item test sets ({args.draws} draws): loss std {subset_losses.std():.4f}, "
+        f"5-95% range {subset_losses.quantile(0.05):.4f} .. {subset_losses.quantile(0.95):.4f}"
+    )
     print(f"whole test split: standard error about {subset_losses.std() * math.sqrt(args.subset / count):.4f}")
 
 

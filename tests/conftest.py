@@ -21,7 +21,13 @@ NAMES = ROOT / "src" / "makemore_lab" / "datasets" / "names.txt"
 # A run of a few steps that still validates twice, checkpoints, and writes TensorBoard events.
 # threads=1: in-process runs compare results bit for bit, which a thread count changed mid-run (threads=auto) would
 # not allow; test_threads.py tests auto.
-TINY = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.accelerator=cpu", "num_samples=3", "threads=1"]
+TINY = [
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "trainer.accelerator=cpu",
+    "num_samples=3",
+    "threads=1",
+]
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +52,9 @@ def compose_train(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 300,
-               python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, cwd: Path | None = None, timeout: int = 300, python_flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     """Run one of the root entry points as a user would, capturing stdout and stderr separately.
 
     The process is forked from a Python whose imports are done (tests/preimported_python.py: the same process,
@@ -57,12 +64,19 @@ def run_script(script: str, *args: str, cwd: Path | None = None, timeout: int = 
     argv = [str(ROOT / script), *args]
     env = dict(os.environ)
     if python_flags or environment_differs(env):
-        return subprocess.run([sys.executable, *python_flags, *argv], capture_output=True, text=True,
-                              cwd=cwd or ROOT, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, *python_flags, *argv], capture_output=True, text=True, cwd=cwd or ROOT, timeout=timeout
+        )
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        request = {"argv": argv, "cwd": str(cwd or ROOT), "env": env, "stdout": str(out), "stderr": str(err),
-                   "timeout": timeout}
+        request = {
+            "argv": argv,
+            "cwd": str(cwd or ROOT),
+            "env": env,
+            "stdout": str(out),
+            "stderr": str(err),
+            "timeout": timeout,
+        }
         reply = run_preimported(request)
         stdout, stderr = out.read_text(), err.read_text()
     if reply.get("timeout"):
@@ -89,9 +103,14 @@ def run_preimported(request: dict) -> dict:
     """One run forked by this worker's tests/preimported_python.py: its reply ({"pid", "returncode"} or a timeout)."""
     global PREIMPORTED
     if PREIMPORTED is None or PREIMPORTED.poll() is not None:
-        PREIMPORTED = subprocess.Popen([sys.executable, str(ROOT / "tests" / "preimported_python.py")],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                                       env=STARTUP_ENV)
+        PREIMPORTED = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "preimported_python.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=STARTUP_ENV,
+        )
         atexit.register(PREIMPORTED.kill)
     PREIMPORTED.stdin.write(json.dumps(request) + "\n")
     PREIMPORTED.stdin.flush()
@@ -137,7 +156,9 @@ def read_events(event_dir: Path) -> dict:
         for tag in tags["scalars"]:
             events["scalars"].setdefault(tag, []).extend((e.step, e.value) for e in mux.Scalars(run, tag))
         for tag in tags["histograms"]:
-            events["histograms"].setdefault(tag, []).extend((e.step, e.histogram_value) for e in mux.Histograms(run, tag))
+            events["histograms"].setdefault(tag, []).extend(
+                (e.step, e.histogram_value) for e in mux.Histograms(run, tag)
+            )
         for tag in tags["images"]:
             events["images"].setdefault(tag, []).extend((e.step, e) for e in mux.Images(run, tag))
         for tag in tags["tensors"]:

@@ -19,12 +19,25 @@ class JobEvents(Callback):
             f.write(json.dumps(event) + "\n")
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.record({"event": "start", "num": config.hydra.job.num, "current": HydraConfig.get().job.num,
-                     "output_dir": config.hydra.runtime.output_dir})
+        self.record(
+            {
+                "event": "start",
+                "num": config.hydra.job.num,
+                "current": HydraConfig.get().job.num,
+                "output_dir": config.hydra.runtime.output_dir,
+            }
+        )
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        self.record({"event": "end", "num": config.hydra.job.num, "current": HydraConfig.get().job.num,
-                     "overrides": list(job_return.overrides), "return_value": job_return.return_value})
+        self.record(
+            {
+                "event": "end",
+                "num": config.hydra.job.num,
+                "current": HydraConfig.get().job.num,
+                "overrides": list(job_return.overrides),
+                "return_value": job_return.return_value,
+            }
+        )
 
 
 class CtrlCAfterFirstJob(Callback):

@@ -15,9 +15,13 @@ class RankWeights(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         weights = torch.cat([p.detach().flatten().double() for p in pl_module.parameters()])
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps({
-            "pid": os.getpid(),
-            "world_size": trainer.world_size,
-            "step": trainer.global_step,
-            "weights": weights.tolist(),
-        }))
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "world_size": trainer.world_size,
+                    "step": trainer.global_step,
+                    "weights": weights.tolist(),
+                }
+            )
+        )

@@ -57,8 +57,9 @@ MB16 = 16 * 1024 * 1024
 
 def run_python(code: str, *args: str, **env) -> dict:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    result = subprocess.run([sys.executable, "-c", code, *args], env={**clean, **env}, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env={**clean, **env}, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -38,8 +38,11 @@ def test_train_runs_in_logs_of_the_working_directory(api_run):
     workdir, run = api_run
     assert run.run_dir.parent == workdir.resolve() / "logs" / "train" / "runs"
     summary = json.loads((run.run_dir / "summary.json").read_text())
-    assert (run.train_loss, run.val_loss, run.test_loss) == (summary["train_loss"], summary["val_loss"],
-                                                            summary["test_loss"])
+    assert (run.train_loss, run.val_loss, run.test_loss) == (
+        summary["train_loss"],
+        summary["val_loss"],
+        summary["test_loss"],
+    )
     assert run.summary["steps"] == 20
     hydra_dir = run.run_dir / ".hydra"
     assert (run.run_dir / "train.log").read_text().count("final loss") == 1  # the CLI's log file
@@ -73,20 +76,27 @@ def test_health_and_figures_come_from_the_run_dir(api_run):
     _, run = api_run
     assert run.health == run.summary["health"] and isinstance(run.health.ok, bool)
     assert str(run.health).splitlines()[-1].strip().startswith("verdict:")
-    assert sorted(run.figures) == ["activation_distribution", "gradient_distribution", "update_data_ratio",
-                                   "weight_gradient_distribution"]
+    assert sorted(run.figures) == [
+        "activation_distribution",
+        "gradient_distribution",
+        "update_data_ratio",
+        "weight_gradient_distribution",
+    ]
     assert all(f._repr_png_().startswith(b"\x89PNG") for f in run.figures.values())
     html = run._repr_html_()
     assert html.count("data:image/png;base64,") == 4 and "verdict:" in html
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model=mpl", "Could not find 'model/mpl'"),
-    ("no_such_key=1", "Could not override 'no_such_key'"),
-    ("optimizer.lr=fast", "optimizer.lr must be a positive number"),
-    ("trainer.max_steps=[", "bad override 'trainer.max_steps=['"),
-    ("model=null", "Config group override must be a string or a list. Got NoneType"),  # docs/reliability_keys.md
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=mpl", "Could not find 'model/mpl'"),
+        ("no_such_key=1", "Could not override 'no_such_key'"),
+        ("optimizer.lr=fast", "optimizer.lr must be a positive number"),
+        ("trainer.max_steps=[", "bad override 'trainer.max_steps=['"),
+        ("model=null", "Config group override must be a string or a list. Got NoneType"),  # docs/reliability_keys.md
+    ],
+)
 def test_a_bad_override_is_a_one_line_user_error(override, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError) as raised:
@@ -109,8 +119,12 @@ def test_sweep_returns_the_table_with_a_failed_job_last(tmp_path, monkeypatch, s
 
 
 def test_importing_the_package_does_not_import_torch():
-    result = subprocess.run([sys.executable, "-c", "import makemore_lab, sys; print('torch' in sys.modules)"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", "import makemore_lab, sys; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.strip() == "False"
 
 
@@ -127,8 +141,9 @@ def test_config_dir_adds_a_users_preset_as_config_dir_does_on_the_command_line(t
     (tmp_path / "my_configs" / "experiment").mkdir(parents=True)
     (tmp_path / "my_configs" / "experiment" / "narrow.yaml").write_text("# @package _global_\nmodel:\n  n_hidden: 7\n")
     monkeypatch.chdir(tmp_path)
-    run = makemore_lab.train(*TINY, f"data.path={small_names}", "callbacks=none", "experiment=narrow",
-                             config_dir="my_configs")
+    run = makemore_lab.train(
+        *TINY, f"data.path={small_names}", "callbacks=none", "experiment=narrow", config_dir="my_configs"
+    )
     assert run.config.model.n_hidden == 7
     assert run.net.hidden.out_features == 7  # the trained network is the preset's
     with pytest.raises(UserError, match="Additional config directory .*no_such_dir' not found"):
@@ -140,8 +155,10 @@ def test_config_dir_adds_a_users_preset_as_config_dir_does_on_the_command_line(t
 
 def files_of(directory: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under `directory` (and every dir, as None) with its bytes and modification time."""
-    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
-            for p in sorted(directory.rglob("*"))}
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+        for p in sorted(directory.rglob("*"))
+    }
 
 
 QUICK = [*TINY, "callbacks=none", "logger=none"]
@@ -150,7 +167,9 @@ QUICK = [*TINY, "callbacks=none", "logger=none"]
 def test_a_second_sweep_into_a_sweep_dir_is_refused_leaving_it_byte_for_byte(tmp_path, monkeypatch, small_names):
     monkeypatch.chdir(tmp_path)
     sweep_dir = tmp_path / "sweep"
-    first = makemore_lab.sweep(*QUICK, f"data.path={small_names}", "optimizer.lr=0.1,0.2", f"hydra.sweep.dir={sweep_dir}")
+    first = makemore_lab.sweep(
+        *QUICK, f"data.path={small_names}", "optimizer.lr=0.1,0.2", f"hydra.sweep.dir={sweep_dir}"
+    )
     assert len(first) == 2 and not any(row["error"] for row in first)
     before = files_of(sweep_dir)
     with pytest.raises(UserError) as raised:
@@ -180,8 +199,7 @@ def test_train_into_a_finished_run_dir_refuses_without_rewriting_it(api_run, sma
 
 def test_a_sweep_with_the_population_launcher(tmp_path, monkeypatch, small_names, capsys):
     monkeypatch.chdir(tmp_path)
-    table = makemore_lab.sweep(*QUICK, f"data.path={small_names}", "hydra/launcher=population",
-                               "optimizer.lr=0.1,0.2")
+    table = makemore_lab.sweep(*QUICK, f"data.path={small_names}", "hydra/launcher=population", "optimizer.lr=0.1,0.2")
     assert sorted(row["optimizer.lr"] for row in table) == ["0.1", "0.2"] and not any(row["error"] for row in table)
     launcher = (table.sweep_dir / "multirun.yaml").read_text()
     assert "makemore_population_launcher" in launcher
@@ -191,8 +209,9 @@ def test_a_sweep_with_the_population_launcher(tmp_path, monkeypatch, small_names
 
 def test_a_sweep_with_the_optuna_sweeper(tmp_path, monkeypatch, small_names):
     monkeypatch.chdir(tmp_path)
-    table = makemore_lab.sweep("hparams_search=mlp_optuna", "hydra.sweeper.n_trials=2", *QUICK,
-                               f"data.path={small_names}")
+    table = makemore_lab.sweep(
+        "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=2", *QUICK, f"data.path={small_names}"
+    )
     assert len(table) == 2 and not any(row["error"] for row in table)
     assert (table.sweep_dir / "optimization_results.yaml").is_file()  # the sweeper's own result file
 
@@ -224,8 +243,13 @@ def kernel(tmp_path: Path, *overrides: str) -> subprocess.Popen:
     """A Python process (a notebook kernel) that calls makemore_lab.train(*overrides) and reports its own state."""
     script = tmp_path / "kernel.py"
     script.write_text(KERNEL)
-    return subprocess.Popen([sys.executable, str(script), *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), *overrides],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kernel_report(stdout: str) -> dict:
@@ -246,14 +270,28 @@ def test_a_run_leaves_the_calling_process_as_it_was(tmp_path, small_names):
 
 def test_ctrl_c_stops_the_run_and_the_raised_call_resumes_it_as_printed(tmp_path, small_names):
     """The kernel alone gets SIGINT (a notebook's stop button): forwarded to the run, which saves and stops."""
-    proc = kernel(tmp_path, "trainer.max_steps=10000000", "trainer.accelerator=cpu", "threads=1", "num_samples=1",
-                  "callbacks.last_checkpoint.every_seconds=0.3", "~callbacks.diagnostics", "logger=none",
-                  f"data.path={small_names}")
+    proc = kernel(
+        tmp_path,
+        "trainer.max_steps=10000000",
+        "trainer.accelerator=cpu",
+        "threads=1",
+        "num_samples=1",
+        "callbacks.last_checkpoint.every_seconds=0.3",
+        "~callbacks.diagnostics",
+        "logger=none",
+        f"data.path={small_names}",
+    )
     runs = tmp_path / "logs" / "train" / "runs"
     while not list(runs.glob("*/checkpoints/last.ckpt")) and proc.poll() is None:
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:  # never leave the run training on: a second Ctrl-C makes the API abort its child, then the kernel goes
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
+            time.sleep(2)
+            proc.kill()
     assert proc.returncode == 0, err[-3000:]
     report = kernel_report(out)
     message = report["result"]
@@ -266,8 +304,13 @@ def test_ctrl_c_stops_the_run_and_the_raised_call_resumes_it_as_printed(tmp_path
     assert call.startswith("makemore_lab.train('trainer.max_steps=10000000', ")
     # As printed, with a nearer end: the run's child has ended (else its run dir would be refused as in use).
     call = call.replace("trainer.max_steps=10000000", f"trainer.max_steps={step + 20}")
-    resumed = subprocess.run([sys.executable, "-c", f"import makemore_lab; {call}"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-c", f"import makemore_lab; {call}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["steps"], summary["resumed_from_step"]) == (step + 20, step)

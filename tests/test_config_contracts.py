@@ -13,8 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from conftest import CONFIG_DIR, TINY, run_script
-from makemore_lab.config_schema import (POPULATION_RULES, TRAIN_RULES, check_model_contract, check_targets,
-                                        validate)
+from makemore_lab.config_schema import POPULATION_RULES, TRAIN_RULES, check_model_contract, check_targets, validate
 from makemore_lab.errors import UserError
 from makemore_lab.models.mlp import MLP
 from makemore_lab.models.rnn import RecurrentLM
@@ -34,18 +33,25 @@ def one_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("preset, expected", [
-    ("totally_unknown: 7\n", "error: unknown config key 'totally_unknown' (from an experiment preset or a config file?)"),
-    ("trainer:\n  bogus_flag: 1\n", "error: trainer.bogus_flag is not an argument of Lightning's Trainer"),
-    ("trainer:\n  max_step: 100\n", "error: trainer.max_step is not an argument of Lightning's Trainer"),
-    ("num_sample: 5\n", "error: unknown config key 'num_sample'"),
-])
+@pytest.mark.parametrize(
+    "preset, expected",
+    [
+        (
+            "totally_unknown: 7\n",
+            "error: unknown config key 'totally_unknown' (from an experiment preset or a config file?)",
+        ),
+        ("trainer:\n  bogus_flag: 1\n", "error: trainer.bogus_flag is not an argument of Lightning's Trainer"),
+        ("trainer:\n  max_step: 100\n", "error: trainer.max_step is not an argument of Lightning's Trainer"),
+        ("num_sample: 5\n", "error: unknown config key 'num_sample'"),
+    ],
+)
 def test_a_users_preset_with_a_key_nothing_reads_is_one_line(tmp_path, preset, expected):
     (tmp_path / "configs" / "experiment").mkdir(parents=True)
     (tmp_path / "configs" / "experiment" / "mine.yaml").write_text("# @package _global_\n" + preset)
     run_dir = tmp_path / "run"
-    result = run_script("train.py", f"--config-dir={tmp_path / 'configs'}", "experiment=mine", *TINY,
-                        f"hydra.run.dir={run_dir}")
+    result = run_script(
+        "train.py", f"--config-dir={tmp_path / 'configs'}", "experiment=mine", *TINY, f"hydra.run.dir={run_dir}"
+    )
     assert one_line(result).startswith(expected)
     assert not (run_dir / ".hydra").exists()  # refused before Hydra wrote the run dir
 
@@ -57,8 +63,15 @@ def test_keys_added_on_purpose_and_every_shipped_preset_pass():
 
 
 def test_a_key_added_with_plus_on_the_command_line_is_the_users_own(tmp_path, small_names):
-    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={tmp_path / 'run'}",
-                        "+note=a-run-of-mine", "trainer.max_steps=2", "trainer.val_check_interval=2")
+    result = run_script(
+        "train.py",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "+note=a-run-of-mine",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -78,23 +91,43 @@ def test_a_runs_samples_are_bounded(tmp_path):
     assert "python sample.py num_samples=N" in result.stderr
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("+optimizer.momentun=0.9", "optimizer.momentun is not an argument of torch.optim.SGD (did you mean "
-                                "optimizer.momentum?); it takes: lr, momentum"),
-    ("+schedule.fator=0.5", "schedule.fator is not an argument of makemore_lab.schedules.step_decay (did you mean "
-                            "schedule.factor?)"),
-    ("+model.n_hiden=50", "model.n_hiden is not an argument of makemore_lab.models.mlp.MLP (did you mean "
-                          "model.n_hidden?)"),
-    ("+callbacks.last_checkpoint.every_second=5", "callbacks.last_checkpoint.every_second is not an argument of "
-                                                  "makemore_lab.callbacks.last_checkpoint.LastCheckpoint"),
-    ("model._target_=no_such_package.Model", "model._target_=no_such_package.Model cannot be imported "
-                                             "(ModuleNotFoundError: No module named 'no_such_package')"),
-    ("model._target_=makemore_lab.models.mlp.NoSuchModel", "model._target_=makemore_lab.models.mlp.NoSuchModel "
-                                                           "cannot be imported"),
-    ("optimizer._target_=torch.optim.Sgd", "optimizer._target_=torch.optim.Sgd cannot be imported"),
-    ("+logger.csv.flush_log_every=5", "logger.csv.flush_log_every is not an argument of "
-                                      "pytorch_lightning.loggers.CSVLogger"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "+optimizer.momentun=0.9",
+            "optimizer.momentun is not an argument of torch.optim.SGD (did you mean "
+            "optimizer.momentum?); it takes: lr, momentum",
+        ),
+        (
+            "+schedule.fator=0.5",
+            "schedule.fator is not an argument of makemore_lab.schedules.step_decay (did you mean schedule.factor?)",
+        ),
+        (
+            "+model.n_hiden=50",
+            "model.n_hiden is not an argument of makemore_lab.models.mlp.MLP (did you mean model.n_hidden?)",
+        ),
+        (
+            "+callbacks.last_checkpoint.every_second=5",
+            "callbacks.last_checkpoint.every_second is not an argument of "
+            "makemore_lab.callbacks.last_checkpoint.LastCheckpoint",
+        ),
+        (
+            "model._target_=no_such_package.Model",
+            "model._target_=no_such_package.Model cannot be imported "
+            "(ModuleNotFoundError: No module named 'no_such_package')",
+        ),
+        (
+            "model._target_=makemore_lab.models.mlp.NoSuchModel",
+            "model._target_=makemore_lab.models.mlp.NoSuchModel cannot be imported",
+        ),
+        ("optimizer._target_=torch.optim.Sgd", "optimizer._target_=torch.optim.Sgd cannot be imported"),
+        (
+            "+logger.csv.flush_log_every=5",
+            "logger.csv.flush_log_every is not an argument of pytorch_lightning.loggers.CSVLogger",
+        ),
+    ],
+)
 def test_a_misspelt_argument_or_an_unimportable_class_is_one_line_before_anything_is_built(override, expected):
     # data.path names no file: had the data been built first, its error would come first
     cfg = composed(override, "data.path=/no/such/file.txt", "logger=csv")
@@ -104,8 +137,11 @@ def test_a_misspelt_argument_or_an_unimportable_class_is_one_line_before_anythin
 
 
 def test_every_shipped_option_passes_the_target_checks():
-    for choice in [f"{group}={p.stem}" for group in ("model", "optimizer", "schedule", "trainer", "callbacks", "logger")
-                   for p in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))]:
+    for choice in [
+        f"{group}={p.stem}"
+        for group in ("model", "optimizer", "schedule", "trainer", "callbacks", "logger")
+        for p in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))
+    ]:
         if choice in ("logger=mlflow", "logger=wandb", "trainer=ddp"):
             continue  # need their extras or several devices to build; their keys are Lightning's own
         check_targets(composed(choice))
@@ -129,11 +165,16 @@ class SequenceModelGivingTheLastPosition(RecurrentLM):
 def test_a_model_that_breaks_the_contract_is_one_line_naming_the_shapes():
     with pytest.raises(UserError) as caught:
         check_model_contract(WindowModelGivingEveryPosition(27, 3), "mine", 27, 3)
-    assert str(caught.value).startswith("model mine: forward(idx) on a (B, block_size) = (2, 3) batch returned shape "
-                                        "(2, 3, 27), where the model contract")
+    assert str(caught.value).startswith(
+        "model mine: forward(idx) on a (B, block_size) = (2, 3) batch returned shape "
+        "(2, 3, 27), where the model contract"
+    )
     assert "expects (2, 27)" in str(caught.value)
-    with pytest.raises(UserError, match=r"forward\(idx, all_positions=True\) .* returned shape \(2, 27\), where the "
-                                        r"model contract .* expects \(2, 5, 27\)"):
+    with pytest.raises(
+        UserError,
+        match=r"forward\(idx, all_positions=True\) .* returned shape \(2, 27\), where the "
+        r"model contract .* expects \(2, 5, 27\)",
+    ):
         check_model_contract(SequenceModelGivingTheLastPosition(27, 5, n_embd=8, n_hidden=8), "mine", 27, 5)
 
 
@@ -152,8 +193,13 @@ def test_the_contract_check_leaves_the_model_and_the_random_state_as_they_were()
 def test_a_run_of_a_model_that_breaks_the_contract_is_one_line(compose_train, small_names):
     from makemore_lab.train import train
 
-    cfg = compose_train(f"data.path={small_names}", "model._target_=test_config_contracts.WindowModelGivingEveryPosition")
-    with pytest.raises(UserError, match=r"^model mlp: forward\(idx\) on a \(B, block_size\) = \(2, 3\) batch returned "
-                                        r"shape \(2, 3, 27\), where the model contract"):
+    cfg = compose_train(
+        f"data.path={small_names}", "model._target_=test_config_contracts.WindowModelGivingEveryPosition"
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^model mlp: forward\(idx\) on a \(B, block_size\) = \(2, 3\) batch returned "
+        r"shape \(2, 3, 27\), where the model contract",
+    ):
         train(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()  # refused before training

@@ -15,8 +15,16 @@ from conftest import ROOT, TINY
 pytestmark = pytest.mark.slow
 
 LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[[\w.]+\](\[\w+\])? - ")
-NOISE = ["FLOPs", "srun", "Tip:", "TPU available", "validation will run after every batch", "Trainer.fit` stopped", "LeafSpec",
-         "detect_anomaly"]
+NOISE = [
+    "FLOPs",
+    "srun",
+    "Tip:",
+    "TPU available",
+    "validation will run after every batch",
+    "Trainer.fit` stopped",
+    "LeafSpec",
+    "detect_anomaly",
+]
 
 
 def piped(tmp_path: Path, *args: str) -> str:
@@ -27,8 +35,15 @@ def piped(tmp_path: Path, *args: str) -> str:
     srun.write_text("#!/bin/sh\nexit 0\n")
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     (tmp_path / "console.txt").write_text(done.stdout)
     return done.stdout
@@ -40,7 +55,8 @@ def assert_plain(output: str) -> None:
     assert [word for word in NOISE if word in output] == []
     for line in output.splitlines():
         assert len(re.findall(r"\[\d{4}-\d\d-\d\d \d\d:", line)) <= 1 and (
-            "[20" not in line[1:] or LOG_LINE.match(line)), line
+            "[20" not in line[1:] or LOG_LINE.match(line)
+        ), line
 
 
 def test_a_piped_run_prints_progress_lines_a_wrapped_health_report_and_samples(tmp_path, small_names):
@@ -50,12 +66,12 @@ def test_a_piped_run_prints_progress_lines_a_wrapped_health_report_and_samples(t
     progress = [line.split(" - ", 1)[1] for line in lines if "step_progress_bar" in line]
     assert [p.split(":")[0] for p in progress] == ["step 10/20", "step 20/20"]  # one per validation, true counts
     assert all("train/loss" in p and "val/loss" in p for p in progress)
-    report = lines[lines.index("training health (lecture 3's rules of thumb):"):]
+    report = lines[lines.index("training health (lecture 3's rules of thumb):") :]
     verdict = next(line for line in report if line.startswith("  verdict: "))
     # one tanh layer: the depth rules cannot be judged, and the verdict says so instead of "healthy"
     assert re.fullmatch(r"  verdict: no rule broken, \d of \d checked \(not checked: .*activation_std.*\)", verdict)
-    assert max(len(line) for line in report[:report.index(verdict)]) <= 110  # why: wrapped
-    assert lines[lines.index("samples:") + 1:][:3] == [line for line in lines if line.startswith("  ")][-3:]
+    assert max(len(line) for line in report[: report.index(verdict)]) <= 110  # why: wrapped
+    assert lines[lines.index("samples:") + 1 :][:3] == [line for line in lines if line.startswith("  ")][-3:]
     train_log = next(tmp_path.glob("logs/train/runs/*/train.log")).read_text()
     assert "training health" in train_log and "verdict:" in train_log  # the report is kept with the run
 
@@ -63,8 +79,10 @@ def test_a_piped_run_prints_progress_lines_a_wrapped_health_report_and_samples(t
 def test_debug_fast_counts_its_steps(tmp_path, small_names):
     output = piped(tmp_path, "debug=fast", f"data.path={small_names}", "threads=1")
     assert_plain(output)
-    assert [line.split(" - ", 1)[1].split(":")[0] for line in output.splitlines() if "step_progress_bar" in line] \
-        == ["step 10/20", "step 20/20"]
+    assert [line.split(" - ", 1)[1].split(":")[0] for line in output.splitlines() if "step_progress_bar" in line] == [
+        "step 10/20",
+        "step 20/20",
+    ]
 
 
 def assert_one_table_of_verdicts(output: str, tmp_path: Path, jobs: int) -> None:
@@ -83,15 +101,18 @@ def test_a_sweep_prints_one_line_per_job_and_one_table(tmp_path, small_names):
     assert_plain(output)
     assert "training health" not in output and "samples:" not in output  # the reports are in each train.log
     job_lines = [line for line in output.splitlines() if " health: " in line]
-    assert len(job_lines) == 2 and all(re.search(r"val \d\.\d{4}  test \d\.\d{4}  health: ok", line) for line in job_lines)
+    assert len(job_lines) == 2 and all(
+        re.search(r"val \d\.\d{4}  test \d\.\d{4}  health: ok", line) for line in job_lines
+    )
     assert_one_table_of_verdicts(output, tmp_path, jobs=2)
 
 
 @pytest.fixture(scope="module")
 def population_output(tmp_path_factory, small_names) -> tuple[str, Path]:
     tmp_path = tmp_path_factory.mktemp("population")
-    return piped(tmp_path, "-m", "hydra/launcher=population", *TINY, f"data.path={small_names}",
-                 "optimizer.lr=0.05,0.1,0.2"), tmp_path
+    return piped(
+        tmp_path, "-m", "hydra/launcher=population", *TINY, f"data.path={small_names}", "optimizer.lr=0.05,0.1,0.2"
+    ), tmp_path
 
 
 def test_a_population_sweep_ends_in_one_table_of_verdicts(population_output):

@@ -97,8 +97,10 @@ def test_gathered_windows_equal_the_materialised_lecture_windows(tmp_path, block
         batches = list(dm.val_dataloader() if split == "val" else dm.eval_batches(split))
         assert all(isinstance(b, Windows) for b in batches)
         scored = torch.cat([torch.cat([b.x[b.context], b.y[:, None]], dim=1) for b in batches])
-        assert torch.equal(torch.unique(scored, dim=0, return_counts=True)[1],
-                           torch.unique(torch.cat([ref_x, ref_y[:, None]], dim=1), dim=0, return_counts=True)[1])
+        assert torch.equal(
+            torch.unique(scored, dim=0, return_counts=True)[1],
+            torch.unique(torch.cat([ref_x, ref_y[:, None]], dim=1), dim=0, return_counts=True)[1],
+        )
         assert torch.equal(torch.unique(scored, dim=0), torch.unique(torch.cat([ref_x, ref_y[:, None]], dim=1), dim=0))
     assert dm.vocab == Vocabulary.from_items(items)
 
@@ -251,7 +253,7 @@ def test_only_the_requested_splits_are_encoded(tmp_path):
     dm = CharDataModule(path=write(tmp_path, ITEMS * 3), splits=("val", "test"), batch_size=1000)
     assert set(dm.splits) == {"val", "test"}  # no train tokens, and batch_size is not checked against them
     with pytest.raises(KeyError, match="not prepared"):
-        dm.train_items
+        _ = dm.train_items
 
 
 def test_minibatch_stream_is_the_same_for_any_steps_per_call():
@@ -300,15 +302,22 @@ def window_loss(net, dm, split):
         return torch.nn.functional.cross_entropy(net.eval()(x), y).item()
 
 
-@pytest.mark.parametrize("build", [
-    lambda V, T: Transformer(V, T, n_layer=2, n_head=2, n_embd=16, init="kaiming"),
-    lambda V, T: RecurrentLM(V, T, cell="gru", n_embd=8, n_hidden=16, init="kaiming"),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda V, T: Transformer(V, T, n_layer=2, n_head=2, n_embd=16, init="kaiming"),
+        lambda V, T: RecurrentLM(V, T, cell="gru", n_embd=8, n_hidden=16, init="kaiming"),
+    ],
+)
 @pytest.mark.slow
 @pytest.mark.parametrize("block_size", [None, 6])  # 6: some items are too long for a whole-item window
 def test_whole_item_evaluation_equals_the_window_loss(tmp_path, build, block_size):
-    dm = CharDataModule(path=write(tmp_path, random_items(400, max_len=10)), block_size=block_size,
-                        eval_batch_size=64, whole_item_eval=True)
+    dm = CharDataModule(
+        path=write(tmp_path, random_items(400, max_len=10)),
+        block_size=block_size,
+        eval_batch_size=64,
+        whole_item_eval=True,
+    )
     torch.manual_seed(0)
     net = build(dm.vocab_size, dm.block_size)
     batches = list(dm.val_dataloader())
@@ -351,7 +360,9 @@ def test_a_checkpoints_data_file_changed_since_training_is_refused(tmp_path):
     meta = fake_checkpoint_meta(path, dm)
     assert checkpoint_datamodule(meta, dm.vocab, path=path, exact=True).fingerprint == dm.fingerprint
     write(tmp_path, ITEMS * 2 + ["abc"])
-    with pytest.raises(UserError, match=r"not the file this checkpoint was trained on \(20 items.*21 items.*changed since"):
+    with pytest.raises(
+        UserError, match=r"not the file this checkpoint was trained on \(20 items.*21 items.*changed since"
+    ):
         checkpoint_datamodule(meta, dm.vocab, path=path, exact=True)
     # on purpose, through data.path=: evaluated on that file
     other = write(tmp_path, ITEMS * 3, "other.txt")
@@ -369,6 +380,7 @@ def test_eval_builds_only_val_and_test_and_scores_whole_items(tmp_path, monkeypa
     meta = fake_checkpoint_meta(path, dm)
     monkeypatch.setattr(evaluate, "load_trained_net", lambda ckpt: (net.eval(), dm.vocab, meta))
     built = []
+
     def spy(*args, **kwargs):
         built.append(checkpoint_datamodule(*args, **kwargs))
         return built[-1]
@@ -380,22 +392,40 @@ def test_eval_builds_only_val_and_test_and_scores_whole_items(tmp_path, monkeypa
     assert "val_loss" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("model, extra", [
-    ("mlp", []),
-    ("rnn", ["model.n_embd=8", "model.n_hidden=16"]),  # whole items (data.train_on=items), every position scored
-])
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        ("mlp", []),
+        ("rnn", ["model.n_embd=8", "model.n_hidden=16"]),  # whole items (data.train_on=items), every position scored
+    ],
+)
 def test_resume_continues_the_minibatch_sequence(compose_train, small_names, tmp_path, monkeypatch, model, extra):
     """Stopped at step 20 and resumed from its checkpoint == the same run uninterrupted to step 40 (weights, 1e-6)."""
     seen_steps = []  # trainer.global_step when Lightning asks for the training loader: restored by then?
     original = CharDataModule.train_dataloader
-    monkeypatch.setattr(CharDataModule, "train_dataloader",
-                        lambda self: seen_steps.append(self.trainer.global_step) or original(self))
-    common = [f"data.path={small_names}", f"model={model}", *extra, "schedule=constant", "callbacks=none",
-              "logger=none", "num_samples=1", "trainer.val_check_interval=10"]
+    monkeypatch.setattr(
+        CharDataModule, "train_dataloader", lambda self: seen_steps.append(self.trainer.global_step) or original(self)
+    )
+    common = [
+        f"data.path={small_names}",
+        f"model={model}",
+        *extra,
+        "schedule=constant",
+        "callbacks=none",
+        "logger=none",
+        "num_samples=1",
+        "trainer.val_check_interval=10",
+    ]
     whole = train(compose_train(*common, "trainer.max_steps=40", f"paths.output_dir={tmp_path}/whole"))
     train(compose_train(*common, "trainer.max_steps=20", f"paths.output_dir={tmp_path}/part"))
-    resumed = train(compose_train(*common, "trainer.max_steps=40", f"paths.output_dir={tmp_path}/resumed",
-                                  f"ckpt_path={tmp_path}/part/checkpoints/last.ckpt"))
+    resumed = train(
+        compose_train(
+            *common,
+            "trainer.max_steps=40",
+            f"paths.output_dir={tmp_path}/resumed",
+            f"ckpt_path={tmp_path}/part/checkpoints/last.ckpt",
+        )
+    )
     assert resumed["steps"] == whole["steps"] == 40
     assert seen_steps == [0, 0, 20]  # the resumed run's loader starts at the checkpoint's step
 
@@ -415,11 +445,17 @@ def test_lightning_validation_on_whole_items_reports_the_exact_split_loss(tmp_pa
 
     from makemore_lab.module import CharLM
 
-    dm = CharDataModule(path=write(tmp_path, random_items(300)), block_size=None, eval_batch_size=16,
-                        whole_item_eval=True)
+    dm = CharDataModule(
+        path=write(tmp_path, random_items(300)), block_size=None, eval_batch_size=16, whole_item_eval=True
+    )
     torch.manual_seed(0)
     net = Transformer(dm.vocab_size, dm.block_size, n_layer=1, n_head=2, n_embd=8)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     (metrics,) = trainer.validate(CharLM(net, optimizer=None), datamodule=dm, verbose=False)
     assert metrics["val/loss"] == pytest.approx(window_loss(net, dm, "val"), abs=1e-5)

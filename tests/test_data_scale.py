@@ -50,8 +50,18 @@ def test_a_3000_character_line_is_refused_for_a_sequence_model_in_one_line(compo
 def test_an_outlier_line_trains_with_a_chosen_block_size_in_bounded_memory(compose_train, tmp_path):
     """The way out the message gives: block_size=<n> and data.train_on=windows; evaluation stays exact."""
     path, _ = corpus(tmp_path, 3000, outlier=3000)
-    summary = train(compose_train(f"data.path={path}", "model=transformer", "block_size=16", "data.train_on=windows",
-                                  "model.n_layer=1", "model.n_embd=16", "callbacks=none", "logger=none"))
+    summary = train(
+        compose_train(
+            f"data.path={path}",
+            "model=transformer",
+            "block_size=16",
+            "data.train_on=windows",
+            "model.n_layer=1",
+            "model.n_embd=16",
+            "callbacks=none",
+            "logger=none",
+        )
+    )
     assert summary["block_size"] == 16 and summary["steps"] == 20
 
 

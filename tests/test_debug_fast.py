@@ -10,13 +10,22 @@ from test_sweeps import with_tests_on_path
 
 def test_a_divergence_under_debug_fast_is_one_line_without_torchs_anomaly_warning(tmp_path, small_names, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())  # exploding_model.py
-    result = run_script("train.py", "debug=fast", "threads=1", f"data.path={small_names}",
-                        f"hydra.run.dir={tmp_path / 'run'}", "model._target_=exploding_model.ExplodingMLP",
-                        "+model.explode_at_call=5")
+    result = run_script(
+        "train.py",
+        "debug=fast",
+        "threads=1",
+        f"data.path={small_names}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "model._target_=exploding_model.ExplodingMLP",
+        "+model.explode_at_call=5",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "Error detected in" not in result.stderr and "UserWarning" not in result.stderr, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines()[-1].startswith("error: anomaly detection: Function 'LogSoftmaxBackward0' "
-                                                             "returned nan values")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: anomaly detection: Function 'LogSoftmaxBackward0' returned nan values")
+    )
 
 
 def test_callbacks_none_leaves_no_lightning_checkpoint_in_the_tensorboard_dir(compose_train, small_names):

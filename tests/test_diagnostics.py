@@ -37,8 +37,15 @@ MLP_WEIGHTS = ["wte.weight", "hidden.weight", "lm_head.weight"]
 SGD = ["optimizer=sgd", "schedule=constant"]  # no momentum, no weight decay, constant lr: update = lr * grad
 FIGURES = ["activation_distribution", "gradient_distribution", "weight_gradient_distribution", "update_data_ratio"]
 NO_EXTRAS = ["callbacks.diagnostics.figures=false", "~callbacks.sample_text", "~callbacks.model_checkpoint"]
-RULES = {"initial_loss", "saturation", "activation_std", "gradient_scale", "update_data", "dead_units",
-         "final_saturation"}
+RULES = {
+    "initial_loss",
+    "saturation",
+    "activation_std",
+    "gradient_scale",
+    "update_data",
+    "dead_units",
+    "final_saturation",
+}
 
 
 def values(events: dict, tag: str) -> list[float]:
@@ -59,8 +66,9 @@ def run(cfg) -> tuple[dict, dict]:
 
 
 def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
-    cfg = compose_train(f"data.path={small_names}", "callbacks.diagnostics.every_n_steps=5",
-                        "callbacks.sample_text.every_n_steps=10")
+    cfg = compose_train(
+        f"data.path={small_names}", "callbacks.diagnostics.every_n_steps=5", "callbacks.sample_text.every_n_steps=10"
+    )
     summary, events = run(cfg)
     out = Path(cfg.paths.output_dir)
 
@@ -96,7 +104,7 @@ def test_a_run_writes_every_tag_family(compose_train, small_names, capsys):
         assert (image.height, image.width) == (450, 800)  # 8 x 4.5 inches at 100 dpi: readable in a TensorBoard card
         assert Image.open(io.BytesIO(png)).mode == "RGB"
         idat = png.index(b"IDAT") + 4
-        assert png[idat:idat + 2] == b"\x78\x01"  # zlib's fastest level (figures.PNG_COMPRESS_LEVEL)
+        assert png[idat : idat + 2] == b"\x78\x01"  # zlib's fastest level (figures.PNG_COMPRESS_LEVEL)
 
     health = json.loads((out / "summary.json").read_text())["health"]
     assert health["rules"].keys() == RULES
@@ -141,7 +149,10 @@ def test_figures_draw_their_text_unhinted_and_leave_the_users_matplotlib_setting
             mp.setattr(figures, "draw", spy)
             paths = figures.save_figures(diagnostics, tmp_path, None, 3)
         assert seen == figures.FAST_TEXT and len(paths) == 4
-        assert (matplotlib.rcParams["text.hinting"], matplotlib.rcParams["text.hinting_factor"]) == ("force_autohint", 8)
+        assert (matplotlib.rcParams["text.hinting"], matplotlib.rcParams["text.hinting_factor"]) == (
+            "force_autohint",
+            8,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +164,18 @@ def sgd_runs(small_names, tmp_path_factory) -> dict[float, tuple[dict, dict]]:
         out = tmp_path_factory.mktemp(f"sgd_{lr}")
         GlobalHydra.instance().clear()
         with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            cfg = compose("train", overrides=[*TINY, f"paths.output_dir={out}", f"data.path={small_names}", *SGD,
-                                              f"optimizer.lr={lr}", "callbacks.diagnostics.every_n_steps=5", *NO_EXTRAS])
+            cfg = compose(
+                "train",
+                overrides=[
+                    *TINY,
+                    f"paths.output_dir={out}",
+                    f"data.path={small_names}",
+                    *SGD,
+                    f"optimizer.lr={lr}",
+                    "callbacks.diagnostics.every_n_steps=5",
+                    *NO_EXTRAS,
+                ],
+            )
         runs[lr] = run(cfg)
     GlobalHydra.instance().clear()
     return runs
@@ -172,8 +193,11 @@ def test_an_encoded_image_is_kept_with_the_fields_add_image_writes():
     plain.image("figure", rgb, "HWC")
     (kept,), (made,) = encoded.values, plain.values
     assert kept.tag == made.tag == "figure"
-    assert (kept.image.height, kept.image.width, kept.image.colorspace) == (made.image.height, made.image.width,
-                                                                             made.image.colorspace) == (40, 100, 3)
+    assert (
+        (kept.image.height, kept.image.width, kept.image.colorspace)
+        == (made.image.height, made.image.width, made.image.colorspace)
+        == (40, 100, 3)
+    )
     assert kept.image.encoded_image_string == png.getvalue()
     decoded = lambda image: np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
     assert (decoded(kept.image) == rgb).all() and (decoded(made.image) == rgb).all()
@@ -183,7 +207,8 @@ def test_doubling_sgd_lr_adds_log10_2_to_update_data_and_leaves_grad_data(sgd_ru
     slow, fast = sgd_runs[0.1][1], sgd_runs[0.2][1]
     for weight in MLP_WEIGHTS:  # the first measured step: same weights, same minibatch, twice the step
         assert values(fast, f"update_data/{weight}")[0] == pytest.approx(
-            values(slow, f"update_data/{weight}")[0] + math.log10(2), abs=1e-3)
+            values(slow, f"update_data/{weight}")[0] + math.log10(2), abs=1e-3
+        )
         assert values(fast, f"grad_data/{weight}")[0] == pytest.approx(values(slow, f"grad_data/{weight}")[0], rel=1e-6)
 
 
@@ -195,8 +220,15 @@ def test_sgd_update_is_lr_times_grad(sgd_runs):
 
 
 def test_adam_update_is_not_lr_times_grad(compose_train, small_names):
-    _, events = run(compose_train(f"data.path={small_names}", "optimizer=adam", "schedule=constant",
-                                  "callbacks.diagnostics.every_n_steps=5", *NO_EXTRAS))
+    _, events = run(
+        compose_train(
+            f"data.path={small_names}",
+            "optimizer=adam",
+            "schedule=constant",
+            "callbacks.diagnostics.every_n_steps=5",
+            *NO_EXTRAS,
+        )
+    )
     for weight in MLP_WEIGHTS:
         naive = [math.log10(1e-3 * g) for g in values(events, f"grad_data/{weight}")]
         measured = values(events, f"update_data/{weight}")
@@ -204,11 +236,20 @@ def test_adam_update_is_not_lr_times_grad(compose_train, small_names):
         assert max(abs(m - n) for m, n in zip(measured, naive)) > 0.3, weight
 
 
-def test_naive_init_saturates_tanh_and_starts_confidently_wrong_kaiming_does_not(compose_train, small_names, caplog,
-                                                                                  sgd_runs):
+def test_naive_init_saturates_tanh_and_starts_confidently_wrong_kaiming_does_not(
+    compose_train, small_names, caplog, sgd_runs
+):
     with caplog.at_level(logging.WARNING, logger="makemore_lab"):
-        naive, naive_events = run(compose_train(f"data.path={small_names}", "model=mlp", "model.init=naive", *SGD,
-                                                "callbacks.diagnostics.every_n_steps=5", *NO_EXTRAS))
+        naive, naive_events = run(
+            compose_train(
+                f"data.path={small_names}",
+                "model=mlp",
+                "model.init=naive",
+                *SGD,
+                "callbacks.diagnostics.every_n_steps=5",
+                *NO_EXTRAS,
+            )
+        )
     kaiming, kaiming_events = sgd_runs[0.1]  # the same run with the default init
     # Step 0: most tanh outputs beyond 0.97, and a loss far above ln 27.
     assert values(naive_events, "saturation/act")[0] > 0.5
@@ -223,9 +264,15 @@ def test_naive_init_saturates_tanh_and_starts_confidently_wrong_kaiming_does_not
 
 
 def test_measuring_every_step_does_not_change_training(compose_train, small_names, tmp_path):
-    measured = train(compose_train(f"data.path={small_names}", "callbacks.diagnostics.every_n_steps=1",
-                                   "callbacks.sample_text.every_n_steps=10", "callbacks.diagnostics.figures=false",
-                                   f"paths.output_dir={tmp_path}/measured"))
+    measured = train(
+        compose_train(
+            f"data.path={small_names}",
+            "callbacks.diagnostics.every_n_steps=1",
+            "callbacks.sample_text.every_n_steps=10",
+            "callbacks.diagnostics.figures=false",
+            f"paths.output_dir={tmp_path}/measured",
+        )
+    )
     plain_cfg = compose_train(f"data.path={small_names}", "callbacks=none", f"paths.output_dir={tmp_path}/plain")
     plain, events = run(plain_cfg)
     assert measured["val_loss"] == plain["val_loss"] and measured["samples"] == plain["samples"]
@@ -243,21 +290,31 @@ def test_without_diagnostics_nothing_is_measured_reported_or_drawn(compose_train
 
 
 def test_the_health_report_and_figures_are_options_of_the_one_callback(compose_train, small_names, capsys):
-    cfg = compose_train(f"data.path={small_names}", "callbacks.diagnostics.health_report=false",
-                        "callbacks.diagnostics.figures=false", "callbacks.diagnostics.initial_loss_check=false",
-                        "callbacks.diagnostics.every_n_steps=10", "~callbacks.sample_text")
+    cfg = compose_train(
+        f"data.path={small_names}",
+        "callbacks.diagnostics.health_report=false",
+        "callbacks.diagnostics.figures=false",
+        "callbacks.diagnostics.initial_loss_check=false",
+        "callbacks.diagnostics.every_n_steps=10",
+        "~callbacks.sample_text",
+    )
     summary, events = run(cfg)
     assert "health" not in summary and "training health" not in capsys.readouterr().out
     assert not (Path(cfg.paths.output_dir) / "figures").exists()
     assert not any(tag.startswith("initial_loss") for tag in events["scalars"])
     assert steps(events, "saturation/act") == [0, 10, 19]  # still measured
     from makemore_lab import diagnostics
+
     assert diagnostics.__all__ == ["Diagnostics"]
 
 
 def test_thresholds_are_settings(compose_train, small_names):
-    cfg = compose_train(f"data.path={small_names}", "callbacks.diagnostics.thresholds.max_first_layer_saturation=0.01",
-                        "callbacks.diagnostics.figures=false", "~callbacks.sample_text")
+    cfg = compose_train(
+        f"data.path={small_names}",
+        "callbacks.diagnostics.thresholds.max_first_layer_saturation=0.01",
+        "callbacks.diagnostics.figures=false",
+        "~callbacks.sample_text",
+    )
     summary = train(cfg)
     assert summary["health"]["rules"]["saturation"]["ok"] is False and summary["health"]["ok"] is False
     assert "limit 1%" in summary["health"]["rules"]["saturation"]["message"]
@@ -273,8 +330,16 @@ def test_a_bad_cadence_in_the_config_is_a_user_error(compose_train, small_names)
 
 def fake_trainer(optimizer, max_steps: int = 100, global_zero: bool = True, callbacks=()):
     """What the diagnostics read from a Trainer, for driving them from a plain loop."""
-    return SimpleNamespace(optimizers=[optimizer], global_step=0, max_steps=max_steps, is_global_zero=global_zero,
-                           loggers=[], callbacks=list(callbacks), datamodule=None, default_root_dir=".")
+    return SimpleNamespace(
+        optimizers=[optimizer],
+        global_step=0,
+        max_steps=max_steps,
+        is_global_zero=global_zero,
+        loggers=[],
+        callbacks=list(callbacks),
+        datamodule=None,
+        default_root_dir=".",
+    )
 
 
 def measuring_only(every_n_steps: int) -> Diagnostics:
@@ -339,8 +404,11 @@ def test_update_data_is_the_real_change_of_each_weight(make_optimizer):
     expected = {}
 
     def remember(step):  # the weights and lr * grad just before the step, to compare with after it
-        expected[step] = {n: (p.detach().clone(), optimizer.param_groups[0]["lr"] * p.grad.clone())
-                          for n, p in net.named_parameters() if p.dim() >= 2}
+        expected[step] = {
+            n: (p.detach().clone(), optimizer.param_groups[0]["lr"] * p.grad.clone())
+            for n, p in net.named_parameters()
+            if p.dim() >= 2
+        }
 
     generator = torch.Generator().manual_seed(0)
     for step in range(5):
@@ -367,8 +435,10 @@ def test_update_data_is_the_real_change_of_each_weight(make_optimizer):
                 assert w["update_data"] == pytest.approx(math.log10(lr_grad), abs=1e-4)
     if not plain_sgd:  # from the second step on, momentum, decay and Adam's scaling all move it off lr * grad
         later = diagnostics.history[-1]
-        assert any(abs(w["update_data"] - math.log10(expected[later["step"]][n][1])) > 0.05
-                   for n, w in later["weights"].items())
+        assert any(
+            abs(w["update_data"] - math.log10(expected[later["step"]][n][1])) > 0.05
+            for n, w in later["weights"].items()
+        )
 
 
 def test_hooks_are_attached_only_around_measured_steps():
@@ -401,17 +471,36 @@ def test_only_rank_zero_measures():
 
 
 def record(step: int, layers: dict, weights: dict, lr: float = 0.1) -> dict:
-    tanh = {"kind": "Tanh", "mean": 0.0, "std": 0.65, "saturation": 0.05, "dead": 0.0, "dead_units": 0, "units": 100,
-            "gradient_std": 1e-3}
-    return {"step": step, "lr": lr, "layers": {n: {**tanh, **m} for n, m in layers.items()},
-            "weights": {n: {"grad_data": 1e-2, "update_data": u} for n, u in weights.items()}}
+    tanh = {
+        "kind": "Tanh",
+        "mean": 0.0,
+        "std": 0.65,
+        "saturation": 0.05,
+        "dead": 0.0,
+        "dead_units": 0,
+        "units": 100,
+        "gradient_std": 1e-3,
+    }
+    return {
+        "step": step,
+        "lr": lr,
+        "layers": {n: {**tanh, **m} for n, m in layers.items()},
+        "weights": {n: {"grad_data": 1e-2, "update_data": u} for n, u in weights.items()},
+    }
 
 
 def test_health_report_names_the_layers_and_weights_that_break_a_rule(capsys):
     weights = {"layers.0.weight": -3.0, "layers.2.weight": -5.0, "lm_head.weight": -1.0}
     history = [
-        record(0, {"layers.1": {"saturation": 0.2}, "layers.3": {"saturation": 0.3, "std": 0.3, "gradient_std": 5e-3},
-                   "layers.5": {"std": 0.2, "dead_units": 3}}, weights),
+        record(
+            0,
+            {
+                "layers.1": {"saturation": 0.2},
+                "layers.3": {"saturation": 0.3, "std": 0.3, "gradient_std": 5e-3},
+                "layers.5": {"std": 0.2, "dead_units": 3},
+            },
+            weights,
+        ),
         *(record(s, {"layers.1": {}, "layers.3": {}, "layers.5": {"saturation": 0.4}}, weights) for s in (100, 200)),
     ]
     rules = HealthRules()
@@ -438,6 +527,7 @@ def test_health_report_names_the_layers_and_weights_that_break_a_rule(capsys):
 
 def test_dead_units_depend_on_the_kind_of_nonlinearity():
     """tanh always saturated and ReLU never active are dead; GELU at <= 0 still passes gradient."""
+
     def dead(kind):
         layer = {"kind": kind, "dead_units": 5}
         return HealthRules().judge([record(0, {"a": layer}, {})], 3.3, 27)["rules"]["dead_units"]
@@ -461,8 +551,11 @@ def test_update_data_is_judged_over_the_early_constant_lr_part_only():
     early = [record(s, {}, {"w": -3.0}) for s in (0, 200, 400, 600, 800)]
     later = [record(s, {}, {"w": -6.0}, lr=0.01) for s in (1000, 1200, 1400)]  # after a step decay: not judged
     assert rules.judge(early + later, None, None)["rules"]["update_data"]["ok"] is True
-    decayed = [record(0, {}, {"w": -3.0}), record(200, {}, {"w": -3.0}),
-               *(record(s, {}, {"w": -6.0}, lr=0.01) for s in (400, 600, 800))]
+    decayed = [
+        record(0, {}, {"w": -3.0}),
+        record(200, {}, {"w": -3.0}),
+        *(record(s, {}, {"w": -6.0}, lr=0.01) for s in (400, 600, 800)),
+    ]
     judged = rules.judge(decayed, None, None)["rules"]["update_data"]
     assert judged["ok"] is True and "the 2 measured steps 0-200" in judged["message"]
     warmup = [record(s, {}, {"w": -6.0}, lr=1e-4 * (s + 1)) for s in (0, 200, 400)]
@@ -480,12 +573,18 @@ def test_update_data_is_judged_over_the_early_constant_lr_part_only():
         (lambda: Diagnostics(100, image_every=0), "callbacks.diagnostics.image_every"),
         (lambda: Diagnostics(100, figures="yes"), "callbacks.diagnostics.figures"),
         (lambda: Diagnostics(100, thresholds={"max_saturation": 5}), "callbacks.diagnostics.thresholds.max_saturation"),
-        (lambda: Diagnostics(100, thresholds={"update_data_range": (-2, -4)}),
-         "callbacks.diagnostics.thresholds.update_data_range"),
-        (lambda: Diagnostics(100, thresholds={"update_data_range": -3}),
-         "callbacks.diagnostics.thresholds.update_data_range"),
-        (lambda: Diagnostics(100, thresholds={"initial_loss_tolerance": 1.5}),
-         "callbacks.diagnostics.thresholds.initial_loss_tolerance"),
+        (
+            lambda: Diagnostics(100, thresholds={"update_data_range": (-2, -4)}),
+            "callbacks.diagnostics.thresholds.update_data_range",
+        ),
+        (
+            lambda: Diagnostics(100, thresholds={"update_data_range": -3}),
+            "callbacks.diagnostics.thresholds.update_data_range",
+        ),
+        (
+            lambda: Diagnostics(100, thresholds={"initial_loss_tolerance": 1.5}),
+            "callbacks.diagnostics.thresholds.initial_loss_tolerance",
+        ),
         (lambda: Diagnostics(100, thresholds={"max_satruation": 0.1}), "callbacks.diagnostics.thresholds: unknown"),
         (lambda: SampleText(every_n_steps=-1), "callbacks.sample_text.every_n_steps"),
         (lambda: SampleText(every_n_steps=10, num_samples=0), "callbacks.sample_text.num_samples"),
@@ -516,7 +615,6 @@ def test_step_clock_calls_the_callback_only_at_due_steps():
     assert clock.step == 33
 
 
-
 def test_step_clock_arms_before_each_due_steps_forward_in_a_loop_and_when_an_engine_counts():
     """arm(step) fires once before each due step's forward pass: right after the optimizer step before it, at start
     when the first step is due, and from count_to when a population counted the steps in between."""
@@ -534,8 +632,16 @@ def test_step_clock_arms_before_each_due_steps_forward_in_a_loop_and_when_an_eng
         weight.grad = torch.ones(1)
         optimizer.step()
     assert [e for e in events if e[0] != "forward" or e[1] in (0, 5, 10)] == [
-        ("arm", 0), ("forward", 0), ("after", 0), ("arm", 5), ("forward", 5), ("after", 5),
-        ("arm", 10), ("forward", 10), ("after", 10)]
+        ("arm", 0),
+        ("forward", 0),
+        ("after", 0),
+        ("arm", 5),
+        ("forward", 5),
+        ("after", 5),
+        ("arm", 10),
+        ("forward", 10),
+        ("after", 10),
+    ]
     events.clear()
     clock.count_to(14)  # an engine stepped 11..13 without optimizer.step()
     clock.count_to(14)  # counting to where it already is arms nothing
@@ -547,6 +653,7 @@ def test_step_clock_arms_before_each_due_steps_forward_in_a_loop_and_when_an_eng
     with pytest.raises(ValueError, match="due at 20"):
         clock.count_to(21)  # past a due step: the engine must step through the optimizer there
     clock.stop()
+
 
 # ---------------------------------------------------------------------- lecture 3's deep network as config
 
@@ -562,7 +669,9 @@ def test_mlp_bn_options_build_the_lectures_networks(compose_train):
     plain = build("model.batchnorm=false", "model.gain=1.0")
     assert [type(m).__name__ for m in plain.layers] == ["Linear", "Tanh"] * 5 and plain.layers[0].bias is not None
     assert plain.layers[2].weight.std().item() == pytest.approx(1.0 / 10, rel=0.05)  # gain / sqrt(fan_in 100)
-    assert build("model.batchnorm=false", "model.gain=3.0").layers[2].weight.std().item() == pytest.approx(0.3, rel=0.05)
+    assert build("model.batchnorm=false", "model.gain=3.0").layers[2].weight.std().item() == pytest.approx(
+        0.3, rel=0.05
+    )
     assert plain.lm_head.weight.std().item() == pytest.approx(0.1 / 10, rel=0.05)  # the output layer x 0.1
 
     lecture = instantiate(compose_train("experiment=lecture3_deep_mlp").model, vocab_size=27, block_size=3)

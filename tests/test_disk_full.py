@@ -27,8 +27,9 @@ def small_disk(tmp_path):
     def mount(kilobytes: int) -> Path:
         where = tmp_path / f"disk{len(mounted)}"
         where.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(where)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(where)], capture_output=True, text=True
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip() or 'not permitted'})")
         mounted.append(where)
@@ -77,8 +78,13 @@ def test_lightnings_saves_through_atomic_checkpoint_io_name_the_run_dirs_file(sm
     from makemore_lab.checkpoint_io import AtomicCheckpointIO
 
     disk = small_disk(256)
-    trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.strategy.connect(pl.LightningModule())
     path = disk / "run" / "checkpoints" / "last.ckpt"
     trainer.strategy.checkpoint_io.save_checkpoint({"w": torch.zeros(100)}, path)
@@ -142,21 +148,30 @@ class FillDisk(pl.Callback):
 
 def test_summary_json_on_a_full_disk_names_it_and_the_last_good_checkpoint(small_disk, compose_train, small_names):
     out_dir = small_disk(512) / "run"
-    cfg = compose_train(f"data.path={small_names}", "callbacks=none", "logger=none", f"paths.output_dir={out_dir}",
-                        "+callbacks.fill._target_=test_disk_full.FillDisk", f"+callbacks.fill.directory={out_dir}")
+    cfg = compose_train(
+        f"data.path={small_names}",
+        "callbacks=none",
+        "logger=none",
+        f"paths.output_dir={out_dir}",
+        "+callbacks.fill._target_=test_disk_full.FillDisk",
+        f"+callbacks.fill.directory={out_dir}",
+    )
     with pytest.raises(UserError) as caught:
         train(cfg)
     last = out_dir / "checkpoints" / "last.ckpt"
-    assert str(caught.value).startswith(f"cannot write {out_dir / 'summary.json'} (No space left on device): "
-                                        f"the run trained to step 20, and the last good checkpoint is {last}")
+    assert str(caught.value).startswith(
+        f"cannot write {out_dir / 'summary.json'} (No space left on device): "
+        f"the run trained to step 20, and the last good checkpoint is {last}"
+    )
     assert torch.load(last, weights_only=True)["global_step"] == 20
     assert not (out_dir / "summary.json").exists() and temporaries(out_dir) == []
 
 
 def test_a_solo_run_on_a_full_disk_names_its_own_file_and_the_last_good_checkpoint(small_disk, small_names):
     run_dir = small_disk(120) / "run"
-    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}",
-                        "trainer.max_steps=60")
+    result = run_script(
+        "train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}", "trainer.max_steps=60"
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: cannot write the run's files (No space left on device: {run_dir}/"), line

@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import read_scalar_steps
-from makemore_lab.errors import UserError
 from makemore_lab.engine import StepPlan
+from makemore_lab.errors import UserError
 from makemore_lab.train import train
 
 # 30 steps is not a multiple of 7: the last call must stop after 2 of its 7 steps.
@@ -21,10 +21,20 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("model", ["mlp", "wavenet"])  # wavenet: BatchNorm running statistics must match too
 def test_blocked_and_plain_steps_give_identical_results(compose_train, small_names, tmp_path, model):
-    plain = train(compose_train(f"data.path={small_names}", f"model={model}", *RUN, "steps_per_call=1",
-                                f"paths.output_dir={tmp_path}/plain"))
-    blocked = train(compose_train(f"data.path={small_names}", f"model={model}", *RUN, "steps_per_call=7",
-                                  f"paths.output_dir={tmp_path}/blocked"))
+    plain = train(
+        compose_train(
+            f"data.path={small_names}", f"model={model}", *RUN, "steps_per_call=1", f"paths.output_dir={tmp_path}/plain"
+        )
+    )
+    blocked = train(
+        compose_train(
+            f"data.path={small_names}",
+            f"model={model}",
+            *RUN,
+            "steps_per_call=7",
+            f"paths.output_dir={tmp_path}/blocked",
+        )
+    )
     assert plain["steps"] == blocked["steps"] == 30
     assert blocked["val_loss"] == plain["val_loss"] and blocked["initial_loss"] == plain["initial_loss"]
     assert blocked["samples"] == plain["samples"]
@@ -46,8 +56,12 @@ def test_logged_steps_are_optimizer_steps(compose_train, small_names):
 
 def test_validation_cadence_is_exact_across_passes_over_the_data(compose_train, small_names):
     # small_names has ~3,400 training examples: ~106 minibatches a pass, so 300 steps cross passes twice.
-    cfg = compose_train(f"data.path={small_names}", "trainer.max_steps=300", "trainer.val_check_interval=100",
-                        "trainer.log_every_n_steps=50")
+    cfg = compose_train(
+        f"data.path={small_names}",
+        "trainer.max_steps=300",
+        "trainer.val_check_interval=100",
+        "trainer.log_every_n_steps=50",
+    )
     train(cfg)
     steps = read_scalar_steps(Path(cfg.paths.output_dir) / "tensorboard")
     assert steps["val/loss"] == [100, 200, 300]

@@ -30,8 +30,11 @@ INTERPOLATIONS = [
 
 def files_of(directory: Path) -> dict[str, str]:
     """Every file under `directory` (hidden ones too: .hydra/, .lock), by relative path: its bytes' sha256."""
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_refused(result: subprocess.CompletedProcess) -> str:
@@ -53,8 +56,9 @@ def finished_run(tmp_path_factory, small_names) -> Path:
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, small_names) -> Path:
     sweep_dir = tmp_path_factory.mktemp("guards") / "sweep"
-    result = run_script("train.py", "-m", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
-                        "optimizer.lr=0.1,0.2")
+    result = run_script(
+        "train.py", "-m", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}", "optimizer.lr=0.1,0.2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep_dir
 
@@ -62,10 +66,20 @@ def finished_sweep(tmp_path_factory, small_names) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "population"])
 @pytest.mark.parametrize("override", INTERPOLATIONS)
-def test_a_sweep_with_an_interpolation_is_refused_in_another_sweeps_dir(finished_sweep, small_names, override, launcher):
+def test_a_sweep_with_an_interpolation_is_refused_in_another_sweeps_dir(
+    finished_sweep, small_names, override, launcher
+):
     before = files_of(finished_sweep)
-    result = run_script("train.py", "-m", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={finished_sweep}",
-                        "optimizer.lr=0.1,0.3", override, f"hydra/launcher={launcher}")
+    result = run_script(
+        "train.py",
+        "-m",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={finished_sweep}",
+        "optimizer.lr=0.1,0.3",
+        override,
+        f"hydra/launcher={launcher}",
+    )
     line = assert_refused(result)
     assert any(why in line for why in ("holds another sweep", "cannot check the sweep dir", "override_grammar")), line
     assert files_of(finished_sweep) == before
@@ -75,13 +89,21 @@ def test_a_sweep_with_an_interpolation_is_refused_in_another_sweeps_dir(finished
 def test_the_same_sweep_with_an_interpolation_is_recognised_as_itself(tmp_path, small_names):
     """The override is compared as typed on both sides: a rerun of the same sweep continues it (nothing retrained)."""
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}", "optimizer.lr=0.1,0.2",
-            "+note=${paths.output_dir}"]
+    args = [
+        "-m",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "optimizer.lr=0.1,0.2",
+        "+note=${paths.output_dir}",
+    ]
     first = run_script("train.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     again = run_script("train.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (again.stdout + again.stderr).count("finished in an earlier run of this sweep: kept") == 2, again.stdout[-3000:]
+    assert (again.stdout + again.stderr).count("finished in an earlier run of this sweep: kept") == 2, again.stdout[
+        -3000:
+    ]
 
 
 @pytest.mark.slow
@@ -105,12 +127,15 @@ RESUME_REFUSALS = {  # each resume the checkpoint and the config refuse; the fin
     "other optimizer": (["optimizer=adamw", "trainer.max_steps=40"], "different optimizer"),
     "nothing to train": ([], "nothing to train"),
     "past max_steps": (["trainer.max_steps=10"], "nothing to train"),
-    "interpolated path, nothing to train": (["ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"], "nothing to train"),
+    "interpolated path, nothing to train": (
+        ["ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"],
+        "nothing to train",
+    ),
     "a bad setting": (["trainer.max_steps=0"], "trainer.max_steps must be"),
     "no such checkpoint": (["ckpt_path=__run__/checkpoints/nope.ckpt"], "checkpoint not found"),
     "weights only": (["ckpt_path=__weights__", "trainer.max_steps=40"], "holds weights only"),
     "not a checkpoint": (["ckpt_path=__run__/summary.json", "trainer.max_steps=40"], "corrupt"),
-    "other data": ([f"data.path=__names__", "trainer.max_steps=40"], "other data"),
+    "other data": (["data.path=__names__", "trainer.max_steps=40"], "other data"),
 }
 
 
@@ -120,8 +145,12 @@ def test_a_refused_resume_leaves_the_finished_run_byte_for_byte(finished_run, sm
     overrides, expected = RESUME_REFUSALS[case]
     weights = weights_only_copy(finished_run, tmp_path / "weights.ckpt")
     other_names = Path(__file__).resolve().parents[1] / "src" / "makemore_lab" / "datasets" / "names.txt"
-    args = [o.replace("__run__", str(finished_run)).replace("__weights__", str(weights))
-             .replace("__names__", str(other_names)) for o in overrides]
+    args = [
+        o.replace("__run__", str(finished_run))
+        .replace("__weights__", str(weights))
+        .replace("__names__", str(other_names))
+        for o in overrides
+    ]
     data = [] if any(a.startswith("data.path=") for a in args) else [f"data.path={small_names}"]
     ckpt = [] if any(a.startswith("ckpt_path=") for a in args) else [f"ckpt_path={finished_run}/checkpoints/last.ckpt"]
     before = files_of(finished_run)
@@ -133,7 +162,9 @@ def test_a_refused_resume_leaves_the_finished_run_byte_for_byte(finished_run, sm
 
 def test_the_run_dir_guard_imports_without_posix_only_modules():
     """Windows has no fcntl (issue 37, item 6): the run-dir lock is filelock's, which picks the platform's lock."""
-    code = ("import sys, warnings; sys.modules['fcntl'] = None; warnings.simplefilter('ignore'); "
-            "import makemore_lab.run_dir, makemore_lab.sweep_policy, makemore_lab.sweep_summary; print('imported')")
+    code = (
+        "import sys, warnings; sys.modules['fcntl'] = None; warnings.simplefilter('ignore'); "
+        "import makemore_lab.run_dir, makemore_lab.sweep_policy, makemore_lab.sweep_summary; print('imported')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "imported", result.stderr[-3000:]

@@ -24,9 +24,21 @@ pytest.importorskip("wandb", reason="needs the wandb extra: pip install -e '.[wa
 
 FIGURES = ("activation_distribution", "gradient_distribution", "weight_gradient_distribution", "update_data_ratio")
 # scalars every logger must hold: the losses, lr, and each family the diagnostics measure
-REQUIRED = {"train/loss", "val/loss", "lr", "test/loss", "initial_loss/measured", "initial_loss/expected",
-            "activation_mean/act", "activation_std/act", "saturation/act", "dead/act", "gradient_std/act",
-            "grad_data/hidden.weight", "update_data/hidden.weight"}
+REQUIRED = {
+    "train/loss",
+    "val/loss",
+    "lr",
+    "test/loss",
+    "initial_loss/measured",
+    "initial_loss/expected",
+    "activation_mean/act",
+    "activation_std/act",
+    "saturation/act",
+    "dead/act",
+    "gradient_std/act",
+    "grad_data/hidden.weight",
+    "update_data/hidden.weight",
+}
 
 
 def compose_train(*overrides: str):
@@ -42,9 +54,14 @@ def compose_train(*overrides: str):
 def four_loggers(tmp_path_factory, small_names):
     """One run logging to TensorBoard, CSV, MLflow and W&B at once (the list syntax of a config group)."""
     root = tmp_path_factory.mktemp("loggers")
-    cfg = compose_train("logger=[tensorboard,csv,mlflow,wandb]", f"data.path={small_names}",
-                        f"paths.output_dir={root / 'run'}", f"paths.log_dir={root / 'logs'}",
-                        "trainer.log_every_n_steps=10", "callbacks.diagnostics.every_n_steps=5")
+    cfg = compose_train(
+        "logger=[tensorboard,csv,mlflow,wandb]",
+        f"data.path={small_names}",
+        f"paths.output_dir={root / 'run'}",
+        f"paths.log_dir={root / 'logs'}",
+        "trainer.log_every_n_steps=10",
+        "callbacks.diagnostics.every_n_steps=5",
+    )
     lines = []
     handler, package_log = logging.Handler(), logging.getLogger("makemore_lab")
     handler.emit = lambda record: lines.append(record.getMessage())
@@ -56,9 +73,11 @@ def four_loggers(tmp_path_factory, small_names):
     finally:
         package_log.removeHandler(handler)
         package_log.setLevel(level)
-    reference = {tag: [(e.step, e.value) for e in events]
-                 for tag, events in read_scalar_events(root / "run" / "tensorboard").items()
-                 if not tag.startswith("hparams/")}  # TensorBoard's HParams tab only
+    reference = {
+        tag: [(e.step, e.value) for e in events]
+        for tag, events in read_scalar_events(root / "run" / "tensorboard").items()
+        if not tag.startswith("hparams/")
+    }  # TensorBoard's HParams tab only
     assert REQUIRED <= set(reference)
     return root, summary, reference, lines
 
@@ -93,15 +112,21 @@ def test_mlflow_holds_every_scalar_and_the_images_and_text_as_artifacts(four_log
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'logs' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("makemore-lab").experiment_id])
     assert run.data.tags["output_dir"] == summary["output_dir"] and run.data.params["model"] == "mlp"
-    series = {tag: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, tag),
-                                                      key=lambda m: (m.step, m.timestamp))]
-              for tag in run.data.metrics}
+    series = {
+        tag: [
+            (m.step, m.value)
+            for m in sorted(client.get_metric_history(run.info.run_id, tag), key=lambda m: (m.step, m.timestamp))
+        ]
+        for tag in run.data.metrics
+    }
     assert_same_scalars(series, reference)
     artifacts = Path(urlparse(run.info.artifact_uri).path)
     assert artifacts.is_relative_to(root / "logs" / "mlartifacts")
     assert all((artifacts / "figures" / name / "step_0000020.png").stat().st_size > 10_000 for name in FIGURES)
-    assert sorted(p.name for p in (artifacts / "saturation_map" / "act").iterdir()) == ["step_0000000.png",
-                                                                                       "step_0000019.png"]
+    assert sorted(p.name for p in (artifacts / "saturation_map" / "act").iterdir()) == [
+        "step_0000000.png",
+        "step_0000019.png",
+    ]
     assert (artifacts / "samples" / "step_0000020.md").read_text().count("\n") >= 2
     assert "verdict" in (artifacts / "health" / "step_0000020.md").read_text()
 
@@ -117,8 +142,8 @@ def wandb_records(path: Path):
         if block - position % block < 7:  # a block's tail too short for a header is padding
             position += block - position % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunks.append(data[position + 7:position + 7 + length])
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunks.append(data[position + 7 : position + 7 + length])
         position += 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
             record = wandb_internal_pb2.Record()
@@ -131,8 +156,11 @@ def wandb_records(path: Path):
 def test_wandb_runs_offline_and_holds_every_scalar_histogram_image_and_text(four_loggers):
     root, _, reference, _ = four_loggers
     (run_file,) = (root / "run" / "wandb").glob("offline-run-*/run-*.wandb")  # offline: nothing sent, no account
-    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
-               for r in wandb_records(run_file) if r.WhichOneof("record_type") == "history"]
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in wandb_records(run_file)
+        if r.WhichOneof("record_type") == "history"
+    ]
     media_tags = {key.removesuffix("/_type") for row in history for key in row if key.endswith("/_type")}
     series, media = {}, {}
     for row in history:
@@ -140,7 +168,9 @@ def test_wandb_runs_offline_and_holds_every_scalar_histogram_image_and_text(four
         for key, value in row.items():
             if key.endswith("/_type"):
                 media.setdefault(key.removesuffix("/_type"), []).append((step, value))
-            elif not key.startswith(("_", "trainer/", "epoch")) and not any(key.startswith(t + "/") for t in media_tags):
+            elif not key.startswith(("_", "trainer/", "epoch")) and not any(
+                key.startswith(t + "/") for t in media_tags
+            ):
                 series.setdefault(key, []).append((step, value))
     assert_same_scalars(series, reference)
     assert media["activation/act"] == [(s, "histogram") for s in (0, 5, 10, 15, 19)]
@@ -154,14 +184,22 @@ def test_wandb_runs_offline_and_holds_every_scalar_histogram_image_and_text(four
 def test_one_line_says_which_logger_skips_what(four_loggers):
     *_, lines = four_loggers
     skipped = [line for line in lines if "skip" in line]
-    assert skipped == ["loggers without some media get every scalar but skip them (csv: no histograms, no images, "
-                       "no text; mlflow: no histograms); TensorBoard and W&B keep all"]
+    assert skipped == [
+        "loggers without some media get every scalar but skip them (csv: no histograms, no images, "
+        "no text; mlflow: no histograms); TensorBoard and W&B keep all"
+    ]
 
 
-@pytest.mark.parametrize("option, loggers", [
-    ("csv", ["CSVLogger"]), ("mlflow", ["MLFlowLogger"]), ("wandb", ["WandbLogger"]),
-    ("many", ["TensorBoardLogger", "CSVLogger"]), ("[tensorboard,wandb]", ["TensorBoardLogger", "WandbLogger"]),
-])
+@pytest.mark.parametrize(
+    "option, loggers",
+    [
+        ("csv", ["CSVLogger"]),
+        ("mlflow", ["MLFlowLogger"]),
+        ("wandb", ["WandbLogger"]),
+        ("many", ["TensorBoardLogger", "CSVLogger"]),
+        ("[tensorboard,wandb]", ["TensorBoardLogger", "WandbLogger"]),
+    ],
+)
 def test_each_logger_option_and_list_composes_to_lightning_loggers(option, loggers):
     cfg = compose_train(f"logger={option}", "paths.output_dir=/run")
     assert [get_class(node._target_).__name__ for node in cfg.logger.values()] == loggers
@@ -171,8 +209,11 @@ def test_each_logger_option_and_list_composes_to_lightning_loggers(option, logge
 
 def test_a_logger_whose_package_is_missing_is_one_line_naming_the_pip_command_before_the_run(tmp_path, small_names):
     assert importlib.util.find_spec("comet_ml") is None  # in no extra: absent, as a user's missing extra would be
-    cfg = compose_train("+logger.comet._target_=pytorch_lightning.loggers.CometLogger", f"data.path={small_names}",
-                        f"paths.output_dir={tmp_path / 'run'}")
+    cfg = compose_train(
+        "+logger.comet._target_=pytorch_lightning.loggers.CometLogger",
+        f"data.path={small_names}",
+        f"paths.output_dir={tmp_path / 'run'}",
+    )
     with pytest.raises(UserError, match=r"^logger comet needs the comet_ml package: pip install comet-ml$"):
         train(cfg)
     assert not list((tmp_path / "run").glob("*/*"))  # nothing trained, nothing logged

@@ -50,8 +50,11 @@ def test_window_batches_score_every_window_once_from_distinct_contexts(tmp_path,
         assert all(isinstance(b, Windows) for b in loader)
         assert all(len(b.x) <= 40 and len(torch.unique(b.x, dim=0)) == len(b.x) for b in loader)
         assert all(len(b.context) == len(b.y) == len(b.item) and int(b.context.max()) < len(b.x) for b in loader)
-        scored = rows_of(torch.cat([b.x[b.context] for b in loader]), torch.cat([b.y for b in loader]),
-                         torch.cat([b.item for b in loader]))
+        scored = rows_of(
+            torch.cat([b.x[b.context] for b in loader]),
+            torch.cat([b.y for b in loader]),
+            torch.cat([b.item for b in loader]),
+        )
         x, y = all_windows(dm, split)
         assert scored == rows_of(x, y, dm.splits[split].item_of(torch.arange(len(x)) + 1))
         contexts = sum(len(b.x) for b in loader)
@@ -60,12 +63,18 @@ def test_window_batches_score_every_window_once_from_distinct_contexts(tmp_path,
             assert contexts == len(torch.unique(x, dim=0))
 
 
-@pytest.mark.parametrize("block_size, build", [(1, lambda V: Bigram(V, 1)),
-                                               (8, lambda V: MLP(V, 8, n_embd=4, n_hidden=64)),
-                                               (8, lambda V: WaveNet(V, 8, n_embd=4, n_hidden=32))])
+@pytest.mark.parametrize(
+    "block_size, build",
+    [
+        (1, lambda V: Bigram(V, 1)),
+        (8, lambda V: MLP(V, 8, n_embd=4, n_hidden=64)),
+        (8, lambda V: WaveNet(V, 8, n_embd=4, n_hidden=32)),
+    ],
+)
 @pytest.mark.parametrize("small", [False, True])  # True: several spans, and logits in chunks of 7 rows
-def test_a_splits_loss_is_the_window_by_window_loss_with_each_context_run_once(tmp_path, monkeypatch, block_size,
-                                                                               build, small):
+def test_a_splits_loss_is_the_window_by_window_loss_with_each_context_run_once(
+    tmp_path, monkeypatch, block_size, build, small
+):
     if small:
         monkeypatch.setattr(batches, "DISTINCT_SPAN", 150)
     dm = CharDataModule(path=write(tmp_path, PREFIXED), block_size=block_size, eval_batch_size=64)

@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from conftest import CONFIG_DIR, ROOT
-
 from makemore_lab.data import Vocabulary, make_examples, make_item_examples
 from makemore_lab.errors import UserError
+from makemore_lab.losses import training_loss
 from makemore_lab.models.bigram import Bigram
 from makemore_lab.models.bow import BagOfWords
 from makemore_lab.models.mlp import MLP
@@ -21,7 +21,6 @@ from makemore_lab.models.mlp_bn import DeepMLP
 from makemore_lab.models.rnn import RecurrentLM
 from makemore_lab.models.transformer import Transformer
 from makemore_lab.models.wavenet import WaveNet
-from makemore_lab.losses import training_loss
 from makemore_lab.sampling import generate
 
 V = 27
@@ -152,7 +151,9 @@ def test_dropout_acts_in_training_only(build):
 
 def readme_model_options() -> dict[str, tuple[str, str, str]]:
     """docs/training.md's "What choosing a model also sets" table: model -> (block_size, data.train_on, optimizer)."""
-    text = (ROOT / "docs" / "training.md").read_text().split("## What choosing a model also sets", 1)[1].split("\n#", 1)[0]
+    text = (
+        (ROOT / "docs" / "training.md").read_text().split("## What choosing a model also sets", 1)[1].split("\n#", 1)[0]
+    )
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     cells = [[c.strip().strip("`") for c in row.strip("|").split("|")] for row in rows]
     return {c[0]: (c[1].split(" ")[0], c[2], c[3]) for c in cells}
@@ -163,8 +164,10 @@ def test_a_model_option_sets_outside_model_only_what_the_readme_table_says(path)
     raw = OmegaConf.load(path)
     assert set(raw) <= {"defaults", "model_name", "block_size", "data", "model"}, set(raw)
     assert set(raw.get("data", {})) <= {"train_on"}
-    assert all(d in ("override /optimizer: adamw",) or OmegaConf.to_container(d) == {"override /optimizer": "adamw"}
-               for d in raw.get("defaults", []))
+    assert all(
+        d in ("override /optimizer: adamw",) or OmegaConf.to_container(d) == {"override /optimizer": "adamw"}
+        for d in raw.get("defaults", [])
+    )
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("train", overrides=[f"model={path.stem}", "paths.output_dir=."])

@@ -19,14 +19,21 @@ def code_cells(notebook) -> list:
 
 
 def text_of(cell) -> str:
-    return "".join(o.get("text", "") if o.output_type == "stream" else str(o.get("data", {}).get("text/plain", ""))
-                   for o in cell.outputs)
+    return "".join(
+        o.get("text", "") if o.output_type == "stream" else str(o.get("data", {}).get("text/plain", ""))
+        for o in cell.outputs
+    )
 
 
 def displays(cell) -> list[str]:
     """The rich outputs of a cell (figures, tables), by MIME type, in order: what must come back on every run."""
-    return [kind for o in cell.outputs if o.output_type != "stream"
-            for kind in sorted(o.get("data", {})) if kind != "text/plain"]
+    return [
+        kind
+        for o in cell.outputs
+        if o.output_type != "stream"
+        for kind in sorted(o.get("data", {}))
+        if kind != "text/plain"
+    ]
 
 
 def test_the_committed_notebook_shows_its_outputs_and_no_noise():

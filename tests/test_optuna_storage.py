@@ -6,26 +6,34 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from conftest import TINY, run_script
-from hydra.errors import CompactHydraException
-
 from hydra_plugins.makemore_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 
 def sweeper(storage: str, study_name: str = "s") -> OptunaSweeper:
     sampler = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 0})
-    return OptunaSweeper(sampler=sampler, direction="minimize", storage=storage, study_name=study_name, n_trials=1,
-                         n_jobs=1)
+    return OptunaSweeper(
+        sampler=sampler, direction="minimize", storage=storage, study_name=study_name, n_trials=1, n_jobs=1
+    )
 
 
 def search(sweep_dir: Path, storage: str, small_names, *overrides: str):
-    return run_script("train.py", "-m", "hparams_search=mlp_optuna", f"hydra.sweep.dir={sweep_dir}",
-                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=1", *overrides, *TINY,
-                      f"data.path={small_names}")
+    return run_script(
+        "train.py",
+        "-m",
+        "hparams_search=mlp_optuna",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.n_trials=1",
+        *overrides,
+        *TINY,
+        f"data.path={small_names}",
+    )
 
 
 def test_another_search_in_a_stored_study_is_one_line_and_leaves_nothing_running(tmp_path, small_names):
@@ -38,7 +46,9 @@ def test_another_search_in_a_stored_study_is_one_line_and_leaves_nothing_running
     assert "study 'mlp_optuna' in " + storage + " holds another search" in line and "model.n_hidden" in line, line
     study = optuna.load_study(study_name="mlp_optuna", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # nothing asked, nothing left RUNNING
-    assert not any((tmp_path / "second").rglob("*"))  # the refused sweep wrote nothing (its corrected rerun may go there)
+    assert not any(
+        (tmp_path / "second").rglob("*")
+    )  # the refused sweep wrote nothing (its corrected rerun may go there)
 
 
 def test_a_trial_that_cannot_be_drawn_is_failed_not_left_running(tmp_path):
@@ -51,8 +61,11 @@ def test_a_trial_that_cannot_be_drawn_is_failed_not_left_running(tmp_path):
     # A search whose space no longer fits the study: Optuna's own ask(space) raised after creating the trial,
     # which stayed RUNNING in the storage for ever.
     # (its base class: Hydra's plugin discovery may import the sweeper's module again, with its own SweeperError)
-    with pytest.raises(CompactHydraException, match=r"study 's' in .* holds another search \(trial 1: ValueError.*trial "
-                                                    r"1 is marked failed"):
+    with pytest.raises(
+        CompactHydraException,
+        match=r"study 's' in .* holds another search \(trial 1: ValueError.*trial "
+        r"1 is marked failed",
+    ):
         search_.ask(study, {"x": CategoricalDistribution(["c", "d"])}, optuna)
     with pytest.raises(CompactHydraException, match=r"holds another search \(its trials drew x from Categorical"):
         search_.check_same_search(study, {"x": FloatDistribution(0.0, 1.0)})

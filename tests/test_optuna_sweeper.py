@@ -9,9 +9,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from packaging.version import Version
 
-from hydra_plugins.makemore_optuna_sweeper import optuna_sweeper
-
 from conftest import TINY, run_script
+from hydra_plugins.makemore_optuna_sweeper import optuna_sweeper
 from test_sweeps import check_rows_match_jobs, read_rows
 
 optuna = pytest.importorskip("optuna", reason="needs the optuna extra: pip install -e '.[optuna]'")
@@ -26,8 +25,16 @@ def test_the_optuna_extra_is_a_current_optuna_on_sqlalchemy_2():
 
 
 def search(sweep_dir: Path, storage: str, small_names, *overrides: str):
-    return run_script("train.py", "-m", "hparams_search=mlp_optuna", f"hydra.sweeper.storage={storage}",
-                      *overrides, *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}")
+    return run_script(
+        "train.py",
+        "-m",
+        "hparams_search=mlp_optuna",
+        f"hydra.sweeper.storage={storage}",
+        *overrides,
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
 
 
 def trial_params(rows: list[dict]) -> set[tuple]:
@@ -83,19 +90,30 @@ def test_failed_trials_are_failed_in_the_study_and_the_search_goes_on(tmp_path, 
 
 def test_a_sampler_outside_optuna_is_refused_before_any_trial():
     # through the module: Hydra's plugin scan re-executes it, which makes its classes anew
-    sweeper = optuna_sweeper.OptunaSweeper(sampler=OmegaConf.create({"_target_": "os.system"}), direction="minimize",
-                                           storage=None, study_name=None, n_trials=1, n_jobs=1)
-    with pytest.raises(optuna_sweeper.SweeperError, match="sampler._target_ must be one of optuna.samplers, got 'os.system'"):
+    sweeper = optuna_sweeper.OptunaSweeper(
+        sampler=OmegaConf.create({"_target_": "os.system"}),
+        direction="minimize",
+        storage=None,
+        study_name=None,
+        n_trials=1,
+        n_jobs=1,
+    )
+    with pytest.raises(
+        optuna_sweeper.SweeperError, match="sampler._target_ must be one of optuna.samplers, got 'os.system'"
+    ):
         sweeper.build_sampler(trials_before=0)
 
 
-@pytest.mark.parametrize("sweep, expected", [
-    ("choice(16, 32, 64)", optuna.distributions.CategoricalDistribution([16, 32, 64])),
-    ("range(1, 10, 3)", optuna.distributions.IntDistribution(1, 7, step=3)),  # Hydra's range stops before 10
-    ("interval(0.0, 0.3)", optuna.distributions.FloatDistribution(0.0, 0.3)),
-    ("interval(2, 8)", optuna.distributions.FloatDistribution(2.0, 8.0)),  # Hydra's intervals are floats
-    ("tag(log, interval(0.01, 1.0))", optuna.distributions.FloatDistribution(0.01, 1.0, log=True)),
-])
+@pytest.mark.parametrize(
+    "sweep, expected",
+    [
+        ("choice(16, 32, 64)", optuna.distributions.CategoricalDistribution([16, 32, 64])),
+        ("range(1, 10, 3)", optuna.distributions.IntDistribution(1, 7, step=3)),  # Hydra's range stops before 10
+        ("interval(0.0, 0.3)", optuna.distributions.FloatDistribution(0.0, 0.3)),
+        ("interval(2, 8)", optuna.distributions.FloatDistribution(2.0, 8.0)),  # Hydra's intervals are floats
+        ("tag(log, interval(0.01, 1.0))", optuna.distributions.FloatDistribution(0.01, 1.0, log=True)),
+    ],
+)
 def test_hydra_sweep_syntax_becomes_optuna_distributions(sweep, expected):
     from hydra_plugins.makemore_optuna_sweeper._search_space import distribution
 

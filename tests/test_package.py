@@ -37,8 +37,12 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, source / name)
     dist = tmp_path_factory.mktemp("dist")
     # --no-build-isolation: the installed setuptools builds it, offline
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(source)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     [built] = dist.glob("makemore_lab-*.whl")
     return built
 
@@ -49,17 +53,31 @@ def venv(tmp_path_factory, wheel) -> Path:
     env_dir = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)
     python = env_dir / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                   check=True, capture_output=True, text=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return env_dir / "bin"
 
 
 def command(venv: Path, name: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(venv / name), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [str(venv / name), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def test_the_wheel_carries_every_config_and_the_default_data(wheel):
@@ -73,8 +91,13 @@ def test_the_wheel_carries_every_config_and_the_default_data(wheel):
 
 
 def test_the_venv_runs_the_wheels_copy(venv, tmp_path):
-    result = subprocess.run([str(venv / "python"), "-c", "import makemore_lab.configs as c; print(c.CONFIG_DIR)"],
-                            cwd=tmp_path, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [str(venv / "python"), "-c", "import makemore_lab.configs as c; print(c.CONFIG_DIR)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert Path(result.stdout.strip()).is_relative_to(venv.parent)  # not this checkout's src/
 
 
@@ -138,15 +161,18 @@ def test_a_user_config_dir_adds_a_preset_and_a_model(venv, tmp_path):
     user = tmp_path / "my_configs"
     (user / "experiment").mkdir(parents=True)
     (user / "model").mkdir()
-    (user / "model" / "embedding_bigram.yaml").write_text(textwrap.dedent("""\
+    (user / "model" / "embedding_bigram.yaml").write_text(
+        textwrap.dedent("""\
         # @package _global_
         model_name: embedding_bigram
         block_size: 1
         model:
           _target_: my_models.EmbeddingBigram
           n_embd: 8
-    """))
-    (user / "experiment" / "mine.yaml").write_text(textwrap.dedent("""\
+    """)
+    )
+    (user / "experiment" / "mine.yaml").write_text(
+        textwrap.dedent("""\
         # @package _global_
         defaults:
           - override /model: embedding_bigram
@@ -154,10 +180,19 @@ def test_a_user_config_dir_adds_a_preset_and_a_model(venv, tmp_path):
           n_embd: 5
         optimizer:
           lr: 0.2
-    """))
+    """)
+    )
     (tmp_path / "my_models.py").write_text(USER_MODEL)
-    result = command(venv, "makemore-train", "--config-dir", str(user), "experiment=mine", "debug=fast",
-                     cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    result = command(
+        venv,
+        "makemore-train",
+        "--config-dir",
+        str(user),
+        "experiment=mine",
+        "debug=fast",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [run_dir] = (tmp_path / "logs" / "train" / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())

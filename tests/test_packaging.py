@@ -10,8 +10,22 @@ import pytest
 from conftest import ROOT
 
 # Modules that exist on POSIX systems only (the standard library's "Availability: Unix" ones).
-POSIX_ONLY = ["fcntl", "resource", "termios", "tty", "pty", "pwd", "grp", "posix", "syslog", "crypt", "nis",
-              "spwd", "readline", "curses"]
+POSIX_ONLY = [
+    "fcntl",
+    "resource",
+    "termios",
+    "tty",
+    "pty",
+    "pwd",
+    "grp",
+    "posix",
+    "syslog",
+    "crypt",
+    "nis",
+    "spwd",
+    "readline",
+    "curses",
+]
 
 # Imports every module of the package and its Hydra plugins, refusing a POSIX-only module when the import comes
 # from one of ours (a library may import one on Linux and not on Windows: that is its business).
@@ -44,8 +58,9 @@ print("imported", len(modules), flush=True)
 
 @pytest.mark.slow  # imports every module in a fresh interpreter (~12 s)
 def test_no_module_imports_a_posix_only_module_when_it_loads():
-    found = subprocess.run([sys.executable, "-c", PROBE, ",".join(POSIX_ONLY)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
+    found = subprocess.run(
+        [sys.executable, "-c", PROBE, ",".join(POSIX_ONLY)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert found.returncode == 0, found.stderr[-3000:]
     lines = found.stdout.splitlines()
     assert lines[-1].startswith("imported ") and int(lines[-1].split()[1]) > 40

@@ -7,9 +7,17 @@ import json
 from conftest import run_script
 from test_disk_full import small_disk  # noqa: F401 - the fixture
 
-POPULATION = ["hydra/launcher=population", "model=mlp", "optimizer.lr=0.1,0.2", "trainer.max_steps=400",
-              "trainer.val_check_interval=200", "~callbacks.diagnostics", "~callbacks.progress_bar", "threads=1",
-              "trainer.accelerator=cpu"]
+POPULATION = [
+    "hydra/launcher=population",
+    "model=mlp",
+    "optimizer.lr=0.1,0.2",
+    "trainer.max_steps=400",
+    "trainer.val_check_interval=200",
+    "~callbacks.diagnostics",
+    "~callbacks.progress_bar",
+    "threads=1",
+    "trainer.accelerator=cpu",
+]
 
 
 def test_a_population_on_a_full_disk_ends_each_member_with_its_own_line(small_disk, small_names):  # noqa: F811
@@ -23,8 +31,10 @@ def test_a_population_on_a_full_disk_ends_each_member_with_its_own_line(small_di
     [other] = {"0", "1"} - set(failed)
     file = errors[failed[0]].split("No space left on device: ", 1)[1].split(")", 1)[0]
     assert file.startswith(str(sweep_dir / failed[0]))  # the user's file, never a /tmp/tmpXXXX
-    assert errors[other].startswith("stopped at step ") and f"another member's file (No space left on device: {file})" \
-        in errors[other]
+    assert (
+        errors[other].startswith("stopped at step ")
+        and f"another member's file (No space left on device: {file})" in errors[other]
+    )
     for job in ("0", "1"):
         last = sweep_dir / job / "checkpoints" / "last.ckpt"
         assert errors[job].endswith(f"the last good checkpoint is {last}") and last.stat().st_size < 80_000

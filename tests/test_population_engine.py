@@ -66,9 +66,17 @@ def test_plain_sgd_members_step_together_exactly(compose_train, small_names, tmp
 
 
 def assert_members_match_solo_runs(compose_train, small_names, tmp_path, model, member_overrides):
-    common = [f"model={model}", f"data.path={small_names}", "trainer.max_steps=100", "trainer.val_check_interval=50",
-              *QUIET, *TINY_MODELS[model]]
-    members = [compose_member(compose_train, tmp_path, f"member{i}", *common, *m) for i, m in enumerate(member_overrides)]
+    common = [
+        f"model={model}",
+        f"data.path={small_names}",
+        "trainer.max_steps=100",
+        "trainer.val_check_interval=50",
+        *QUIET,
+        *TINY_MODELS[model],
+    ]
+    members = [
+        compose_member(compose_train, tmp_path, f"member{i}", *common, *m) for i, m in enumerate(member_overrides)
+    ]
     results = train_population(members)
     for i, overrides in enumerate(member_overrides):
         solo = train(compose_member(compose_train, tmp_path, f"solo{i}", *common, *overrides))
@@ -84,7 +92,7 @@ def assert_members_match_solo_runs(compose_train, small_names, tmp_path, model, 
                 # Adam turns the ~1e-9 float noise left there (different in any two kernels) into lr-sized steps
                 # that change no output. The query and value biases are compared.
                 width = a.numel() // 3
-                a, b = torch.cat([a[:width], a[2 * width:]]), torch.cat([b[:width], b[2 * width:]])
+                a, b = torch.cat([a[:width], a[2 * width :]]), torch.cat([b[:width], b[2 * width :]])
             assert torch.allclose(a, b, atol=1e-4), f"{model} member {i}: {key}"
 
 
@@ -99,19 +107,32 @@ def numbers(node, prefix: str = "") -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["optimizer.lr=0.2", "optimizer=adamw"])  # vectorised SGD; per-member steps
-def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(compose_train, small_names, tmp_path,
-                                                                            optimizer, monkeypatch):
+def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(
+    compose_train, small_names, tmp_path, optimizer, monkeypatch
+):
     """The diagnostics and sample_text callbacks run per member, on the steps they measure, as in a solo run: the
     same measurements in TensorBoard, the same health verdict in summary.json, the same samples, the figures; and
     the members make their solo runs' own steps on those steps only."""
     figures = "callbacks.diagnostics.figures=" + ("true" if optimizer.endswith("0.2") else "false")
-    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=40", "trainer.val_check_interval=20",
-              "model.n_hidden=16", "callbacks.diagnostics.every_n_steps=10", "callbacks.sample_text.every_n_steps=20",
-              "~callbacks.progress_bar", optimizer, figures]
+    common = [
+        "model=mlp",
+        f"data.path={small_names}",
+        "trainer.max_steps=40",
+        "trainer.val_check_interval=20",
+        "model.n_hidden=16",
+        "callbacks.diagnostics.every_n_steps=10",
+        "callbacks.sample_text.every_n_steps=20",
+        "~callbacks.progress_bar",
+        optimizer,
+        figures,
+    ]
     members = [compose_member(compose_train, tmp_path, f"member{i}", *common, f"seed={i}") for i in range(2)]
     solo_steps, made = Population.solo_steps, []
-    monkeypatch.setattr(Population, "solo_steps", lambda self, x, y, step, active: made.append(step) or solo_steps(
-        self, x, y, step, active))
+    monkeypatch.setattr(
+        Population,
+        "solo_steps",
+        lambda self, x, y, step, active: made.append(step) or solo_steps(self, x, y, step, active),
+    )
     results = train_population(members)
     assert made == [0, 10, 19, 20, 30, 39]  # the diagnostics' measured steps and sample_text's
     for i in range(2):
@@ -121,8 +142,13 @@ def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(comp
         for key, value in theirs.items():
             assert ours[key] == (pytest.approx(value, rel=1e-3, abs=1e-5) if isinstance(value, float) else value), key
         ours, theirs = read_events(tmp_path / f"member{i}"), read_events(tmp_path / f"solo{i}")
-        measured = [tag for tag in theirs["scalars"] if tag.startswith(("saturation/", "grad_data/", "update_data/",
-                                                                         "dead/", "activation_std/", "initial_loss/"))]
+        measured = [
+            tag
+            for tag in theirs["scalars"]
+            if tag.startswith(
+                ("saturation/", "grad_data/", "update_data/", "dead/", "activation_std/", "initial_loss/")
+            )
+        ]
         assert len(measured) >= 6
         for tag in measured:
             (steps, values), (solo_steps, solo_values) = zip(*ours["scalars"][tag]), zip(*theirs["scalars"][tag])
@@ -133,8 +159,11 @@ def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(comp
         assert ours["text"]["samples"] == theirs["text"]["samples"] and len(theirs["text"]["samples"]) == 2
         assert ours["text"]["health"] and ours["text"]["health"][0][0] == 40
         if figures.endswith("true"):
-            assert sorted(p.name for p in (tmp_path / f"member{i}" / "figures").glob("*.png")) == sorted(
-                p.name for p in (tmp_path / f"solo{i}" / "figures").glob("*.png")) != []
+            assert (
+                sorted(p.name for p in (tmp_path / f"member{i}" / "figures").glob("*.png"))
+                == sorted(p.name for p in (tmp_path / f"solo{i}" / "figures").glob("*.png"))
+                != []
+            )
 
 
 @pytest.mark.slow
@@ -142,8 +171,16 @@ def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(comp
 def test_each_member_drops_at_its_own_rate(compose_train, small_names, tmp_path, model):
     """Members alike but for model.dropout: the 0.0 member is exactly its solo run (no rate of another member
     leaked into it), the 0.3 member, listed first, is not (its own rate was applied, not the other's)."""
-    common = [f"model={model}", f"data.path={small_names}", "trainer.max_steps=30", *QUIET, *TINY_MODELS[model],
-              "seed=1", "optimizer=sgd", "optimizer.lr=0.05"]
+    common = [
+        f"model={model}",
+        f"data.path={small_names}",
+        "trainer.max_steps=30",
+        *QUIET,
+        *TINY_MODELS[model],
+        "seed=1",
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+    ]
     rates = ["model.dropout=0.3", "model.dropout=0.0"]
     train_population([compose_member(compose_train, tmp_path, f"member{i}", *common, r) for i, r in enumerate(rates)])
     train(compose_member(compose_train, tmp_path, "solo", *common, rates[1]))
@@ -154,11 +191,25 @@ def test_each_member_drops_at_its_own_rate(compose_train, small_names, tmp_path,
 
 @pytest.mark.slow
 def test_a_diverging_member_stops_alone_and_the_others_are_plain_runs(compose_train, small_names, tmp_path):
-    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=40", "trainer.val_check_interval=20",
-              "trainer.log_every_n_steps=10", "callbacks=default", "~callbacks.diagnostics", "~callbacks.sample_text"]
+    common = [
+        "model=mlp",
+        f"data.path={small_names}",
+        "trainer.max_steps=40",
+        "trainer.val_check_interval=20",
+        "trainer.log_every_n_steps=10",
+        "callbacks=default",
+        "~callbacks.diagnostics",
+        "~callbacks.sample_text",
+    ]
     # SGD on these models does not overflow at any lr the schema allows; a weight decay of 1e30 overflows at once.
-    cfgs = [compose_member(compose_train, tmp_path, name, *common, lr)
-            for name, lr in (("ok0", "optimizer.lr=0.1"), ("bad", "optimizer.weight_decay=1e30"), ("ok1", "optimizer.lr=0.05"))]
+    cfgs = [
+        compose_member(compose_train, tmp_path, name, *common, lr)
+        for name, lr in (
+            ("ok0", "optimizer.lr=0.1"),
+            ("bad", "optimizer.weight_decay=1e30"),
+            ("ok1", "optimizer.lr=0.05"),
+        )
+    ]
     results = train_population(cfgs)
     assert isinstance(results[1], TrainingDiverged) and "at step" in str(results[1])
     assert not (tmp_path / "bad" / "summary.json").exists()
@@ -178,12 +229,14 @@ def test_a_diverging_member_stops_alone_and_the_others_are_plain_runs(compose_tr
     for saved in [tmp_path / "ok1" / "checkpoints" / "last.ckpt", *(tmp_path / "ok0" / "checkpoints").glob("best*")]:
         for name, tensor in read_checkpoint(saved)["state_dict"].items():
             assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
-    evaluated = run_script("eval.py", f"ckpt_path={tmp_path / 'ok1' / 'checkpoints' / 'last.ckpt'}",
-                           f"data.path={small_names}")
+    evaluated = run_script(
+        "eval.py", f"ckpt_path={tmp_path / 'ok1' / 'checkpoints' / 'last.ckpt'}", f"data.path={small_names}"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"{results[2]['val_loss']:.4f}" in evaluated.stdout
-    sampled = run_script("sample.py", f"ckpt_path={next((tmp_path / 'ok0' / 'checkpoints').glob('best_step*.ckpt'))}",
-                         "num_samples=3")
+    sampled = run_script(
+        "sample.py", f"ckpt_path={next((tmp_path / 'ok0' / 'checkpoints').glob('best_step*.ckpt'))}", "num_samples=3"
+    )
     assert sampled.returncode == 0, sampled.stderr
 
 
@@ -222,31 +275,47 @@ def test_members_stop_early_as_lightnings_early_stopping_stops_their_solo_runs(c
     """callbacks=[...,early_stopping] (Lightning's EarlyStopping: patience 3, min_delta 0.001): the lr=1e-9 member,
     whose val loss still falls by ~1e-9 a validation, stops alone, at the step its solo run stops at; the learning
     member trains on. A member reads the callback's own patience and min_delta."""
-    common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=80", "trainer.val_check_interval=10",
-              "callbacks=[none,early_stopping]", *TINY_MODELS["mlp"]]
+    common = [
+        "model=mlp",
+        f"data.path={small_names}",
+        "trainer.max_steps=80",
+        "trainer.val_check_interval=10",
+        "callbacks=[none,early_stopping]",
+        *TINY_MODELS["mlp"],
+    ]
     stuck = ["optimizer.lr=1e-9"]
     learning = ["optimizer.lr=0.1", "callbacks.early_stopping.min_delta=0"]
-    results = train_population([compose_member(compose_train, tmp_path, "stuck", *common, *stuck),
-                                compose_member(compose_train, tmp_path, "learning", *common, *learning)])
+    results = train_population(
+        [
+            compose_member(compose_train, tmp_path, "stuck", *common, *stuck),
+            compose_member(compose_train, tmp_path, "learning", *common, *learning),
+        ]
+    )
     solo = train(compose_member(compose_train, tmp_path, "solo", *common, *stuck))
     assert results[0]["steps"] == solo["steps"] == 40  # its first validation, then three without 0.001 better
     assert results[0]["val_loss"] == pytest.approx(solo["val_loss"], abs=1e-6)
     assert results[1]["steps"] == 80
-    patient = train_population([compose_member(compose_train, tmp_path, "patient", *common, *stuck,
-                                               "callbacks.early_stopping.patience=5")])
+    patient = train_population(
+        [compose_member(compose_train, tmp_path, "patient", *common, *stuck, "callbacks.early_stopping.patience=5")]
+    )
     assert patient[0]["steps"] == 60
 
 
 @pytest.mark.slow
 def test_memory_budget_splits_or_refuses(compose_train, small_names, tmp_path):
     common = ["model=mlp", f"data.path={small_names}", "trainer.max_steps=10", *QUIET, *TINY_MODELS["mlp"]]
-    refused = train_population([compose_member(compose_train, tmp_path, f"r{i}", *common, "+population_max_memory_gb=1e-9")
-                                for i in range(2)])
+    refused = train_population(
+        [compose_member(compose_train, tmp_path, f"r{i}", *common, "+population_max_memory_gb=1e-9") for i in range(2)]
+    )
     assert all(isinstance(r, UserError) and "population memory budget" in str(r) for r in refused)
     # A budget for two and a half members (the refusal says what one needs): four train as two populations of two.
     need = float(re.search(r"needs about ([0-9.e-]+) GB", str(refused[0])).group(1))
-    split = train_population([compose_member(compose_train, tmp_path, f"s{i}", *common,
-                                             f"+population_max_memory_gb={2.5 * need}") for i in range(4)])
+    split = train_population(
+        [
+            compose_member(compose_train, tmp_path, f"s{i}", *common, f"+population_max_memory_gb={2.5 * need}")
+            for i in range(4)
+        ]
+    )
     assert [r["population_size"] for r in split] == [2, 2, 2, 2]
 
 
@@ -256,10 +325,14 @@ def test_refusals_are_one_line(compose_train):
     assert "DDP" in population_refusal(compose_train("trainer=ddp"))
     assert "32-bit" in population_refusal(compose_train("trainer.precision=bf16-mixed"))
     assert population_refusal(compose_train("callbacks=[default,early_stopping]")) is None
-    for other in ("callbacks.early_stopping.monitor=train/loss", "callbacks.early_stopping.mode=max",
-                  "+callbacks.early_stopping.stopping_threshold=1.5"):
+    for other in (
+        "callbacks.early_stopping.monitor=train/loss",
+        "callbacks.early_stopping.mode=max",
+        "+callbacks.early_stopping.stopping_threshold=1.5",
+    ):
         assert "stops early on val/loss (mode min, patience, min_delta) only" in population_refusal(
-            compose_train("callbacks=[default,early_stopping]", other)), other
+            compose_train("callbacks=[default,early_stopping]", other)
+        ), other
 
 
 POPULATION = ["model=mlp", "model.n_hidden=16", "schedule=constant", "trainer.val_check_interval=50", *QUIET]
@@ -280,16 +353,31 @@ exit_on_user_error(train_population)(cfgs)
 
 
 def population_cfgs(compose_train, out: Path, data: Path, steps: int, *extra: str):
-    return [compose_train(f"paths.output_dir={out / str(i)}", f"data.path={data}", f"trainer.max_steps={steps}",
-                          f"optimizer.lr={0.05 * (i + 1)}", f"seed={i}", *POPULATION, *extra) for i in range(2)]
+    return [
+        compose_train(
+            f"paths.output_dir={out / str(i)}",
+            f"data.path={data}",
+            f"trainer.max_steps={steps}",
+            f"optimizer.lr={0.05 * (i + 1)}",
+            f"seed={i}",
+            *POPULATION,
+            *extra,
+        )
+        for i in range(2)
+    ]
 
 
 @pytest.mark.slow
 def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(compose_train, small_names, tmp_path):
     script = tmp_path / "population.py"
     script.write_text(POPULATION_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(small_names), *POPULATION],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run"), str(small_names), *POPULATION],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     log = tmp_path / "run" / "1" / "train.log"
     deadline = time.monotonic() + 120
     while not (log.is_file() and "val loss" in log.read_text()) and time.monotonic() < deadline:
@@ -303,8 +391,11 @@ def test_sigterm_saves_every_member_and_a_resumed_population_continues_exactly(c
     assert read_checkpoint(tmp_path / "run" / "1" / "checkpoints" / "last.ckpt")["global_step"] == stopped
     # Resumed to `end` (the schedule is constant, so max_steps does not change the lr) against a straight run.
     end = stopped + 30
-    resumed = train_population(population_cfgs(compose_train, tmp_path / "run", small_names, end,
-                                               "ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"))
+    resumed = train_population(
+        population_cfgs(
+            compose_train, tmp_path / "run", small_names, end, "ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"
+        )
+    )
     train_population(population_cfgs(compose_train, tmp_path / "straight", small_names, end))
     for i in range(2):
         assert resumed[i]["steps"] == end and resumed[i]["resumed_from_step"] == stopped
@@ -318,8 +409,12 @@ def test_the_other_models_train_in_a_population(compose_train, small_names, tmp_
     """The exactness test covers five models; the other four run through the same code (bigram folded, the rest
     under vmap)."""
     tiny = [] if model == "bigram" else ["model.n_hidden=8", "model.n_embd=8"]
-    cfgs = [compose_member(compose_train, tmp_path, str(i), f"model={model}", f"data.path={small_names}",
-                           f"seed={i}", *QUIET, *tiny) for i in range(2)]
+    cfgs = [
+        compose_member(
+            compose_train, tmp_path, str(i), f"model={model}", f"data.path={small_names}", f"seed={i}", *QUIET, *tiny
+        )
+        for i in range(2)
+    ]
     results = train_population(cfgs)
     assert all(r["steps"] == 20 and math.isfinite(r["val_loss"]) for r in results)
     assert results[0]["val_loss"] != results[1]["val_loss"]

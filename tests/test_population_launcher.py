@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from conftest import CONFIG_DIR, ROOT, TINY, run_script
 from makemore_lab.population import population_key
 from makemore_lab.population.grouping import group_jobs
-from test_reliability import saved_step, wait_for
+from test_reliability import saved_step, start_train_py, wait_for
 from test_sweeps import check_rows_match_jobs, job_overrides, job_summary, needs, read_rows, with_tests_on_path
 
 POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]
@@ -39,8 +39,10 @@ def compose_jobs(tmp_path: Path, *jobs: list[str]) -> list:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            cfgs = [compose("train", overrides=[*TINY, f"paths.output_dir={tmp_path / str(num)}", *overrides])
-                    for num, overrides in enumerate(jobs)]
+            cfgs = [
+                compose("train", overrides=[*TINY, f"paths.output_dir={tmp_path / str(num)}", *overrides])
+                for num, overrides in enumerate(jobs)
+            ]
     finally:
         GlobalHydra.instance().clear()
     for cfg in cfgs:
@@ -67,8 +69,10 @@ def test_shape_preserving_differences_share_one_population(tmp_path):
     assert cfgs[0].callbacks.model_checkpoint.dirpath != cfgs[1].callbacks.model_checkpoint.dirpath
     # jobs 4-7 could not join the first group: one line each, naming what differs
     assert sorted(grouping.reasons) == [4, 5, 6, 7]
-    assert "cannot join job(s) 0,1,2,3" in grouping.reasons[4] and "model_name ('mlp_bn', not 'mlp')" in \
-        grouping.reasons[4]
+    assert (
+        "cannot join job(s) 0,1,2,3" in grouping.reasons[4]
+        and "model_name ('mlp_bn', not 'mlp')" in grouping.reasons[4]
+    )
     assert grouping.reasons[6].startswith("is in a population of 2: it cannot join job(s)")
 
 
@@ -99,8 +103,12 @@ def test_a_shape_or_loop_difference_is_its_own_group_with_the_key_named(tmp_path
 
 
 MODEL_VARIATIONS = [  # (model, override): the launcher and the engine must agree on each
-    ("transformer", "model.dropout=0.1"), ("wavenet", "model.dropout=0.2"), ("mlp", "model.init=naive"),
-    ("mlp_bn", "model.gain=1.0"), ("mlp", "model.n_hidden=100"), ("wavenet", "model.n_hidden=64"),
+    ("transformer", "model.dropout=0.1"),
+    ("wavenet", "model.dropout=0.2"),
+    ("mlp", "model.init=naive"),
+    ("mlp_bn", "model.gain=1.0"),
+    ("mlp", "model.n_hidden=100"),
+    ("wavenet", "model.n_hidden=64"),
 ]
 
 
@@ -108,8 +116,12 @@ MODEL_VARIATIONS = [  # (model, override): the launcher and the engine must agre
 def test_the_launcher_and_the_engine_group_by_one_rule(tmp_path, model, override):
     """A model key the launcher lets differ is one the engine stacks, and the other way round."""
     cfgs = compose_jobs(tmp_path, [f"model={model}"], [f"model={model}", override])
-    members = [SimpleNamespace(cfg=cfg, start_step=0, net=instantiate(cfg.model, vocab_size=27, block_size=cfg.block_size or 16))
-               for cfg in cfgs]
+    members = [
+        SimpleNamespace(
+            cfg=cfg, start_step=0, net=instantiate(cfg.model, vocab_size=27, block_size=cfg.block_size or 16)
+        )
+        for cfg in cfgs
+    ]
     launcher_joins = group_jobs(cfgs).groups == [[0, 1]]
     assert launcher_joins == (population_key(members[0]) == population_key(members[1]))
     assert launcher_joins == (override.split("=")[0] in ("model.init", "model.gain", "model.dropout"))
@@ -147,6 +159,7 @@ class CountingLoader:
 
 def test_the_sweepers_check_composes_each_job_and_the_launcher_reuses_it():
     from hydra.types import HydraContext
+
     from hydra_plugins.makemore_population_launcher.population_launcher import ComposedOnce, PopulationLauncher
 
     loader, master = CountingLoader(), OmegaConf.create({"lr": 0.1})
@@ -180,20 +193,34 @@ def population_sweep(tmp_path_factory, small_names):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", with_tests_on_path())  # job_events.py
         result = run_script(
-            "train.py", "-m", *POPULATION, "model=mlp", "model.n_hidden=50,64", "optimizer.lr=0.01,100,-1",
-            *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
-            "+hydra.callbacks.job_events._target_=job_events.JobEvents", f"+hydra.callbacks.job_events.path={events}",
+            "train.py",
+            "-m",
+            *POPULATION,
+            "model=mlp",
+            "model.n_hidden=50,64",
+            "optimizer.lr=0.01,100,-1",
+            *TINY,
+            f"data.path={small_names}",
+            f"hydra.sweep.dir={sweep_dir}",
+            "+hydra.callbacks.job_events._target_=job_events.JobEvents",
+            f"+hydra.callbacks.job_events.path={events}",
         )
     assert result.returncode == 0, result.stderr[-3000:]
-    by_overrides = {(o["model.n_hidden"], o["optimizer.lr"]): job for job in sorted(p.name for p in sweep_dir.iterdir()
-                    if p.is_dir()) for o in [job_overrides(sweep_dir, job)]}
+    by_overrides = {
+        (o["model.n_hidden"], o["optimizer.lr"]): job
+        for job in sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+        for o in [job_overrides(sweep_dir, job)]
+    }
     return sweep_dir, result.stdout + result.stderr, by_overrides, [json.loads(line) for line in events.open()]
 
 
 def launcher_lines(output: str) -> list[str]:
     """The launcher's log lines, without Hydra's time and logger prefix."""
-    return [re.sub(r"^\[[^]]*\]\[[^]]*\](\[[A-Z]+\])?( - )? ?", "", line) for line in output.splitlines()
-            if "group" in line or re.search(r"\] job \d+ ", line)]
+    return [
+        re.sub(r"^\[[^]]*\]\[[^]]*\](\[[A-Z]+\])?( - )? ?", "", line)
+        for line in output.splitlines()
+        if "group" in line or re.search(r"\] job \d+ ", line)
+    ]
 
 
 @pytest.mark.slow
@@ -208,8 +235,11 @@ def test_the_launcher_logs_its_groups_and_why_each_job_could_not_join(population
         bad = jobs[(n_hidden, "-1")]
         assert f"job {bad} runs alone: bad value: optimizer.lr must be a positive number below 1e30, got -1" in lines
     for lr in ("0.01", "100"):  # the second population's members: cannot join the first, for their width
-        assert any(line.startswith(f"job {jobs[('64', lr)]} is in a population of 2: it cannot join job(s) ")
-                   and "model.n_hidden (64, not 50)" in line for line in lines)
+        assert any(
+            line.startswith(f"job {jobs[('64', lr)]} is in a population of 2: it cannot join job(s) ")
+            and "model.n_hidden (64, not 50)" in line
+            for line in lines
+        )
 
 
 @pytest.mark.slow
@@ -218,7 +248,10 @@ def test_each_members_console_lines_name_it_and_its_train_log_has_them_as_a_solo
     for n_hidden in ("50", "64"):
         good, diverged = jobs[(n_hidden, "0.01")], jobs[(n_hidden, "100")]
         assert re.search(rf"\[#{good}\] step 10: val loss \d", output)
-        assert re.search(rf"\[#{good}\] final report at step 20 \(.*optimizer\.lr=0\.01", output)
+        # the job's one console line is its losses; which step it reports and with what overrides, its train.log
+        assert re.search(
+            r"\] - final report at step 20 \(.*optimizer\.lr=0\.01", (sweep_dir / good / "train.log").read_text()
+        )
         assert re.search(rf"\[#{diverged}\] the loss became .* training diverged", output)
         for job in (good, diverged):
             log = (sweep_dir / job / "train.log").read_text()
@@ -310,8 +343,15 @@ def test_optuna_trains_each_batch_of_trials_as_a_population_by_the_engine(tmp_pa
     needs("makemore_optuna_sweeper", "optuna")
     sweep_dir = tmp_path / "optuna"
     result = run_script(
-        "train.py", "-m", "hparams_search=mlp_lr_population", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
-        "~callbacks.progress_bar", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        "hparams_search=mlp_lr_population",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "~callbacks.progress_bar",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = launcher_lines(result.stdout + result.stderr)
@@ -329,10 +369,22 @@ def test_the_same_population_sweep_run_again_continues_it_by_the_engine(tmp_path
     """As under the basic launcher (sweep_policy.py): Ctrl-C, then the same command again resumes every interrupted
     member from its last.ckpt in one population; once more, and every finished job is kept, nothing retrained."""
     sweep_dir = tmp_path / "sweep"
-    command = [sys.executable, str(ROOT / "train.py"), "-m", *POPULATION, "model=mlp", "optimizer.lr=0.02,0.05",
-               "trainer.max_steps=3000", "trainer.val_check_interval=3000", "trainer.accelerator=cpu", "threads=1",
-               "num_samples=1", "callbacks.last_checkpoint.every_seconds=0.5", f"data.path={small_names}",
-               f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *POPULATION,
+        "model=mlp",
+        "optimizer.lr=0.02,0.05",
+        "trainer.max_steps=3000",
+        "trainer.val_check_interval=3000",
+        "trainer.accelerator=cpu",
+        "threads=1",
+        "num_samples=1",
+        "callbacks.last_checkpoint.every_seconds=0.5",
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     for job in ("0", "1"):
         wait_for(sweep_dir / job / "checkpoints" / "last.ckpt", first)
@@ -345,13 +397,14 @@ def test_the_same_population_sweep_run_again_continues_it_by_the_engine(tmp_path
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     lines = launcher_lines(again.stdout + again.stderr)
-    assert "group 0: job(s) 0,1 as one population of 2" in lines and not [l for l in lines if "refused" in l]
+    assert "group 0: job(s) 0,1 as one population of 2" in lines and not [line for line in lines if "refused" in line]
     for job in ("0", "1"):
         summary = job_summary(sweep_dir, job)
         assert (summary["steps"], summary["resumed_from_step"], summary["population_size"]) == (3000, stopped, 2)
         last = str(sweep_dir / job / "checkpoints" / "last.ckpt")  # its resume said once, by the member itself
         assert [line.split("] ", 1)[-1] for line in again.stdout.splitlines() if last in line] == [
-            f"[#{job}] resumed from {last} at step {summary['resumed_from_step']}"], again.stdout[-3000:]
+            f"[#{job}] resumed from {last} at step {summary['resumed_from_step']}"
+        ], again.stdout[-3000:]
     finished = {job: (sweep_dir / job / "summary.json").read_bytes() for job in ("0", "1")}
 
     third = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -359,7 +412,8 @@ def test_the_same_population_sweep_run_again_continues_it_by_the_engine(tmp_path
     lines = launcher_lines(third.stdout + third.stderr)
     assert [line for line in lines if "earlier run" in line] == [
         f"job {job} finished in an earlier run of this sweep: kept (val_loss {job_summary(sweep_dir, job)['val_loss']})"
-        for job in ("0", "1")]
+        for job in ("0", "1")
+    ]
     assert not [line for line in lines if "group" in line]  # nothing left to group or train
     assert {job: (sweep_dir / job / "summary.json").read_bytes() for job in ("0", "1")} == finished
     assert sorted(r["job"] for r in read_rows(sweep_dir) if r["val_loss"]) == ["0", "1"]
@@ -372,14 +426,30 @@ def test_the_same_population_sweep_run_again_continues_it_by_the_engine(tmp_path
 @pytest.mark.slow
 def test_benchmark_times_one_run_and_the_sweep_and_says_how_its_jobs_trained(tmp_path, small_names):
     out = tmp_path / "benchmark.json"
-    result = run_script("scripts/benchmark_population.py", "--models", "mlp", "--steps", "20", "--points", "2",
-                        "--launchers", "population", "--json", str(out),
-                        f"data.path={small_names}", "~callbacks.diagnostics", "logger=none", "num_samples=0")
+    result = run_script(
+        "scripts/benchmark_population.py",
+        "--models",
+        "mlp",
+        "--steps",
+        "20",
+        "--points",
+        "2",
+        "--launchers",
+        "population",
+        "--json",
+        str(out),
+        f"data.path={small_names}",
+        "~callbacks.diagnostics",
+        "logger=none",
+        "num_samples=0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = json.loads(out.read_text())["runs"]
     rows = run["rows"]
-    assert [(r["launcher"], r["jobs"], r["failed"], r["steps"]) for r in rows] == [("one run", 1, 0, 20),
-                                                                                   ("population", 2, 0, 20)]
+    assert [(r["launcher"], r["jobs"], r["failed"], r["steps"]) for r in rows] == [
+        ("one run", 1, 0, 20),
+        ("population", 2, 0, 20),
+    ]
     population = rows[1]
     assert sum(size * count for size, count in population["population_sizes"]) == 2
     assert population["x_one_run"] == pytest.approx(population["seconds"] / rows[0]["seconds"])
@@ -393,9 +463,19 @@ def test_each_group_is_one_submitit_job_with_the_same_records_as_here(tmp_path, 
     summary.json and row, as the population launcher gives them in its own process."""
     pytest.importorskip("submitit", reason="needs the submitit extra: pip install -e '.[submitit]'")
     sweep_dir = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "hydra/launcher=population_slurm", "hydra.launcher.submitit.cluster=local",
-                        "~callbacks.progress_bar", "~callbacks.diagnostics", "model=mlp,bigram",
-                        "optimizer.lr=0.1,0.2", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=population_slurm",
+        "hydra.launcher.submitit.cluster=local",
+        "~callbacks.progress_bar",
+        "~callbacks.diagnostics",
+        "model=mlp,bigram",
+        "optimizer.lr=0.1,0.2",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     submitted = re.findall(r"job\(s\) (\d,\d): local job (\d+)", output)
@@ -409,18 +489,37 @@ def test_each_group_is_one_submitit_job_with_the_same_records_as_here(tmp_path, 
     check_rows_match_jobs(sweep_dir, read_rows(sweep_dir))
 
 
+def early_stopping_sweep(sweep_dir: Path, data: Path, *overrides: str) -> list[str]:
+    """A population sweep whose members stop early when their val loss stalls (Lightning's EarlyStopping)."""
+    return [
+        "-m",
+        *POPULATION,
+        "model=mlp",
+        "model.n_hidden=16",
+        "callbacks=[default,early_stopping]",
+        "~callbacks.diagnostics",
+        "logger=none",
+        "trainer.max_steps=3000",
+        "trainer.val_check_interval=100",
+        "threads=1",
+        "trainer.accelerator=cpu",
+        "num_samples=1",
+        f"data.path={data}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+
+
 @pytest.mark.slow
 def test_a_member_whose_peer_stopped_early_resumes_alone_from_its_member_checkpoint(tmp_path, small_names):
     """Job 0 (lr=1e-9) stops early, job 1 trains on; Ctrl-C; the printed command runs the sweep again: job 0 is kept,
     job 1 is the only one left to train, and resumes from its population member's checkpoint (no Lightning loop
     state, which a run cannot resume) as a population of one, instead of failing."""
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", *POPULATION, "model=mlp", "model.n_hidden=16", "callbacks=[default,early_stopping]",
-            "~callbacks.diagnostics", "logger=none", "trainer.max_steps=3000", "trainer.val_check_interval=100",
-            "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=1e-9,0.1", "threads=1",
-            "trainer.accelerator=cpu", "num_samples=1", f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    args = early_stopping_sweep(
+        sweep_dir, small_names, "optimizer.lr=1e-9,0.1", "callbacks.last_checkpoint.every_seconds=0.5"
+    )
+    proc = start_train_py(*args)
     wait_for(sweep_dir / "0" / "summary.json", proc, timeout=180)
     wait_for(sweep_dir / "1" / "checkpoints" / "last.ckpt", proc, timeout=60)
     proc.send_signal(signal.SIGINT)
@@ -445,12 +544,7 @@ def test_ctrl_c_after_every_member_stopped_early_says_their_results_are_kept(tmp
     population (the launcher's between-jobs handler) or at its very end: either way one line that says the two
     jobs ended and keep their results, never "nothing was saved" or a resume from a step."""
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), "-m", *POPULATION, "model=mlp", "model.n_hidden=16",
-         "callbacks=[default,early_stopping]", "~callbacks.diagnostics", "logger=none", "trainer.max_steps=3000",
-         "trainer.val_check_interval=100", "optimizer.lr=1e-9,2e-9", "threads=1", "trainer.accelerator=cpu",
-         "num_samples=1", f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = start_train_py(*early_stopping_sweep(sweep_dir, small_names, "optimizer.lr=1e-9,2e-9"))
     wait_for(sweep_dir / "1" / "summary.json", proc, timeout=180)
     wait_for(sweep_dir / "0" / "summary.json", proc, timeout=10)
     proc.send_signal(signal.SIGINT)
@@ -459,9 +553,12 @@ def test_ctrl_c_after_every_member_stopped_early_says_their_results_are_kept(tmp
         return
     assert proc.returncode == 130, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith(("error: interrupted between sweep jobs; the 2 job(s) that ended keep their results.",
-                            "error: Ctrl-C after every member of the population of 2 had ended: their results are "
-                            "kept.")), stdout[-2000:] + stderr[-2000:]
+    assert last.startswith(
+        (
+            "error: interrupted between sweep jobs; the 2 job(s) that ended keep their results.",
+            "error: Ctrl-C after every member of the population of 2 had ended: their results are kept.",
+        )
+    ), stdout[-2000:] + stderr[-2000:]
     assert all(job_summary(sweep_dir, job)["steps"] < 3000 for job in ("0", "1"))
 
 
@@ -469,8 +566,16 @@ def test_ctrl_c_after_every_member_stopped_early_says_their_results_are_kept(tmp
 @pytest.mark.parametrize("value", ["-1", "abc", "nan"])
 def test_a_bad_memory_budget_refuses_the_sweep_in_one_line_before_any_job(tmp_path, value):
     sweep_dir = tmp_path / "sweep"
-    result = run_script("train.py", "-m", *POPULATION, "optimizer.lr=0.1,0.2", f"+population_max_memory_gb={value}",
-                        f"hydra.sweep.dir={sweep_dir}")
+    result = run_script(
+        "train.py",
+        "-m",
+        *POPULATION,
+        "optimizer.lr=0.1,0.2",
+        f"+population_max_memory_gb={value}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: population_max_memory_gb must be a positive number")
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("error: population_max_memory_gb must be a positive number")
+    )
     assert not sweep_dir.exists() or not list(sweep_dir.iterdir())  # no job dir, no multirun.yaml

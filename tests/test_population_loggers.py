@@ -20,9 +20,18 @@ def logged_population(tmp_path_factory, small_names):
     root = tmp_path_factory.mktemp("population_loggers")
     sweep_dir = root / "sweep"
     result = run_script(
-        "train.py", "-m", "hydra/launcher=population", "logger=[wandb,mlflow]", "debug=fast", "threads=1",
-        f"optimizer.lr={','.join(LRS)}", f"data.path={small_names}", f"paths.log_dir={root / 'logs'}",
-        f"hydra.sweep.dir={sweep_dir}", cwd=root)
+        "train.py",
+        "-m",
+        "hydra/launcher=population",
+        "logger=[wandb,mlflow]",
+        "debug=fast",
+        "threads=1",
+        f"optimizer.lr={','.join(LRS)}",
+        f"data.path={small_names}",
+        f"paths.log_dir={root / 'logs'}",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "population of 3" in result.stdout + result.stderr  # the three jobs trained together
     return root, sweep_dir
@@ -32,8 +41,9 @@ def history(run_file: Path) -> list[dict]:
     rows = []
     for record in wandb_records(run_file):
         if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
     return rows
 
 

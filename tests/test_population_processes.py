@@ -17,9 +17,16 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, run_script
 from makemore_lab.errors import UserError
-from makemore_lab.population.processes import (MIN_MEMBERS, Workers, environment, process_count, split,
-                                               train_side_by_side, trains_on_cpu)
-from test_reliability import saved_step, wait_for
+from makemore_lab.population.processes import (
+    MIN_MEMBERS,
+    Workers,
+    environment,
+    process_count,
+    split,
+    train_side_by_side,
+    trains_on_cpu,
+)
+from test_reliability import saved_step, start_train_py
 from test_sweeps import compose_with_hydra, job_summary, read_rows
 
 POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]
@@ -40,16 +47,19 @@ def sweep_config():
     return compose_with_hydra("hydra.hydra_logging.root=null")  # 8 jobs, the last one diverges
 
 
-@pytest.mark.parametrize("setting, budget, members, on_cpu, expected", [
-    ("auto", 2, 16, True, 2),   # the lecture sweep on two cores: 8 + 8
-    ("auto", 2, 2 * MIN_MEMBERS - 1, True, 1),  # too few for two parts of MIN_MEMBERS
-    ("auto", 2, 2 * MIN_MEMBERS, True, 2),
-    ("auto", 1, 64, True, 1),   # threads=1: one process
-    ("auto", 16, 16, True, 16 // MIN_MEMBERS),
-    (3, 16, 64, True, 3),       # hydra.launcher.processes caps it
-    (1, 16, 64, True, 1),
-    ("auto", 16, 256, False, 1),  # a GPU: one process
-])
+@pytest.mark.parametrize(
+    "setting, budget, members, on_cpu, expected",
+    [
+        ("auto", 2, 16, True, 2),  # the lecture sweep on two cores: 8 + 8
+        ("auto", 2, 2 * MIN_MEMBERS - 1, True, 1),  # too few for two parts of MIN_MEMBERS
+        ("auto", 2, 2 * MIN_MEMBERS, True, 2),
+        ("auto", 1, 64, True, 1),  # threads=1: one process
+        ("auto", 16, 16, True, 16 // MIN_MEMBERS),
+        (3, 16, 64, True, 3),  # hydra.launcher.processes caps it
+        (1, 16, 64, True, 1),
+        ("auto", 16, 256, False, 1),  # a GPU: one process
+    ],
+)
 def test_how_many_processes_a_group_trains_in(setting, budget, members, on_cpu, expected):
     assert process_count(setting, budget, members, on_cpu) == expected
 
@@ -62,11 +72,18 @@ def test_a_bad_processes_setting_is_refused_in_one_line(setting):
 
 @pytest.mark.slow
 def test_train_py_refuses_a_bad_processes_setting_in_one_line_before_any_job(tmp_path):
-    result = run_script("train.py", "-m", *POPULATION, "hydra.launcher.processes=two", "optimizer.lr=0.1,0.2",
-                        f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    result = run_script(
+        "train.py",
+        "-m",
+        *POPULATION,
+        "hydra.launcher.processes=two",
+        "optimizer.lr=0.1,0.2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: hydra.launcher.processes must be auto or a positive whole number, got 'two'")
+        "error: hydra.launcher.processes must be auto or a positive whole number, got 'two'"
+    )
     assert not [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
 
 
@@ -111,13 +128,21 @@ def test_a_part_left_without_a_live_worker_fails_its_members_and_the_other_parts
     assert "no worker process was left to train this member's part" in str(outcomes[0])
 
 
-@pytest.mark.parametrize("accelerator, cuda, on_cpu", [
-    ("cpu", True, True), ("mps", True, True),  # an accelerator that allows no CUDA GPU
-    ("auto", True, False), ("gpu", True, False), ("cuda", True, False),
-    ("auto", False, True), ("gpu", False, True),  # no CUDA: the CPU
-])
+@pytest.mark.parametrize(
+    "accelerator, cuda, on_cpu",
+    [
+        ("cpu", True, True),
+        ("mps", True, True),  # an accelerator that allows no CUDA GPU
+        ("auto", True, False),
+        ("gpu", True, False),
+        ("cuda", True, False),
+        ("auto", False, True),
+        ("gpu", False, True),  # no CUDA: the CPU
+    ],
+)
 def test_a_population_trains_on_a_gpu_only_where_its_accelerator_allows_one_and_cuda_is_there(
-        monkeypatch, accelerator, cuda, on_cpu):
+    monkeypatch, accelerator, cuda, on_cpu
+):
     """The launcher's answer (before torch is loaded) and the engine's device, on a CUDA build of torch."""
     import torch
 
@@ -132,8 +157,10 @@ def test_a_population_trains_on_a_gpu_only_where_its_accelerator_allows_one_and_
 
 @pytest.mark.skipif(not importlib.metadata.version("torch").endswith("+cpu"), reason="a CPU-only torch build")
 def test_on_a_cpu_only_torch_the_launcher_knows_it_trains_on_the_cpu_without_importing_torch():
-    probe = ("import sys; from makemore_lab.population.processes import trains_on_cpu; "
-             "print(trains_on_cpu('auto'), trains_on_cpu('gpu'), 'torch' in sys.modules)")
+    probe = (
+        "import sys; from makemore_lab.population.processes import trains_on_cpu; "
+        "print(trains_on_cpu('auto'), trains_on_cpu('gpu'), 'torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "True", "False"]
 
@@ -141,8 +168,20 @@ def test_on_a_cpu_only_torch_the_launcher_knows_it_trains_on_the_cpu_without_imp
 def sweep_command(sweep_dir, small_names, *extra: str) -> list[str]:
     """8 tiny MLP jobs with threads=2: two parts of 4 on this CPU. Without the diagnostics and TensorBoard (each
     member's end-of-run figures and event files: the same code in a worker as in one process, tested there)."""
-    return ["-m", *POPULATION, "model=mlp", "model.n_hidden=16", "trainer.accelerator=cpu", "threads=2", "num_samples=1",
-            "~callbacks.diagnostics", "logger=none", f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}", *extra]
+    return [
+        "-m",
+        *POPULATION,
+        "model=mlp",
+        "model.n_hidden=16",
+        "trainer.accelerator=cpu",
+        "threads=2",
+        "num_samples=1",
+        "~callbacks.diagnostics",
+        "logger=none",
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -160,8 +199,11 @@ def test_a_group_of_eight_trains_as_two_populations_in_two_processes_as_it_would
     one = run_script("train.py", *sweep_command(tmp_path / "one", small_names, *steps, "hydra.launcher.processes=1"))
     assert two.returncode == 0 and one.returncode == 0, (two.stderr + one.stderr)[-3000:]
     output = two.stdout + two.stderr
-    assert re.search(r"job\(s\) 0,1,2,3,4,5,6,7: 2 populations side by side in 2 processes \(4 \+ 4 members\), "
-                     r"1 thread\(s\) each", output)
+    assert re.search(
+        r"job\(s\) 0,1,2,3,4,5,6,7: 2 populations side by side in 2 processes \(4 \+ 4 members\), "
+        r"1 thread\(s\) each",
+        output,
+    )
     # every part trained in a worker: the launcher never imported torch or Lightning
     assert imported.read_text() == "neither"
     # the workers log through Hydra's handlers, with the member's prefix: Lightning added no console handler of its
@@ -183,20 +225,27 @@ def test_a_group_of_eight_trains_as_two_populations_in_two_processes_as_it_would
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, to_group, code, name", [
-    (signal.SIGTERM, False, 143, "SIGTERM"),  # a scheduler's kill of the parent alone: the workers do not get it
-    (signal.SIGINT, True, 130, "Ctrl-C"),     # the terminal's Ctrl-C reaches every process of the group
-])
+@pytest.mark.parametrize(
+    "signum, to_group, code, name",
+    [
+        (signal.SIGTERM, False, 143, "SIGTERM"),  # a scheduler's kill of the parent alone: the workers do not get it
+        (signal.SIGINT, True, 130, "Ctrl-C"),  # the terminal's Ctrl-C reaches every process of the group
+    ],
+)
 def test_a_signal_stops_every_part_saves_every_member_and_the_printed_command_resumes_them(
-        tmp_path, small_names, signum, to_group, code, name):
+    tmp_path, small_names, signum, to_group, code, name
+):
     sweep_dir = tmp_path / "sweep"
-    args = sweep_command(sweep_dir, small_names, "trainer.max_steps=3000", "trainer.val_check_interval=3000",
-                         "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,2")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    args = sweep_command(
+        sweep_dir,
+        small_names,
+        "trainer.max_steps=3000",
+        "trainer.val_check_interval=3000",
+        "callbacks.last_checkpoint.every_seconds=0.5",
+        "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.5,1,2",
+    )
     jobs = [str(j) for j in range(8)]
-    for job in jobs:  # both parts have trained and saved
-        wait_for(sweep_dir / job / "checkpoints" / "last.ckpt", proc, timeout=180)
+    proc = start_train_py(*args, saved=[sweep_dir / job for job in jobs], new_session=True)  # both parts saved
     if to_group:
         os.killpg(proc.pid, signum)
     else:
@@ -226,15 +275,21 @@ def test_the_benchmark_times_the_one_process_layout_next_to_the_default():
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     assert benchmark.launcher_overrides("population-one-process", 2, 2) == (
-        ["hydra/launcher=population", "hydra.launcher.processes=1", "threads=2"], 2)
+        ["hydra/launcher=population", "hydra.launcher.processes=1", "threads=2"],
+        2,
+    )
     assert benchmark.launcher_overrides("population", 2, 2) == (["hydra/launcher=population", "threads=2"], 2)
     # the start-up column: the first model's line, as a solo run and a population member log it
     started = datetime(2026, 12, 2, 16, 52, 50).timestamp()
-    solo = ("[2026-12-02 16:52:53,634][lightning_fabric.utilities.seed][INFO] - Seed set to 42\n"
-            "[2026-12-02 16:52:53,687][makemore_lab.train][INFO] - wavenet: 76,579 params, vocab 27, block_size 8\n")
-    member = ("[2026-12-02 16:52:58,123][HYDRA] Launching 16 jobs as populations\n"
-              "[2026-12-02 16:53:04,053][HYDRA] [#0] wavenet: 76,579 params, vocab 27, block_size 8\n"
-              "[2026-12-02 16:53:04,072][HYDRA] [#8] wavenet: 76,579 params, vocab 27, block_size 8\n")
+    solo = (
+        "[2026-12-02 16:52:53,634][lightning_fabric.utilities.seed][INFO] - Seed set to 42\n"
+        "[2026-12-02 16:52:53,687][makemore_lab.train][INFO] - wavenet: 76,579 params, vocab 27, block_size 8\n"
+    )
+    member = (
+        "[2026-12-02 16:52:58,123][HYDRA] Launching 16 jobs as populations\n"
+        "[2026-12-02 16:53:04,053][HYDRA] [#0] wavenet: 76,579 params, vocab 27, block_size 8\n"
+        "[2026-12-02 16:53:04,072][HYDRA] [#8] wavenet: 76,579 params, vocab 27, block_size 8\n"
+    )
     assert benchmark.startup_seconds(solo, started) == pytest.approx(3.687, abs=1e-6)
     assert benchmark.startup_seconds(member, started) == pytest.approx(14.053, abs=1e-6)
     assert benchmark.startup_seconds("no model was built\n", started) is None
@@ -254,16 +309,28 @@ def test_every_optuna_batch_under_threads_auto_trains_side_by_side(tmp_path, sma
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TMPDIR", str(temp))
         mp.delenv("OMP_NUM_THREADS", raising=False)
-        result = run_script("train.py", "-m", "hparams_search=mlp_lr_population", "hydra.sweeper.n_trials=16",
-                            "trainer.max_steps=20", "trainer.val_check_interval=20", "trainer.accelerator=cpu",
-                            "~callbacks.progress_bar", "~callbacks.diagnostics", "logger=none", "num_samples=0",
-                            f"data.path={small_names}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+        result = run_script(
+            "train.py",
+            "-m",
+            "hparams_search=mlp_lr_population",
+            "hydra.sweeper.n_trials=16",
+            "trainer.max_steps=20",
+            "trainer.val_check_interval=20",
+            "trainer.accelerator=cpu",
+            "~callbacks.progress_bar",
+            "~callbacks.diagnostics",
+            "logger=none",
+            "num_samples=0",
+            f"data.path={small_names}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fork server did not start" not in result.stdout + result.stderr
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "side by side" in line]
     assert [line.split("] ", 1)[1] for line in lines] == [
         f"job(s) {','.join(map(str, jobs))}: 2 populations side by side in 2 processes (4 + 4 members), 1 thread(s) each"
-        for jobs in (range(8), range(8, 16))]
+        for jobs in (range(8), range(8, 16))
+    ]
 
 
 @pytest.mark.slow
@@ -272,12 +339,16 @@ def test_sigusr2_saves_every_member_and_ends_interrupted_not_failed(tmp_path, sm
     scheduler's handler to requeue it (not a SLURM job) the sweep ends interrupted (exit 140): every member saved,
     no failure.json, and the same command resumes it."""
     sweep_dir = tmp_path / "sweep"
-    args = sweep_command(sweep_dir, small_names, "trainer.max_steps=3000", "trainer.val_check_interval=3000",
-                         "threads=1", "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.01,0.02")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
-    for job in ("0", "1"):
-        wait_for(sweep_dir / job / "checkpoints" / "last.ckpt", proc, timeout=180)
+    args = sweep_command(
+        sweep_dir,
+        small_names,
+        "trainer.max_steps=3000",
+        "trainer.val_check_interval=3000",
+        "threads=1",
+        "callbacks.last_checkpoint.every_seconds=0.5",
+        "optimizer.lr=0.01,0.02",
+    )
+    proc = start_train_py(*args, saved=[sweep_dir / "0", sweep_dir / "1"])
     proc.send_signal(signal.SIGUSR2)
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 140, stderr[-3000:]

@@ -12,16 +12,42 @@ import pytest
 import torch
 
 from conftest import ROOT, read_scalar_steps, read_scalars, run_script
-from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.commands import hydra_quote
+from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.train import train
+
+
+def start_train_py(*args: str, saved=(), new_session: bool = False) -> subprocess.Popen:
+    """`python train.py <args>` started in the background as a user starts it, returned once every run or job dir in
+    `saved` holds a last.ckpt; `new_session`: its own process group (a terminal's Ctrl-C reaches all of it)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=new_session,
+    )
+    for run_dir in saved:
+        wait_for(Path(run_dir) / "checkpoints" / "last.ckpt", proc, timeout=180)
+    return proc
 
 
 def start_training(run_dir: Path, data: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={hydra_quote(str(run_dir))}", f"data.path={data}",
-         "trainer.accelerator=cpu", "callbacks.last_checkpoint.every_seconds=1", *overrides],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.run.dir={hydra_quote(str(run_dir))}",
+            f"data.path={data}",
+            "trainer.accelerator=cpu",
+            "callbacks.last_checkpoint.every_seconds=1",
+            *overrides,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
 
 
@@ -57,7 +83,8 @@ def test_a_signal_saves_a_checkpoint_and_the_printed_resume_command_runs(tmp_pat
     assert command.startswith("python train.py ") and "model=wavenet" in command
     # Run it as printed, with this interpreter and a nearer end (max_steps is one of the run's own overrides).
     command = command.replace("python", shlex.quote(sys.executable), 1).replace(
-        "trainer.max_steps=1000000", f"trainer.max_steps={step + 40}")
+        "trainer.max_steps=1000000", f"trainer.max_steps={step + 40}"
+    )
     resumed = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -79,9 +106,19 @@ def test_resume_after_sigkill_finishes_at_max_steps(tmp_path, small_names):
     assert not (run_dir / "summary.json").exists()
 
     resumed = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", f"ckpt_path={last}",
-         f"data.path={small_names}", "trainer.accelerator=cpu", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.run.dir={run_dir}",
+            f"ckpt_path={last}",
+            f"data.path={small_names}",
+            "trainer.accelerator=cpu",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -97,14 +134,23 @@ def test_resume_with_a_different_model_is_refused(tmp_path, small_names, compose
     train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     with pytest.raises(UserError, match="different model"):
-        train(compose_train(f"data.path={small_names}", "model.n_hidden=50", f"ckpt_path={last}",
-                            f"paths.output_dir={tmp_path}/other"))
+        train(
+            compose_train(
+                f"data.path={small_names}",
+                "model.n_hidden=50",
+                f"ckpt_path={last}",
+                f"paths.output_dir={tmp_path}/other",
+            )
+        )
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(compose_train, small_names):
     cfg = compose_train(
-        f"data.path={small_names}", "model._target_=exploding_model.ExplodingMLP", "+model.explode_at_call=25",
-        "trainer.max_steps=100", "trainer.val_check_interval=10",
+        f"data.path={small_names}",
+        "model._target_=exploding_model.ExplodingMLP",
+        "+model.explode_at_call=25",
+        "trainer.max_steps=100",
+        "trainer.val_check_interval=10",
     )
     with pytest.raises(TrainingDiverged) as caught:
         train(cfg)
@@ -129,8 +175,14 @@ def test_a_second_run_in_the_same_run_dir_is_refused_while_the_first_runs(tmp_pa
     finally:
         first.kill()  # SIGKILL: the lock goes with the process
         first.wait()
-    resumed = run_script("train.py", f"hydra.run.dir={run_dir}", f"data.path={small_names}", "trainer.max_steps=1000000",
-                         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=1")
+    resumed = run_script(
+        "train.py",
+        f"hydra.run.dir={run_dir}",
+        f"data.path={small_names}",
+        "trainer.max_steps=1000000",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "trainer.max_steps=1",
+    )
     assert "in use" not in resumed.stderr  # not stuck: (this resume is refused for its own reason, or finishes)
 
 
@@ -141,8 +193,13 @@ def test_a_finished_run_dir_is_not_overwritten_by_a_new_run(compose_train, small
         train(compose_train(f"data.path={small_names}", "seed=3"))
     assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text()) == first
     # continuing it is not overwriting it
-    more = train(compose_train(f"data.path={small_names}", "trainer.max_steps=30",
-                               f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"))
+    more = train(
+        compose_train(
+            f"data.path={small_names}",
+            "trainer.max_steps=30",
+            f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}",
+        )
+    )
     assert more["steps"] == 30 and more["resumed_from_step"] == 20
     # the resumed segment's summary is honest: its own rate, and the health verdict is kept
     assert more["steps_per_second"] == pytest.approx(10 / more["train_seconds"])
@@ -169,11 +226,20 @@ def test_resuming_with_another_optimizer_is_refused_and_a_new_lr_is_applied(comp
     train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     with pytest.raises(UserError, match="different optimizer"):
-        train(compose_train(f"data.path={small_names}", "optimizer=adam", f"ckpt_path={last}",
-                            f"paths.output_dir={tmp_path}/adam"))
-    resumed = compose_train(f"data.path={small_names}", "schedule=constant", "optimizer.lr=0.02",
-                            "trainer.max_steps=40", "trainer.log_every_n_steps=10", f"ckpt_path={last}",
-                            f"paths.output_dir={tmp_path}/lr")
+        train(
+            compose_train(
+                f"data.path={small_names}", "optimizer=adam", f"ckpt_path={last}", f"paths.output_dir={tmp_path}/adam"
+            )
+        )
+    resumed = compose_train(
+        f"data.path={small_names}",
+        "schedule=constant",
+        "optimizer.lr=0.02",
+        "trainer.max_steps=40",
+        "trainer.log_every_n_steps=10",
+        f"ckpt_path={last}",
+        f"paths.output_dir={tmp_path}/lr",
+    )
     train(resumed)
     lrs = read_scalars(Path(resumed.paths.output_dir) / "tensorboard")["lr"]
     assert lrs[-1] == pytest.approx(0.02)  # the new value, not the checkpoint's 0.1
@@ -228,8 +294,15 @@ def test_ctrl_c_while_starting_up_is_one_line(tmp_path, small_names, delay):
 def test_a_second_ctrl_c_aborts_at_once_with_130(tmp_path, small_names):
     run_dir = tmp_path / "run"
     # batches of 1,000 WaveNet steps (a second or so): the second Ctrl-C lands inside the batch the first one ends
-    proc = start_training(run_dir, small_names, "trainer.max_steps=1000000", "model=wavenet", "block_size=4",
-                          "steps_per_call=1000", "trainer.log_every_n_steps=1000")
+    proc = start_training(
+        run_dir,
+        small_names,
+        "trainer.max_steps=1000000",
+        "model=wavenet",
+        "block_size=4",
+        "steps_per_call=1000",
+        "trainer.log_every_n_steps=1000",
+    )
     wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.1)  # two signals at once are one to Python

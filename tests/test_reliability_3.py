@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, run_script
-from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab import resume
+from makemore_lab.checkpoint import checkpoint_datamodule, load_trained_net
 from makemore_lab.errors import TrainingInterrupted, UserError
 from makemore_lab.population import processes
 from makemore_lab.population.processes import StopFlag
@@ -190,10 +190,16 @@ def test_data_settings_a_checkpoint_cannot_have_are_one_line(trained):
         checkpoint_datamodule({**meta, "data": {**meta["data"], "no_such_setting": 1}}, vocab)
 
 
-@pytest.mark.parametrize("script, name", [
-    ("sample.py", "text"), ("eval.py", "directory"), ("train.py", "random_5000_bytes"),
-    ("sample.py", "weights_of_another_size"), ("train.py", "weights_of_another_size"),
-])
+@pytest.mark.parametrize(
+    "script, name",
+    [
+        ("sample.py", "text"),
+        ("eval.py", "directory"),
+        ("train.py", "random_5000_bytes"),
+        ("sample.py", "weights_of_another_size"),
+        ("train.py", "weights_of_another_size"),
+    ],
+)
 def test_a_file_that_is_not_a_checkpoint_is_one_line_in_each_entry_point(trained, small_names, tmp_path, script, name):
     path = not_checkpoints(trained, tmp_path, tmp_path / "unused")[name]
     extra = [*TINY, f"data.path={small_names}", f"hydra.run.dir={tmp_path / 'resumed'}"] if script == "train.py" else []
@@ -206,8 +212,10 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line_in_each_entry_point(trained
 @pytest.mark.parametrize("script", ["sample.py", "eval.py"])
 def test_sample_and_eval_without_ckpt_path_are_one_line(script):
     line = assert_one_line(run_script(script, "ckpt_path=null"))  # sample.py without it: the newest run (test_cli)
-    assert line == (f"error: ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt (or "
-                    "ckpt_path=latest: the newest run under logs/)")
+    assert line == (
+        f"error: ckpt_path is required: python {script} ckpt_path=<run dir>/checkpoints/last.ckpt (or "
+        "ckpt_path=latest: the newest run under logs/)"
+    )
 
 
 # ------------------------------------------------------------------------- 3. a run dir belongs to one run
@@ -241,10 +249,22 @@ def test_rerunning_into_an_interrupted_run_dir_refuses_with_the_resume_command(t
 
 def start_sweep(sweep_dir: Path, data: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), "-m", f"hydra.sweep.dir={sweep_dir}", f"data.path={data}",
-         "trainer.accelerator=cpu", "threads=1", "num_samples=1", "callbacks.last_checkpoint.every_seconds=1",
-         *overrides],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            f"hydra.sweep.dir={sweep_dir}",
+            f"data.path={data}",
+            "trainer.accelerator=cpu",
+            "threads=1",
+            "num_samples=1",
+            "callbacks.last_checkpoint.every_seconds=1",
+            *overrides,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
 
 
@@ -277,7 +297,9 @@ def test_a_sweep_dir_belongs_to_one_sweep(tmp_path, small_names):
 
     other = start_sweep(sweep_dir, small_names, "trainer.max_steps=30,40")
     _, err = other.communicate(timeout=120)
-    assert other.returncode == 2 and err.strip().splitlines()[-1].startswith(f"error: sweep dir {sweep_dir} holds another sweep")
+    assert other.returncode == 2 and err.strip().splitlines()[-1].startswith(
+        f"error: sweep dir {sweep_dir} holds another sweep"
+    )
     assert (sweep_dir / "summary.csv").read_text() == rows
 
 
@@ -286,8 +308,13 @@ def test_a_sweep_dir_belongs_to_one_sweep(tmp_path, small_names):
 
 def test_resuming_at_max_steps_is_refused_and_leaves_summary_json(trained, small_names):
     summary = (trained / "summary.json").read_bytes()
-    resumed = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={trained}",
-                         f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}")
+    resumed = run_script(
+        "train.py",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.run.dir={trained}",
+        f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+    )
     line = assert_one_line(resumed)
     assert "is at step 20, and trainer.max_steps=20: nothing to train" in line and "trainer.max_steps=40" in line
     assert (trained / "summary.json").read_bytes() == summary
@@ -299,14 +326,24 @@ def test_resuming_on_another_data_file_is_refused(compose_train, small_names, tm
     other = tmp_path / "other_names.txt"
     other.write_text("\n".join(reversed(small_names.read_text().split())) + "\n")  # same characters, other split
     with pytest.raises(UserError, match="was trained on other data"):
-        train(compose_train(f"data.path={other}", "trainer.max_steps=30", f"paths.output_dir={tmp_path}/other",
-                            f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"))
+        train(
+            compose_train(
+                f"data.path={other}",
+                "trainer.max_steps=30",
+                f"paths.output_dir={tmp_path}/other",
+                f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'}",
+            )
+        )
 
 
 @pytest.mark.slow
 def test_a_killed_and_resumed_run_gets_the_uninterrupted_runs_health_verdict(compose_train, small_names, tmp_path):
-    args = (f"data.path={small_names}", "trainer.max_steps=1500", "trainer.val_check_interval=500",
-            "callbacks.diagnostics.every_n_steps=100")
+    args = (
+        f"data.path={small_names}",
+        "trainer.max_steps=1500",
+        "trainer.val_check_interval=500",
+        "callbacks.diagnostics.every_n_steps=100",
+    )
     uninterrupted = train(compose_train(*args, f"paths.output_dir={tmp_path}/whole"))
     run_dir = tmp_path / "killed"
     proc = start_training(run_dir, small_names, *args[1:], "threads=1", "steps_per_call=1", "num_samples=3")
@@ -340,7 +377,8 @@ def test_ctrl_c_during_the_final_report_says_training_had_finished(tmp_path, sma
     last = run_dir / "checkpoints" / "last.ckpt"
     assert err.strip().splitlines()[-1] == (
         f"error: Ctrl-C after training had finished (step 20): summary.json was not written; the last saved "
-        f"weights are in {last}. Their losses: python eval.py ckpt_path={last} data.path={small_names}")
+        f"weights are in {last}. Their losses: python eval.py ckpt_path={last} data.path={small_names}"
+    )
     assert saved(run_dir)["global_step"] == 20 and not (run_dir / "summary.json").exists()
 
 
@@ -402,9 +440,20 @@ def limit_file_size(size: int):
 def test_a_file_size_limit_is_one_line_naming_the_run_dir(tmp_path, small_names):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"hydra.run.dir={run_dir}", f"data.path={small_names}", "threads=1",
-         "trainer.max_steps=2000", "num_samples=1"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, preexec_fn=limit_file_size(60_000),
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"hydra.run.dir={run_dir}",
+            f"data.path={small_names}",
+            "threads=1",
+            "trainer.max_steps=2000",
+            "num_samples=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        preexec_fn=limit_file_size(60_000),
     )
     line = assert_one_line(result)
     assert "Exception in thread" not in result.stderr  # TensorBoard's writer thread hands its error over quietly

@@ -35,39 +35,92 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 # key -> (a value of the wrong type, a value of the right type out of its range). A refused Lightning flag has no
 # range: both are values other than its neutral one.
 WRONG_TYPE_AND_OUT_OF_RANGE = {
-    "seed": ("abc", -1), "num_samples": (1.5, -1), "max_params": ("many", 0), "final_weights": (1, "worst"),
-    "ckpt_path": (3, ""), "threads": ("many", 0), "steps_per_call": (True, 10**6), "block_size": ("x", 0),
-    "optimizer": ("adamw", {"lr": 0.1}), "optimizer.lr": ("fast", -0.1), "optimizer.weight_decay": ("x", -0.1),
-    "optimizer.momentum": ("x", 1.5), "optimizer.betas": (0.9, [0.9, 1.5]), "optimizer.eps": ("x", 0),
-    "trainer": ("default", {"max_steps": 5}), "trainer.accelerator": (1, "tpu"), "trainer.strategy": (1, "ddp_spawn"),
-    "trainer.devices": ("auto", 0), "trainer.num_nodes": ("x", 0), "trainer.precision": (1.5, "fp8"),
-    "trainer.logger": (True, "tensorboard"), "trainer.callbacks": ("x", []), "trainer.fast_dev_run": ("x", True),
-    "trainer.max_epochs": ("x", 3), "trainer.min_epochs": ("x", 1), "trainer.max_steps": ("x", 0),
-    "trainer.min_steps": ("x", 5), "trainer.max_time": (12, ""), "trainer.limit_train_batches": ("x", 0.5),
-    "trainer.limit_val_batches": ("x", 1.5), "trainer.limit_test_batches": ("x", 2),
-    "trainer.limit_predict_batches": ("x", 2), "trainer.overfit_batches": ("x", 2),
-    "trainer.val_check_interval": ("x", 0.5), "trainer.check_val_every_n_epoch": ("x", 1),
-    "trainer.num_sanity_val_steps": ("x", -2), "trainer.log_every_n_steps": ("x", 0),
-    "trainer.enable_checkpointing": ("x", 1), "trainer.enable_progress_bar": ("x", 0),
-    "trainer.enable_model_summary": ("x", 2), "trainer.accumulate_grad_batches": ("x", 4),
-    "trainer.gradient_clip_val": ("x", -1.0), "trainer.gradient_clip_algorithm": (1, "l2"),
-    "trainer.deterministic": (1.5, "always"), "trainer.benchmark": ("x", 1), "trainer.inference_mode": ("x", 0),
-    "trainer.use_distributed_sampler": ("x", True), "trainer.profiler": (1, "pytorch"),
-    "trainer.detect_anomaly": ("x", 1), "trainer.barebones": ("x", True), "trainer.plugins": (1, ["x"]),
-    "trainer.sync_batchnorm": ("x", 1), "trainer.reload_dataloaders_every_n_epochs": ("x", 1),
-    "trainer.default_root_dir": (3, ""), "trainer.enable_autolog_hparams": ("x", 1),
+    "seed": ("abc", -1),
+    "num_samples": (1.5, -1),
+    "max_params": ("many", 0),
+    "final_weights": (1, "worst"),
+    "ckpt_path": (3, ""),
+    "threads": ("many", 0),
+    "steps_per_call": (True, 10**6),
+    "block_size": ("x", 0),
+    "optimizer": ("adamw", {"lr": 0.1}),
+    "optimizer.lr": ("fast", -0.1),
+    "optimizer.weight_decay": ("x", -0.1),
+    "optimizer.momentum": ("x", 1.5),
+    "optimizer.betas": (0.9, [0.9, 1.5]),
+    "optimizer.eps": ("x", 0),
+    "trainer": ("default", {"max_steps": 5}),
+    "trainer.accelerator": (1, "tpu"),
+    "trainer.strategy": (1, "ddp_spawn"),
+    "trainer.devices": ("auto", 0),
+    "trainer.num_nodes": ("x", 0),
+    "trainer.precision": (1.5, "fp8"),
+    "trainer.logger": (True, "tensorboard"),
+    "trainer.callbacks": ("x", []),
+    "trainer.fast_dev_run": ("x", True),
+    "trainer.max_epochs": ("x", 3),
+    "trainer.min_epochs": ("x", 1),
+    "trainer.max_steps": ("x", 0),
+    "trainer.min_steps": ("x", 5),
+    "trainer.max_time": (12, ""),
+    "trainer.limit_train_batches": ("x", 0.5),
+    "trainer.limit_val_batches": ("x", 1.5),
+    "trainer.limit_test_batches": ("x", 2),
+    "trainer.limit_predict_batches": ("x", 2),
+    "trainer.overfit_batches": ("x", 2),
+    "trainer.val_check_interval": ("x", 0.5),
+    "trainer.check_val_every_n_epoch": ("x", 1),
+    "trainer.num_sanity_val_steps": ("x", -2),
+    "trainer.log_every_n_steps": ("x", 0),
+    "trainer.enable_checkpointing": ("x", 1),
+    "trainer.enable_progress_bar": ("x", 0),
+    "trainer.enable_model_summary": ("x", 2),
+    "trainer.accumulate_grad_batches": ("x", 4),
+    "trainer.gradient_clip_val": ("x", -1.0),
+    "trainer.gradient_clip_algorithm": (1, "l2"),
+    "trainer.deterministic": (1.5, "always"),
+    "trainer.benchmark": ("x", 1),
+    "trainer.inference_mode": ("x", 0),
+    "trainer.use_distributed_sampler": ("x", True),
+    "trainer.profiler": (1, "pytorch"),
+    "trainer.detect_anomaly": ("x", 1),
+    "trainer.barebones": ("x", True),
+    "trainer.plugins": (1, ["x"]),
+    "trainer.sync_batchnorm": ("x", 1),
+    "trainer.reload_dataloaders_every_n_epochs": ("x", 1),
+    "trainer.default_root_dir": (3, ""),
+    "trainer.enable_autolog_hparams": ("x", 1),
     "trainer.model_registry": (1, "hub"),
-    "model": ("mlp", {"n_embd": 10}), "model_name": (3, ""), "model.n_embd": ("ten", 0),
-    "model.n_hidden": (1.5, -5), "model.n_layers": ("x", 0), "model.n_layer": ("x", 0), "model.n_head": ("x", 0),
-    "model.cell": (1, "transformer"), "model.batchnorm": ("yes", 1), "model.output_batchnorm": ("yes", 0),
-    "model.bn_momentum": ("x", 1.5), "model.gain": ("x", -1.0), "model.dropout": ("x", 1.0),
+    "model": ("mlp", {"n_embd": 10}),
+    "model_name": (3, ""),
+    "model.n_embd": ("ten", 0),
+    "model.n_hidden": (1.5, -5),
+    "model.n_layers": ("x", 0),
+    "model.n_layer": ("x", 0),
+    "model.n_head": ("x", 0),
+    "model.cell": (1, "transformer"),
+    "model.batchnorm": ("yes", 1),
+    "model.output_batchnorm": ("yes", 0),
+    "model.bn_momentum": ("x", 1.5),
+    "model.gain": ("x", -1.0),
+    "model.dropout": ("x", 1.0),
     "model.init": (1, "xavier"),
-    "schedule": ("cosine", {"at": 0.5}), "schedule.at": ("abc", 1.5), "schedule.factor": ("abc", -0.1),
-    "schedule.min_factor": ("x", 2.0), "schedule.warmup_steps": (1.5, -1),
-    "data": ("names", {"path": None}), "data.path": (3, ""),
-    "data.batch_size": ("x", 0), "data.eval_batch_size": ("x", 0), "data.train_fraction": ("x", 1.0),
-    "data.val_fraction": ("x", 0), "data.split_seed": ("x", -3), "data.train_on": (1, "chars"),
-    "data.seed": ("x", 2**32), "data.max_block_size": ("x", 0), "data.max_bytes": (1.5, 0),
+    "schedule": ("cosine", {"at": 0.5}),
+    "schedule.at": ("abc", 1.5),
+    "schedule.factor": ("abc", -0.1),
+    "schedule.min_factor": ("x", 2.0),
+    "schedule.warmup_steps": (1.5, -1),
+    "data": ("names", {"path": None}),
+    "data.path": (3, ""),
+    "data.batch_size": ("x", 0),
+    "data.eval_batch_size": ("x", 0),
+    "data.train_fraction": ("x", 1.0),
+    "data.val_fraction": ("x", 0),
+    "data.split_seed": ("x", -3),
+    "data.train_on": (1, "chars"),
+    "data.seed": ("x", 2**32),
+    "data.max_block_size": ("x", 0),
+    "data.max_bytes": (1.5, 0),
 }
 
 
@@ -148,9 +201,16 @@ def test_a_required_key_removed_is_one_line_naming_it(key, default_cfg):
         validate(cfg, TRAIN_RULES)
 
 
-@pytest.mark.parametrize("choice", [f"{group}={path.stem}" for group in ("model", "schedule", "optimizer", "trainer")
-                                    for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))]
-                         + [f"experiment={name}" for name in EXPERIMENTS] + ["~schedule"])
+@pytest.mark.parametrize(
+    "choice",
+    [
+        f"{group}={path.stem}"
+        for group in ("model", "schedule", "optimizer", "trainer")
+        for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))
+    ]
+    + [f"experiment={name}" for name in EXPERIMENTS]
+    + ["~schedule"],
+)
 def test_every_shipped_option_passes_every_rule(choice):
     cfg = composed(choice)
     validate(cfg, TRAIN_RULES)
@@ -167,10 +227,19 @@ def test_debug_fast_wins_over_every_experiment_preset(experiment):
 
 
 # Item 6: which strategy/devices pairs train. More than one process without DDP would never average gradients.
-@pytest.mark.parametrize("strategy, devices, num_nodes, ok", [
-    ("auto", 1, 1, True), (None, 1, 1, True), ("ddp", 1, 1, True), ("ddp", 2, 1, True), ("ddp", 4, 2, True),
-    ("auto", 2, 1, False), (None, 8, 1, False), ("auto", 1, 2, False),
-])
+@pytest.mark.parametrize(
+    "strategy, devices, num_nodes, ok",
+    [
+        ("auto", 1, 1, True),
+        (None, 1, 1, True),
+        ("ddp", 1, 1, True),
+        ("ddp", 2, 1, True),
+        ("ddp", 4, 2, True),
+        ("auto", 2, 1, False),
+        (None, 8, 1, False),
+        ("auto", 1, 2, False),
+    ],
+)
 def test_more_than_one_process_needs_ddp(strategy, devices, num_nodes, ok):
     trainer = OmegaConf.create({"strategy": strategy, "devices": devices, "num_nodes": num_nodes})
     if ok:
@@ -180,16 +249,19 @@ def test_more_than_one_process_needs_ddp(strategy, devices, num_nodes, ok):
             lightning_flags.check_devices(trainer)
 
 
-@pytest.mark.parametrize("target, options", [
-    ("pytorch_lightning.callbacks.ModelCheckpoint", {"train_time_interval": "00:00:10"}),
-    ("pytorch_lightning.callbacks.ModelCheckpoint", {"every_n_epochs": 2}),
-    ("pytorch_lightning.callbacks.ModelCheckpoint", {"save_on_train_epoch_end": True}),
-    ("pytorch_lightning.callbacks.EarlyStopping", {"monitor": "val/loss", "check_on_train_epoch_end": True}),
-    ("pytorch_lightning.callbacks.StochasticWeightAveraging", {"swa_lrs": 0.01}),
-    ("pytorch_lightning.callbacks.GradientAccumulationScheduler", {"scheduling": {0: 2}}),
-    ("pytorch_lightning.callbacks.LearningRateFinder", {}),
-    ("builtins.dict", {}),
-])
+@pytest.mark.parametrize(
+    "target, options",
+    [
+        ("pytorch_lightning.callbacks.ModelCheckpoint", {"train_time_interval": "00:00:10"}),
+        ("pytorch_lightning.callbacks.ModelCheckpoint", {"every_n_epochs": 2}),
+        ("pytorch_lightning.callbacks.ModelCheckpoint", {"save_on_train_epoch_end": True}),
+        ("pytorch_lightning.callbacks.EarlyStopping", {"monitor": "val/loss", "check_on_train_epoch_end": True}),
+        ("pytorch_lightning.callbacks.StochasticWeightAveraging", {"swa_lrs": 0.01}),
+        ("pytorch_lightning.callbacks.GradientAccumulationScheduler", {"scheduling": {0: 2}}),
+        ("pytorch_lightning.callbacks.LearningRateFinder", {}),
+        ("builtins.dict", {}),
+    ],
+)
 def test_a_stock_callback_option_that_never_fires_is_refused(target, options):
     nodes = {"extra": OmegaConf.create({"_target_": target, **options})}
     with pytest.raises(UserError, match=r"^callbacks\.extra"):
@@ -203,11 +275,14 @@ def test_the_shipped_callbacks_pass():
 
 # Through the real entry point: each used to be a traceback (some mid-training), a multi-line Hydra error, an
 # error that did not name the key, or a run that trained wrong silently (trainer.devices=2).
-@pytest.mark.parametrize("args, message", [
-    (["model=mpl"], "error: In 'train': Could not find 'model/mpl'; available: bigram, bow, gru, lstm, mlp,"),
-    (["foo=1"], "error: Could not override 'foo': Key 'foo' is not in struct; To append to your config use +foo=1"),
-    (["model=null"], "error: Config group override must be a string or a list. Got NoneType"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model=mpl"], "error: In 'train': Could not find 'model/mpl'; available: bigram, bow, gru, lstm, mlp,"),
+        (["foo=1"], "error: Could not override 'foo': Key 'foo' is not in struct; To append to your config use +foo=1"),
+        (["model=null"], "error: Config group override must be a string or a list. Got NoneType"),
+    ],
+)
 def test_hydra_errors_are_one_line(tmp_path, args, message):
     result = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and result.stderr.strip().startswith(message) and result.stdout == ""
@@ -215,13 +290,19 @@ def test_hydra_errors_are_one_line(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["schedule.factor=abc"], "schedule.factor must be a number in [0, 1]"),  # was a TypeError mid-training
-    (["~model"], "model must be a model option, e.g. model=mlp"),
-    (["trainer.devices=2"], "trainer.devices=2 needs trainer.strategy=ddp"),  # trained two unsynced ranks
-    (["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy must be 'auto' or 'ddp'"),
-    (["final_weights=best", "+trainer.limit_val_batches=0"], "final_weights=best needs a validation"),  # after training
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["schedule.factor=abc"], "schedule.factor must be a number in [0, 1]"),  # was a TypeError mid-training
+        (["~model"], "model must be a model option, e.g. model=mlp"),
+        (["trainer.devices=2"], "trainer.devices=2 needs trainer.strategy=ddp"),  # trained two unsynced ranks
+        (["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy must be 'auto' or 'ddp'"),
+        (
+            ["final_weights=best", "+trainer.limit_val_batches=0"],
+            "final_weights=best needs a validation",
+        ),  # after training
+    ],
+)
 def test_bad_keys_fail_before_training_in_one_line(tmp_path, small_names, args, message):
     result = run_script("train.py", *TINY, f"data.path={small_names}", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -233,24 +314,38 @@ def test_a_misspelt_sample_key_is_one_line(tmp_path):
     result = run_script("sample.py", f"ckpt_path={tmp_path / 'x.ckpt'}", "tempreature=0.5")
     assert result.returncode == 2 and result.stderr.strip() == (
         "error: Could not override 'tempreature': Key 'tempreature' is not in struct; "
-        "To append to your config use +tempreature=0.5")
+        "To append to your config use +tempreature=0.5"
+    )
 
 
 # Item 8: divergence and bounds.
 def test_weights_diverged_behind_a_finite_training_loss_end_in_one_divergence_line(compose_train, small_names):
-    cfg = compose_train(f"data.path={small_names}", "model._target_=exploding_model.DivergedInEvalMLP",
-                        "callbacks=none", "logger=none")
-    with pytest.raises(TrainingDiverged, match=r"^training diverged: the final train_loss=nan, val_loss=nan, test_loss=nan .*last\.ckpt$"):
+    cfg = compose_train(
+        f"data.path={small_names}", "model._target_=exploding_model.DivergedInEvalMLP", "callbacks=none", "logger=none"
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"^training diverged: the final train_loss=nan, val_loss=nan, test_loss=nan .*last\.ckpt$",
+    ):
         train(cfg)  # was: torch.multinomial's RuntimeError while sampling, after the losses
     assert not (Path(cfg.paths.output_dir) / "summary.json").exists()
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_a_nan_under_anomaly_detection_is_the_divergence_line(compose_train, small_names):
-    cfg = compose_train(f"data.path={small_names}", "model._target_=exploding_model.ExplodingMLP",
-                        "+model.explode_at_call=5", "+trainer.detect_anomaly=true", "callbacks=none", "logger=none")
-    with pytest.raises(TrainingDiverged, match=r"^anomaly detection: Function '\w+' returned nan values .* at step 5: "
-                                               r"training diverged"):
+    cfg = compose_train(
+        f"data.path={small_names}",
+        "model._target_=exploding_model.ExplodingMLP",
+        "+model.explode_at_call=5",
+        "+trainer.detect_anomaly=true",
+        "callbacks=none",
+        "logger=none",
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"^anomaly detection: Function '\w+' returned nan values .* at step 5: "
+        r"training diverged",
+    ):
         train(cfg)  # was: torch's anomaly-mode RuntimeError traceback
 
 
@@ -313,6 +408,9 @@ def test_a_block_size_above_the_bound_is_one_line(small_names):
 
 
 def test_fractions_that_empty_a_split_name_the_fraction_keys(small_names):
-    with pytest.raises(UserError, match=r"^data.train_fraction=0.001 and data.val_fraction=0.1 leave the train split "
-                                        r"empty: data file .* has 600 items"):
+    with pytest.raises(
+        UserError,
+        match=r"^data.train_fraction=0.001 and data.val_fraction=0.1 leave the train split "
+        r"empty: data file .* has 600 items",
+    ):
         CharDataModule(path=str(small_names), train_fraction=0.001)  # was: "... too few", blaming the data

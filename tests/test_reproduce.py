@@ -10,12 +10,24 @@ from conftest import run_script
 @pytest.mark.slow
 def test_reproduce_one_preset_writes_results_md_and_json(tmp_path):
     out, runs = tmp_path / "docs", tmp_path / "runs"
-    result = run_script("scripts/reproduce.py", "lecture3_mlp", "--steps", "100", "--out", str(out), "--runs", str(runs))
+    result = run_script(
+        "scripts/reproduce.py", "lecture3_mlp", "--steps", "100", "--out", str(out), "--runs", str(runs)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
     assert len(rows) == 1
     row = rows[0]
-    assert {"preset", "model", "params", "steps", "train_loss", "val_loss", "test_loss", "seconds", "reference_val"} <= row.keys()
+    assert {
+        "preset",
+        "model",
+        "params",
+        "steps",
+        "train_loss",
+        "val_loss",
+        "test_loss",
+        "seconds",
+        "reference_val",
+    } <= row.keys()
     summary = json.loads((runs / "lecture3_mlp" / "summary.json").read_text())
     assert row["preset"] == "lecture3_mlp" and row["model"] == "mlp" and row["params"] == 11_897 and row["steps"] == 100
     assert row["val_loss"] == summary["val_loss"] and row["reference_val"] == 2.1027
@@ -25,8 +37,9 @@ def test_reproduce_one_preset_writes_results_md_and_json(tmp_path):
     assert table[0].startswith("| preset |") and len(table) == 3
     assert table[2].startswith("| lecture3_mlp | mlp | 11,897 | 100 |") and "2.1027" in table[2]
 
-    collected = run_script("scripts/reproduce.py", "--collect", "lecture3_mlp", "--out", str(tmp_path / "again"),
-                           "--runs", str(runs))
+    collected = run_script(
+        "scripts/reproduce.py", "--collect", "lecture3_mlp", "--out", str(tmp_path / "again"), "--runs", str(runs)
+    )
     assert collected.returncode == 0 and json.loads((tmp_path / "again" / "results.json").read_text()) == rows
 
     picture = tmp_path / "curves.png"

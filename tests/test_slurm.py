@@ -34,7 +34,6 @@ FIRST_VALIDATION = "step 1000/"
 WAIT_S = 240  # for a job to reach a point; a cluster that takes longer is broken, not slow
 
 
-
 def slurm(test):
     """A test that submits to the cluster: marked slurm, and slow (real training runs)."""
     return pytest.mark.slow(pytest.mark.slurm(test))
@@ -59,8 +58,13 @@ def cluster():
 
 def sweep(cwd: Path, *overrides: str) -> subprocess.Popen:
     """`python train.py -m hydra/launcher=slurm_cpu <overrides>` in cwd, started (not waited for)."""
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm_cpu", *overrides],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm_cpu", *overrides],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:
@@ -73,7 +77,7 @@ def wait_for(path: Path, text: str, what: str, after: str = "") -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         content = path.read_text(errors="replace") if path.is_file() else ""
-        if after in content and text in content[content.index(after):]:
+        if after in content and text in content[content.index(after) :]:
             return
         time.sleep(0.2)
     pytest.fail(f"{what}: {text!r} never appeared in {path}")
@@ -180,8 +184,18 @@ def test_a_preempted_then_cancelled_job_resumes_each_time(cluster, tmp_path):
     process = sweep(tmp_path, *overrides)
     log = sweep_dir / "0" / "train.log"
     wait_for(log, FIRST_VALIDATION, "the sweep's job training")
-    subprocess.run(["sbatch", "--partition=urgent", f"--cpus-per-task={os.cpu_count()}", "--mem=100M",
-                    f"--output={tmp_path / 'urgent.out'}", "--wrap=true"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "sbatch",
+            "--partition=urgent",
+            f"--cpus-per-task={os.cpu_count()}",
+            "--mem=100M",
+            f"--output={tmp_path / 'urgent.out'}",
+            "--wrap=true",
+        ],
+        check=True,
+        capture_output=True,
+    )
     wait_for(log, "/8000: train/loss", "the preempted job training again", after="resuming from")
     subprocess.run(["scancel", slurm_job_id(sweep_dir, 0)], check=True)
     code, out, err = finish(process)
@@ -207,9 +221,17 @@ def test_a_time_limit_requeues_the_job_then_leaves_it_unfinished_not_failed(clus
     its second run resumes there, is stopped the same way and left unfinished: no failure.json, the sweep ends
     (exit 0) with the job's row empty, and its rerun would resume it."""
     sweep_dir = tmp_path / "sweep"
-    process = sweep(tmp_path, "model=bigram", "trainer.max_steps=10000000", "trainer.val_check_interval=1000",
-                    "threads=1", "hydra.launcher.timeout_min=1",
-                    "hydra.launcher.signal_delay_s=1", "hydra.launcher.max_num_timeout=1", f"hydra.sweep.dir={sweep_dir}")
+    process = sweep(
+        tmp_path,
+        "model=bigram",
+        "trainer.max_steps=10000000",
+        "trainer.val_check_interval=1000",
+        "threads=1",
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=1",
+        "hydra.launcher.max_num_timeout=1",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     job_dir = sweep_dir / "0"
     wait_for(job_dir / "train.log", FIRST_VALIDATION, "the job training")
     subprocess.run(["scancel", "--signal=USR2", slurm_job_id(sweep_dir, 0)], check=True)
@@ -238,8 +260,13 @@ def test_ddp_with_two_ranks_as_a_slurm_job_equals_the_local_ddp_run(cluster, tmp
     sweep_dir, local_dir = tmp_path / "sweep", tmp_path / "local"
     ddp = ["trainer=ddp", "trainer.devices=2", "model=mlp", "debug=fast", "threads=1"]
     process = sweep(tmp_path, *ddp, f"hydra.sweep.dir={sweep_dir}")
-    local = subprocess.run([sys.executable, str(ROOT / "train.py"), *ddp, f"hydra.run.dir={local_dir}"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    local = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *ddp, f"hydra.run.dir={local_dir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     code, out, err = finish(process)
     assert code == 0 and local.returncode == 0, err + local.stderr
     on_slurm, here = summary(sweep_dir / "0"), summary(local_dir)
@@ -253,10 +280,21 @@ def test_ddp_with_two_ranks_as_a_slurm_job_equals_the_local_ddp_run(cluster, tmp
 # ---------------------------------------------------------------------------------------------------------------------
 # Populations: hydra/launcher=population_slurm, each group of a sweep one SLURM job.
 
-SLURM_POPULATION = ["hydra/launcher=population_slurm", "hydra.launcher.submitit.cpus_per_task=1",
-                    "hydra.launcher.submitit.mem_gb=2"]
-COMMON = ["model=mlp", "model.n_hidden=16", "~callbacks.progress_bar", "~callbacks.diagnostics", "logger=none",
-          "threads=1", "trainer.accelerator=cpu", "num_samples=1"]
+SLURM_POPULATION = [
+    "hydra/launcher=population_slurm",
+    "hydra.launcher.submitit.cpus_per_task=1",
+    "hydra.launcher.submitit.mem_gb=2",
+]
+COMMON = [
+    "model=mlp",
+    "model.n_hidden=16",
+    "~callbacks.progress_bar",
+    "~callbacks.diagnostics",
+    "logger=none",
+    "threads=1",
+    "trainer.accelerator=cpu",
+    "num_samples=1",
+]
 
 
 def wait_until_true(condition, proc, timeout: float, what: str):
@@ -271,21 +309,39 @@ def wait_until_true(condition, proc, timeout: float, what: str):
 
 @slurm
 def test_a_requeued_population_group_resumes_every_member_as_if_uninterrupted(cluster, tmp_path, small_names):
-    steps = ["trainer.max_steps=3000", "trainer.val_check_interval=1500", "callbacks.last_checkpoint.every_seconds=0.5",
-             "optimizer.lr=0.05,0.1", f"data.path={small_names}"]
+    steps = [
+        "trainer.max_steps=3000",
+        "trainer.val_check_interval=1500",
+        "callbacks.last_checkpoint.every_seconds=0.5",
+        "optimizer.lr=0.05,0.1",
+        f"data.path={small_names}",
+    ]
     sweep_dir = tmp_path / "slurm"
     log = tmp_path / "launcher.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *SLURM_POPULATION, *COMMON, *steps,
-                                 f"hydra.sweep.dir={sweep_dir}"], stdout=out, stderr=subprocess.STDOUT, text=True,
-                                cwd=tmp_path)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "-m",
+                *SLURM_POPULATION,
+                *COMMON,
+                *steps,
+                f"hydra.sweep.dir={sweep_dir}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )
         checkpoints = [sweep_dir / job / "checkpoints" / "last.ckpt" for job in ("0", "1")]
         wait_until_true(lambda: all(c.is_file() for c in checkpoints), proc, 300, "both members saved")
         [job_id] = re.findall(r"job\(s\) 0,1: slurm job (\d+)", log.read_text())
         subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
         assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    local = run_script("train.py", "-m", "hydra/launcher=population", *COMMON, *steps,
-                       f"hydra.sweep.dir={tmp_path / 'local'}")
+    local = run_script(
+        "train.py", "-m", "hydra/launcher=population", *COMMON, *steps, f"hydra.sweep.dir={tmp_path / 'local'}"
+    )
     assert local.returncode == 0, local.stderr[-3000:]
     for job in ("0", "1"):
         requeued, uninterrupted = job_summary(sweep_dir, job), job_summary(tmp_path / "local", job)
@@ -299,8 +355,13 @@ def population_sweep(tmp_path, *overrides):
     """The sweep, as a user starts it, in the background; its console in launcher.log."""
     log = tmp_path / "launcher.log"
     out = log.open("w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *SLURM_POPULATION, *COMMON, *overrides],
-                            stdout=out, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", *SLURM_POPULATION, *COMMON, *overrides],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     return proc, log
 
 
@@ -313,14 +374,21 @@ def group_job_id(proc, log: Path, sweep_dir: Path) -> str:
 
 
 @slurm
-def test_a_population_group_warned_by_sigusr2_saves_every_member_is_requeued_and_resumes(cluster, tmp_path,
-                                                                                         small_names):
+def test_a_population_group_warned_by_sigusr2_saves_every_member_is_requeued_and_resumes(
+    cluster, tmp_path, small_names
+):
     """SIGUSR2, as SLURM sends it signal_delay_s before a time limit or a preemption (here by scancel, at once):
     every member saves at its step, submitit's handler requeues the group's job, and its next run resumes them."""
     sweep_dir = tmp_path / "slurm"
-    proc, log = population_sweep(tmp_path, "trainer.max_steps=30000", "trainer.val_check_interval=15000",
-                       "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.05,0.1",
-                       f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}")
+    proc, log = population_sweep(
+        tmp_path,
+        "trainer.max_steps=30000",
+        "trainer.val_check_interval=15000",
+        "callbacks.last_checkpoint.every_seconds=0.5",
+        "optimizer.lr=0.05,0.1",
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     job_id = group_job_id(proc, log, sweep_dir)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, capture_output=True)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
@@ -334,11 +402,17 @@ def test_a_population_group_warned_by_sigusr2_saves_every_member_is_requeued_and
 
 @slurm
 def test_a_cancelled_population_group_ends_the_sweep_in_one_line_and_the_same_command_resumes_it(
-        cluster, tmp_path, small_names):
+    cluster, tmp_path, small_names
+):
     sweep_dir = tmp_path / "slurm"
-    overrides = ["trainer.max_steps=30000", "trainer.val_check_interval=15000",
-                 "callbacks.last_checkpoint.every_seconds=0.5", "optimizer.lr=0.05,0.1", f"data.path={small_names}",
-                 f"hydra.sweep.dir={sweep_dir}"]
+    overrides = [
+        "trainer.max_steps=30000",
+        "trainer.val_check_interval=15000",
+        "callbacks.last_checkpoint.every_seconds=0.5",
+        "optimizer.lr=0.05,0.1",
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     proc, log = population_sweep(tmp_path, *overrides)
     job_id = group_job_id(proc, log, sweep_dir)
     subprocess.run(["scancel", job_id], check=True, capture_output=True)

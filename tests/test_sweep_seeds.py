@@ -20,16 +20,31 @@ def write_job(sweep_dir: Path, job: str, overrides: list[str], val_loss: float |
     if error:
         (sweep_dir / job / "failure.json").write_text(json.dumps({"error": error}))
     else:
-        summary = {"overrides": overrides, "params": 100, "steps": 20, "train_loss": val_loss - 0.1,
-                   "val_loss": val_loss, "test_loss": val_loss + 0.1, "train_seconds": 1.0}
+        summary = {
+            "overrides": overrides,
+            "params": 100,
+            "steps": 20,
+            "train_loss": val_loss - 0.1,
+            "val_loss": val_loss,
+            "test_loss": val_loss + 0.1,
+            "train_seconds": 1.0,
+        }
         (sweep_dir / job / "summary.json").write_text(json.dumps(summary))
 
 
 @pytest.mark.slow
 def test_a_sweep_over_three_seeds_is_one_row_per_config_with_its_spread(tmp_path, small_names):
     sweep_dir = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "optimizer.lr=0.1,0.3", "seed=1,2,3", *TINY, "~callbacks.diagnostics",
-                        f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "optimizer.lr=0.1,0.3",
+        "seed=1,2,3",
+        *TINY,
+        "~callbacks.diagnostics",
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_rows(sweep_dir)
     jobs, seeds = [r for r in rows if r["n"] == "1"], [r for r in rows if r["n"] != "1"]

@@ -81,8 +81,13 @@ def check_rows_match_jobs(sweep_dir: Path, rows: list[dict]) -> None:
 def grid_sweep(tmp_path_factory, small_names) -> Path:
     sweep_dir = tmp_path_factory.mktemp("grid") / "sweep"
     result = run_script(
-        "train.py", "-m", "model=bigram,mlp", "optimizer.lr=0.01,0.1",
-        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        "model=bigram,mlp",
+        "optimizer.lr=0.01,0.1",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir.parent / "console.txt").write_text(result.stdout)
@@ -122,10 +127,13 @@ def test_summary_csv_is_one_row_per_job_best_val_loss_first(grid_sweep):
     rows = read_rows(grid_sweep)
     assert len(rows) == 4
     columns = list(rows[0])
-    assert columns[0] == "job" and columns[-len(METRIC_COLUMNS):] == METRIC_COLUMNS
+    assert columns[0] == "job" and columns[-len(METRIC_COLUMNS) :] == METRIC_COLUMNS
     assert {"model", "optimizer.lr", "trainer.max_steps", "data.path"} <= set(columns)
     assert {(r["model"], r["optimizer.lr"]) for r in rows} == {
-        ("bigram", "0.01"), ("bigram", "0.1"), ("mlp", "0.01"), ("mlp", "0.1")
+        ("bigram", "0.01"),
+        ("bigram", "0.1"),
+        ("mlp", "0.01"),
+        ("mlp", "0.1"),
     }
     check_rows_match_jobs(grid_sweep, rows)
 
@@ -134,8 +142,10 @@ def test_summary_csv_is_one_row_per_job_best_val_loss_first(grid_sweep):
 def test_summary_md_shows_the_varying_overrides_in_the_same_order(grid_sweep):
     md = (grid_sweep / "summary.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("|")]
-    assert table[0] == ("| job | model | optimizer.lr | params | steps | train_loss | val_loss | test_loss | time (s) "
-                        "| health | failed |")
+    assert table[0] == (
+        "| job | model | optimizer.lr | params | steps | train_loss | val_loss | test_loss | time (s) "
+        "| health | failed |"
+    )
     body = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
     rows = read_rows(grid_sweep)
     assert [cells[:3] for cells in body] == [[r["job"], r["model"], r["optimizer.lr"]] for r in rows]
@@ -176,8 +186,13 @@ def test_a_diverged_job_is_listed_last_and_the_sweep_goes_on(tmp_path, small_nam
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())  # exploding_model.py
     sweep_dir = tmp_path / "sweep"
     result = run_script(
-        "train.py", "-m", "model._target_=exploding_model.ExplodingMLP", "+model.explode_at_call=5,1000",
-        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        "model._target_=exploding_model.ExplodingMLP",
+        "+model.explode_at_call=5,1000",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_rows(sweep_dir)
@@ -200,8 +215,14 @@ def test_a_failing_job_is_a_failed_row_with_its_reason_and_the_sweep_goes_on(tmp
         needs(f"hydra_{launcher.split('_')[0]}_launcher", launcher.split("_")[0])
     sweep_dir = tmp_path / "sweep"
     result = run_script(
-        "train.py", "-m", *LAUNCHERS[launcher], "model=mlp_bn", "data.batch_size=1,32",
-        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        *LAUNCHERS[launcher],
+        "model=mlp_bn",
+        "data.batch_size=1,32",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_rows(sweep_dir)
@@ -215,14 +236,22 @@ def test_bad_values_and_crashes_in_a_sweep_are_rows_not_the_end(tmp_path, small_
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())  # exploding_model.py
     sweep_dir = tmp_path / "sweep"
     result = run_script(
-        "train.py", "-m", "model._target_=makemore_lab.models.mlp.MLP,exploding_model.CrashingMLP",
-        "optimizer.lr=0.1,-1", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        "model._target_=makemore_lab.models.mlp.MLP,exploding_model.CrashingMLP",
+        "optimizer.lr=0.1,-1",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {(r["model._target_"].rsplit(".", 1)[-1], r["optimizer.lr"]): r for r in read_rows(sweep_dir)}
     assert rows[("MLP", "0.1")]["val_loss"] and not rows[("MLP", "0.1")]["error"]
     assert rows[("MLP", "-1")]["error"] == "optimizer.lr must be a positive number below 1e30, got -1"
-    assert rows[("CrashingMLP", "0.1")]["error"] == "crashed: RuntimeError: simulated crash inside the model"
+    # the model's contract is checked on one batch before training: its crash is the row's one line
+    assert rows[("CrashingMLP", "0.1")]["error"] == (
+        "model mlp: forward(idx) on a (2, 3) batch of indices raised RuntimeError: simulated crash inside the model"
+    )
     assert list(rows)[0] == ("MLP", "0.1")  # the finished job first, the failed ones after it
     assert "Traceback" not in result.stderr
 
@@ -230,8 +259,15 @@ def test_bad_values_and_crashes_in_a_sweep_are_rows_not_the_end(tmp_path, small_
 @pytest.mark.slow
 def test_a_model_that_rejects_the_block_size_fails_its_job_only(tmp_path, small_names):
     sweep_dir = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "model=wavenet", "block_size=3,4", *TINY, f"data.path={small_names}",
-                        f"hydra.sweep.dir={sweep_dir}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "model=wavenet",
+        "block_size=3,4",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {r["block_size"]: r for r in read_rows(sweep_dir)}
     assert rows["4"]["val_loss"] and "power of two" in rows["3"]["error"]
@@ -243,7 +279,9 @@ def test_a_model_that_rejects_the_block_size_fails_its_job_only(tmp_path, small_
 
 
 def needs(plugin: str, extra: str):
-    return pytest.importorskip(f"hydra_plugins.{plugin}", reason=f"needs the {extra} extra: pip install -e '.[{extra}]'")
+    return pytest.importorskip(
+        f"hydra_plugins.{plugin}", reason=f"needs the {extra} extra: pip install -e '.[{extra}]'"
+    )
 
 
 def compose_with_hydra(*overrides: str):
@@ -271,8 +309,14 @@ def test_joblib_runs_jobs_in_parallel_each_in_its_own_dir(tmp_path, small_names)
     needs("hydra_joblib_launcher", "joblib")
     sweep_dir = tmp_path / "joblib"
     result = run_script(
-        "train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
-        *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "seed=1,2",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
@@ -306,8 +350,13 @@ def ddp_run(tmp_path_factory, small_names):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", with_tests_on_path())  # rank_weights.py, for both ranks
         result = run_script(
-            "train.py", "trainer=ddp", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}",
-            "+callbacks.rank_weights._target_=rank_weights.RankWeights", f"+callbacks.rank_weights.out_dir={ranks_dir}",
+            "train.py",
+            "trainer=ddp",
+            *TINY,
+            f"data.path={small_names}",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.rank_weights._target_=rank_weights.RankWeights",
+            f"+callbacks.rank_weights.out_dir={ranks_dir}",
         )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((ranks_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -364,11 +413,19 @@ def test_ctrl_c_between_sweep_jobs_says_the_ended_jobs_are_kept(tmp_path, small_
     # finished and its summary.json was there.
     monkeypatch.setenv("PYTHONPATH", with_tests_on_path())
     sweep_dir = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "seed=1,2", *TINY, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}",
-                        "+hydra.callbacks.ctrl_c._target_=job_events.CtrlCAfterFirstJob")
+    result = run_script(
+        "train.py",
+        "-m",
+        "seed=1,2",
+        *TINY,
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "+hydra.callbacks.ctrl_c._target_=job_events.CtrlCAfterFirstJob",
+    )
     assert result.returncode == 130
     assert result.stderr.strip().splitlines()[-1] == (
         "error: interrupted between sweep jobs; the 1 job(s) that ended keep their results. Continue the sweep with: "
         f"python train.py -m seed=1,2 {' '.join(TINY)} data.path={small_names} "
-        f"+hydra.callbacks.ctrl_c._target_=job_events.CtrlCAfterFirstJob hydra.sweep.dir={sweep_dir}")
+        f"+hydra.callbacks.ctrl_c._target_=job_events.CtrlCAfterFirstJob hydra.sweep.dir={sweep_dir}"
+    )
     assert (sweep_dir / "0" / "summary.json").is_file() and not (sweep_dir / "1").exists()

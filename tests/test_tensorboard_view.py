@@ -18,10 +18,24 @@ pytestmark = pytest.mark.slow
 def sweep(tmp_path_factory, small_names) -> Path:
     """Two models, 20 steps each (validation every 2,000: too short to validate)."""
     tmp = tmp_path_factory.mktemp("tensorboard_view")
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "model=bigram,mlp", f"data.path={small_names}",
-                           "trainer.max_steps=20", "num_samples=2", "threads=1",
-                           "hydra.sweep.dir=sweep"], cwd=tmp, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "model=bigram,mlp",
+            f"data.path={small_names}",
+            "trainer.max_steps=20",
+            "num_samples=2",
+            "threads=1",
+            "hydra.sweep.dir=sweep",
+        ],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (tmp / "console.txt").write_text(done.stdout + done.stderr)
     return tmp / "sweep"
@@ -39,7 +53,9 @@ def session(event_dir: Path) -> tuple[list[str], list[str]]:
         for raw in content.values():
             data = plugin_data_pb2.HParamsPluginData.FromString(raw)
             if data.HasField("experiment"):
-                return [h.name for h in data.experiment.hparam_infos], [m.name.tag for m in data.experiment.metric_infos]
+                return [h.name for h in data.experiment.hparam_infos], [
+                    m.name.tag for m in data.experiment.metric_infos
+                ]
     raise AssertionError(f"no HParams experiment under {event_dir}")
 
 

@@ -23,8 +23,10 @@ def registry(tmp_path, monkeypatch):
 
 def another_run(registry: Path) -> subprocess.Popen:
     """A process registered as a run in `registry` (as threads.choose('auto') registers one), alive until killed."""
-    code = (f"import pathlib, time, makemore_lab.threads as t; t.REGISTRY = pathlib.Path({str(registry)!r}); "
-            "t.register(); print('registered', flush=True); time.sleep(120)")
+    code = (
+        f"import pathlib, time, makemore_lab.threads as t; t.REGISTRY = pathlib.Path({str(registry)!r}); "
+        "t.register(); print('registered', flush=True); time.sleep(120)"
+    )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "registered"
     return process
@@ -80,7 +82,9 @@ def test_a_killed_run_is_not_counted(registry):
 
 def test_counting_a_budget_imports_neither_torch_nor_lightning():
     """The population launcher counts a sweep's threads before it spawns the workers that import torch."""
-    code = ("import sys, makemore_lab.threads as t, makemore_lab.population.processes; t.budget('auto'); "
-            "print(sorted({'torch', 'pytorch_lightning'} & set(sys.modules)))")
+    code = (
+        "import sys, makemore_lab.threads as t, makemore_lab.population.processes; t.budget('auto'); "
+        "print(sorted({'torch', 'pytorch_lightning'} & set(sys.modules)))"
+    )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert found.returncode == 0 and found.stdout.strip() == "[]", found.stderr

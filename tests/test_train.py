@@ -13,8 +13,20 @@ from makemore_lab.train import train
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
 SUMMARY_KEYS = {
-    "model", "params", "vocab_size", "block_size", "train_examples", "val_examples", "test_examples", "steps",
-    "initial_loss", "expected_initial_loss", "val_loss", "test_loss", "train_seconds", "steps_per_second",
+    "model",
+    "params",
+    "vocab_size",
+    "block_size",
+    "train_examples",
+    "val_examples",
+    "test_examples",
+    "steps",
+    "initial_loss",
+    "expected_initial_loss",
+    "val_loss",
+    "test_loss",
+    "train_seconds",
+    "steps_per_second",
 }
 
 
@@ -62,7 +74,9 @@ def test_default_run_reads_back_from_tensorboard_and_checkpoint(compose_train, s
 def test_same_seed_same_result_on_cpu(compose_train, small_names, tmp_path):
     first = train(compose_train(f"data.path={small_names}", "model=wavenet"))
     again = train(compose_train(f"data.path={small_names}", "model=wavenet", f"paths.output_dir={tmp_path}/again"))
-    other = train(compose_train(f"data.path={small_names}", "model=wavenet", "seed=7", f"paths.output_dir={tmp_path}/b"))
+    other = train(
+        compose_train(f"data.path={small_names}", "model=wavenet", "seed=7", f"paths.output_dir={tmp_path}/b")
+    )
     assert again["val_loss"] == pytest.approx(first["val_loss"], abs=1e-6)
     assert again["samples"] == first["samples"]
     assert other["val_loss"] != pytest.approx(first["val_loss"], abs=1e-6)
@@ -82,7 +96,11 @@ def test_init_naive_starts_far_above_ln_v(compose_train, small_names):
 
 @pytest.mark.parametrize(
     "schedule, multiplier",
-    [("constant", lambda s: 1.0), ("step", lambda s: 1.0 if s < 10 else 0.1), ("cosine", lambda s: 0.5 * (1 + math.cos(math.pi * s / 20)))],
+    [
+        ("constant", lambda s: 1.0),
+        ("step", lambda s: 1.0 if s < 10 else 0.1),
+        ("cosine", lambda s: 0.5 * (1 + math.cos(math.pi * s / 20))),
+    ],
 )
 def test_schedules_reach_the_optimizer(compose_train, small_names, schedule, multiplier):
     """`lr` at step s is the rate the optimizer uses for step s (0-based), for every step of a 20-step run."""

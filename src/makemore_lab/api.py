@@ -79,8 +79,15 @@ def where(config_name: str, overrides: list[str], config_dir, key: str, kind: st
     except Exception:
         parsed = None
     # A sweep's axes are not one config; where it goes does not depend on them.
-    cfg = None if parsed is None else compose(config_name, [o.input_line for o in parsed if not o.is_sweep_override()],
-                                              str(config_dir) if config_dir else None)
+    cfg = (
+        None
+        if parsed is None
+        else compose(
+            config_name,
+            [o.input_line for o in parsed if not o.is_sweep_override()],
+            str(config_dir) if config_dir else None,
+        )
+    )
     if cfg is None:
         run_entry_point(overrides, config_dir, multirun=kind == "sweep")  # raises the command's one line
         raise UserError(f"the {kind}'s overrides do not compose")  # (the command took them after all)
@@ -97,20 +104,36 @@ def run_entry_point(overrides: list[str], config_dir, multirun: bool) -> None:
     import makemore_lab
     from makemore_lab.commands import API_ENV
 
-    args = [*(["--config-dir", str(Path(config_dir).absolute())] if config_dir else []),
-            *(["-m"] if multirun else []), *overrides]
+    args = [
+        *(["--config-dir", str(Path(config_dir).absolute())] if config_dir else []),
+        *(["-m"] if multirun else []),
+        *overrides,
+    ]
     env = dict(os.environ)
-    env[API_ENV] = json.dumps({"function": "sweep" if multirun else "train", "args": list(overrides),
-                               "config_dir": str(config_dir) if config_dir else None})
+    env[API_ENV] = json.dumps(
+        {
+            "function": "sweep" if multirun else "train",
+            "args": list(overrides),
+            "config_dir": str(config_dir) if config_dir else None,
+        }
+    )
     env["PYTHONUNBUFFERED"] = "1"  # lines as they come
     package_root = str(Path(makemore_lab.__file__).resolve().parents[1])  # this makemore_lab and hydra_plugins
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     posix = os.name == "posix"
-    child = subprocess.Popen([sys.executable, "-c", ENTRY_POINT, *args], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=posix)
+    child = subprocess.Popen(
+        [sys.executable, "-c", ENTRY_POINT, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=posix,
+    )
     errors: list[str] = []
-    relays = [threading.Thread(target=relay, args=(child.stdout, "stdout", None), daemon=True),
-              threading.Thread(target=relay, args=(child.stderr, "stderr", errors), daemon=True)]
+    relays = [
+        threading.Thread(target=relay, args=(child.stdout, "stdout", None), daemon=True),
+        threading.Thread(target=relay, args=(child.stderr, "stderr", errors), daemon=True),
+    ]
     for thread in relays:
         thread.start()
     try:
@@ -251,8 +274,9 @@ class Run:
             return {}
         events_dir = event_files[0].parent
         # scalars: 0 keeps every one (the default keeps a random sample of 10,000); the rest is not read
-        accumulator = EventAccumulator(str(events_dir), size_guidance={"scalars": 0, "histograms": 1, "images": 1,
-                                                                       "tensors": 1, "audio": 1})
+        accumulator = EventAccumulator(
+            str(events_dir), size_guidance={"scalars": 0, "histograms": 1, "images": 1, "tensors": 1, "audio": 1}
+        )
         accumulator.Reload()
         return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
@@ -279,8 +303,9 @@ class Run:
         """The trained network (torch.nn.Module, eval mode, CPU), loaded from the run's checkpoint."""
         return self._trained[0]
 
-    def sample(self, n: int = 10, temperature: float = 1.0, top_k: int | None = None, seed: int = 42,
-               max_length: int = 100) -> list[str]:
+    def sample(
+        self, n: int = 10, temperature: float = 1.0, top_k: int | None = None, seed: int = 42, max_length: int = 100
+    ) -> list[str]:
         """n generated items, as `makemore-sample ckpt_path=<this run's checkpoint>` prints them."""
         import torch
 
@@ -298,14 +323,19 @@ class Run:
     def __repr__(self) -> str:
         s = self.summary
         verdict = "" if self.health is None else f", health {'ok' if self.health.ok else 'flagged'}"
-        return (f"Run({str(self.run_dir)!r}: {s['model']}, {s['params']:,} params, {s['steps']:,} steps, "
-                f"train {s['train_loss']:.4f} val {s['val_loss']:.4f} test {s['test_loss']:.4f}{verdict})")
+        return (
+            f"Run({str(self.run_dir)!r}: {s['model']}, {s['params']:,} params, {s['steps']:,} steps, "
+            f"train {s['train_loss']:.4f} val {s['val_loss']:.4f} test {s['test_loss']:.4f}{verdict})"
+        )
 
     def _repr_html_(self) -> str:
         import html
 
-        images = "".join(f'<img src="data:image/png;base64,{base64.b64encode(f._repr_png_()).decode()}" '
-                         f'title="{f.name}" style="max-width:48%">' for f in self.figures.values())
+        images = "".join(
+            f'<img src="data:image/png;base64,{base64.b64encode(f._repr_png_()).decode()}" '
+            f'title="{f.name}" style="max-width:48%">'
+            for f in self.figures.values()
+        )
         health = "" if self.health is None else f"<pre>{html.escape(str(self.health))}</pre>"
         return f"<p><code>{html.escape(repr(self))}</code></p>{health}{images}"
 

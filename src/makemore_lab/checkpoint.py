@@ -42,7 +42,9 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     """The checkpoint's contents, checked to be a makemore-lab checkpoint, or a UserError saying why it is not."""
     path = Path(ckpt_path)
     if path.is_dir():
-        raise UserError(f"checkpoint {path} is a directory, not a checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")
+        raise UserError(
+            f"checkpoint {path} is a directory, not a checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)"
+        )
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
@@ -51,25 +53,38 @@ def read_checkpoint(ckpt_path: str | Path) -> dict:
     except Exception as err:  # any bytes at all may be handed to us
         # Whatever a file that is not a checkpoint makes torch's readers raise (a truncated zip is an OSError, a
         # text file a KeyError from the legacy unpickler, a pickle of objects an UnpicklingError): the file is bad.
-        raise UserError(f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint ({type(err).__name__})") from None
+        raise UserError(
+            f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint ({type(err).__name__})"
+        ) from None
     check_contents(checkpoint, path)
     return checkpoint
 
 
 def check_contents(checkpoint, path: Path) -> None:
     """The fields this package reads, with their types: anything else is not one of our checkpoints."""
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("makemore_lab"), dict) or "state_dict" not in checkpoint:
+    if (
+        not isinstance(checkpoint, dict)
+        or not isinstance(checkpoint.get("makemore_lab"), dict)
+        or "state_dict" not in checkpoint
+    ):
         raise UserError(f"checkpoint {path} was not written by makemore-lab (no model config inside)")
     meta, state = checkpoint["makemore_lab"], checkpoint["state_dict"]
 
     def bad(what: str):
         return UserError(f"checkpoint {path} is not a usable makemore-lab checkpoint: {what}")
 
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise bad("its state_dict is not a mapping of names to tensors")
     vocab = meta.get("vocab")
-    if not (isinstance(vocab, list) and vocab and vocab[0] == "." and all(isinstance(c, str) and len(c) == 1 for c in vocab)
-            and len(set(vocab)) == len(vocab)):
+    if not (
+        isinstance(vocab, list)
+        and vocab
+        and vocab[0] == "."
+        and all(isinstance(c, str) and len(c) == 1 for c in vocab)
+        and len(set(vocab)) == len(vocab)
+    ):
         raise bad("its vocab is not a list of distinct characters starting with '.'")
     block_size = meta.get("block_size")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -111,21 +126,31 @@ def check_resumable(checkpoint: dict, ckpt_path, expected: dict, max_steps: int,
                 f"builds ({expected[key]}): resume with the run's original overrides"
             )
     recorded = meta.get("data_fingerprint")
-    if recorded and expected.get("data_fingerprint") and recorded != expected["data_fingerprint"]:  # val/test would hold training items
-        raise UserError(f"checkpoint {ckpt_path} was trained on other data ({describe(recorded)}) than data.path gives "
-                        f"({describe(expected['data_fingerprint'])}): resume with the run's own data file")
+    if (
+        recorded and expected.get("data_fingerprint") and recorded != expected["data_fingerprint"]
+    ):  # val/test would hold training items
+        raise UserError(
+            f"checkpoint {ckpt_path} was trained on other data ({describe(recorded)}) than data.path gives "
+            f"({describe(expected['data_fingerprint'])}): resume with the run's own data file"
+        )
     # A population resumes its members' checkpoints (no Lightning loop state: population/member.py) and solo ones.
     needed = ("optimizer_states", "global_step") if population else ("optimizer_states", "loops", "global_step")
     if not population and "population_member" in checkpoint and "loops" not in checkpoint:
-        raise UserError(f"checkpoint {ckpt_path} is a population member's: resume it with its sweep's command "
-                        "(hydra/launcher=population), or sample and evaluate it")
+        raise UserError(
+            f"checkpoint {ckpt_path} is a population member's: resume it with its sweep's command "
+            "(hydra/launcher=population), or sample and evaluate it"
+        )
     if not all(key in checkpoint for key in needed):
-        raise UserError(f"checkpoint {ckpt_path} holds weights only (no optimizer or loop state): it can be sampled "
-                        "and evaluated, not resumed")
+        raise UserError(
+            f"checkpoint {ckpt_path} holds weights only (no optimizer or loop state): it can be sampled "
+            "and evaluated, not resumed"
+        )
     step = checkpoint["global_step"]
     if step >= max_steps:
-        raise UserError(f"checkpoint {ckpt_path} is at step {step:,}, and trainer.max_steps={max_steps:,}: nothing "
-                        f"to train. To train longer, raise trainer.max_steps (e.g. trainer.max_steps={2 * step})")
+        raise UserError(
+            f"checkpoint {ckpt_path} is at step {step:,}, and trainer.max_steps={max_steps:,}: nothing "
+            f"to train. To train longer, raise trainer.max_steps (e.g. trainer.max_steps={2 * step})"
+        )
 
 
 def plain_model_config(model, path: Path) -> tuple[type, dict]:
@@ -139,14 +164,18 @@ def plain_model_config(model, path: Path) -> tuple[type, dict]:
         raise UserError(f"checkpoint {path} is not a usable makemore-lab checkpoint: its model config has no _target_")
     target = model["_target_"]
     if target not in model_classes():
-        raise UserError(f"checkpoint {path} names a model that is not one of makemore-lab's ({target!r}): refusing "
-                        f"to build it (known: {', '.join(c.__name__ for c in model_classes().values())})")
+        raise UserError(
+            f"checkpoint {path} names a model that is not one of makemore-lab's ({target!r}): refusing "
+            f"to build it (known: {', '.join(c.__name__ for c in model_classes().values())})"
+        )
     kwargs = {k: v for k, v in model.items() if k != "_target_"}
     for key, value in kwargs.items():
         if not isinstance(key, str) or key.startswith("_") or not key.isidentifier() or not isinstance(value, PLAIN):
             shown = f"a {type(value).__name__}" if not isinstance(value, PLAIN) else repr(value)
-            raise UserError(f"checkpoint {path} has a model config that is not plain data (model.{key}: {shown}): "
-                            "refusing to build it")
+            raise UserError(
+                f"checkpoint {path} has a model config that is not plain data (model.{key}: {shown}): "
+                "refusing to build it"
+            )
     return model_classes()[target], kwargs
 
 
@@ -160,14 +189,20 @@ def check_weights_fit(net: torch.nn.Module, weights: dict, path: Path) -> None:
     expected = net.state_dict()
     for name, tensor in expected.items():
         if name not in weights:
-            raise UserError(f"checkpoint {path} has no weight {name} for its model: its weights and model config do not match")
+            raise UserError(
+                f"checkpoint {path} has no weight {name} for its model: its weights and model config do not match"
+            )
         if weights[name].shape != tensor.shape:
-            raise UserError(f"checkpoint {path}'s weights do not fit its model config: {name} is "
-                            f"{list(weights[name].shape)} in the file, {list(tensor.shape)} in the model")
+            raise UserError(
+                f"checkpoint {path}'s weights do not fit its model config: {name} is "
+                f"{list(weights[name].shape)} in the file, {list(tensor.shape)} in the model"
+            )
     extra = sorted(set(weights) - set(expected))
     if extra:
-        raise UserError(f"checkpoint {path} has weights its model does not have ({extra[0]}, ...): its weights and "
-                        "model config do not match")
+        raise UserError(
+            f"checkpoint {path} has weights its model does not have ({extra[0]}, ...): its weights and "
+            "model config do not match"
+        )
 
 
 def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary, dict]:
@@ -181,17 +216,26 @@ def load_trained_net(ckpt_path: str | Path) -> tuple[torch.nn.Module, Vocabulary
         net = model_class(**kwargs, vocab_size=len(vocab), block_size=meta["block_size"])
     except UserError as err:
         raise UserError(f"checkpoint {path}: {err}") from None
-    except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError) as err:  # the saved sizes do not build a model
-        raise UserError(f"checkpoint {path} has a model config that does not build "
-                        f"{model_class.__name__}: {type(err).__name__}: {err}".splitlines()[0]) from None
+    except (
+        TypeError,
+        ValueError,
+        RuntimeError,
+        AssertionError,
+        OverflowError,
+    ) as err:  # the saved sizes do not build a model
+        raise UserError(
+            f"checkpoint {path} has a model config that does not build "
+            f"{model_class.__name__}: {type(err).__name__}: {err}".splitlines()[0]
+        ) from None
     weights = net_state_dict(checkpoint)
     check_weights_fit(net, weights, path)
     net.load_state_dict(weights)
     return net.eval(), vocab, meta
 
 
-def checkpoint_datamodule(meta: dict, vocab: Vocabulary, path: str | None = None, exact: bool | None = None,
-                          **overrides) -> CharData:
+def checkpoint_datamodule(
+    meta: dict, vocab: Vocabulary, path: str | None = None, exact: bool | None = None, **overrides
+) -> CharData:
     """The data and split a checkpoint was trained with, rebuilt from its saved data settings on the file the USER
     names (`path`: data.path=) or, by default, the packaged names.txt, and checked against the checkpoint's
     fingerprint. A checkpoint may come from someone else: the data path it recorded is never opened (it could name
@@ -226,11 +270,15 @@ def other_data(meta: dict, datamodule: CharData, path: str | None) -> str | None
     if path is None:
         saved = meta["data"].get("path")
         named = f" (it recorded the path {str(saved)[:200]!r}, which is not opened)" if saved else ""
-        return (f"this checkpoint was trained on other data ({describe(recorded)}) than the packaged names.txt "
-                f"({describe(datamodule.fingerprint)}): pass the file it was trained on, data.path=<file>{named}")
-    return (f"the data file {path} is not the file this checkpoint was trained on ({describe(recorded)} then; "
-            f"{describe(datamodule.fingerprint)} now): changed since training, or another file, so its split is "
-            "not the one trained on")
+        return (
+            f"this checkpoint was trained on other data ({describe(recorded)}) than the packaged names.txt "
+            f"({describe(datamodule.fingerprint)}): pass the file it was trained on, data.path=<file>{named}"
+        )
+    return (
+        f"the data file {path} is not the file this checkpoint was trained on ({describe(recorded)} then; "
+        f"{describe(datamodule.fingerprint)} now): changed since training, or another file, so its split is "
+        "not the one trained on"
+    )
 
 
 def data_fingerprint(path: str | None, max_bytes: int | None = None) -> dict:

@@ -33,8 +33,11 @@ def exit_on_early_interrupt(signum, frame) -> None:
     finished jobs' files are closed; the run dir's lock is released with the process."""
     ended = ended_jobs()
     if ended:
-        print(f"error: interrupted between sweep jobs; the {ended} job(s) that ended keep their results. Continue "
-              f"the sweep with: {commands.sweep_resume_command()}", file=sys.stderr)
+        print(
+            f"error: interrupted between sweep jobs; the {ended} job(s) that ended keep their results. Continue "
+            f"the sweep with: {commands.sweep_resume_command()}",
+            file=sys.stderr,
+        )
     else:
         print("error: interrupted before training started; nothing was saved", file=sys.stderr)
     logging.shutdown()  # Hydra's log files, flushed
@@ -93,8 +96,10 @@ def resume_latest() -> None:
     if "ckpt_path=latest" not in overrides:
         return
     if any(flag in commands.MULTIRUN_FLAGS for flag in flags):
-        raise UserError("ckpt_path=latest continues one run, not a sweep: continue a sweep with its own command and "
-                        "hydra.sweep.dir=<its sweep dir>")
+        raise UserError(
+            "ckpt_path=latest continues one run, not a sweep: continue a sweep with its own command and "
+            "hydra.sweep.dir=<its sweep dir>"
+        )
     from makemore_lab.hydra_app import compose
 
     cfg = compose("train", [o for o in overrides if o != "ckpt_path=latest"], commands.config_dir_flag(flags))
@@ -121,9 +126,11 @@ def check_same_overrides(run_dir: Path, typed: list[str]) -> None:
     recorded = commands.run_overrides(OmegaConf.to_container(OmegaConf.load(recorded_file)))
     missing = sorted({override_key(o) for o in recorded} - {override_key(o) for o in typed})
     if missing:
-        raise UserError(f"the newest run ({commands.shown_path(str(run_dir))}) was started with {', '.join(missing)} "
-                        f"set, and this command does not set them: continue it with: "
-                        f"{commands.resume_command(run_dir, recorded)}")
+        raise UserError(
+            f"the newest run ({commands.shown_path(str(run_dir))}) was started with {', '.join(missing)} "
+            f"set, and this command does not set them: continue it with: "
+            f"{commands.resume_command(run_dir, recorded)}"
+        )
 
 
 def override_key(override: str) -> str:

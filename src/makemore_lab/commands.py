@@ -32,11 +32,25 @@ from makemore_lab.errors import UserError
 
 TYPED_ENV = "MAKEMORE_LAB_TYPED"
 API_ENV = "MAKEMORE_LAB_API_CALL"
-ENTRIES = {"train": ("makemore-train", "train.py"), "sample": ("makemore-sample", "sample.py"),
-           "eval": ("makemore-eval", "eval.py")}
+ENTRIES = {
+    "train": ("makemore-train", "train.py"),
+    "sample": ("makemore-sample", "sample.py"),
+    "eval": ("makemore-eval", "eval.py"),
+}
 # Hydra's command-line flags that take a value (the rest of the command line is overrides and switches).
-VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--cfg", "-c", "--package", "-p",
-               "--experimental-rerun")
+VALUE_FLAGS = (
+    "--config-dir",
+    "-cd",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+)
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
@@ -111,8 +125,12 @@ def record(entry: str) -> dict:
         call = json.loads(api_call)
         typed = {"api": call["function"], "args": call["args"], "config_dir": call.get("config_dir")}
     else:
-        typed = {"program": program(entry, sys.argv[0]), "args": overrides, "config_dir": config_dir_flag(flags),
-                 "multirun": any(f in MULTIRUN_FLAGS for f in flags)}
+        typed = {
+            "program": program(entry, sys.argv[0]),
+            "args": overrides,
+            "config_dir": config_dir_flag(flags),
+            "multirun": any(f in MULTIRUN_FLAGS for f in flags),
+        }
     typed["entry"] = entry
     os.environ[TYPED_ENV] = json.dumps(typed)
     return typed
@@ -124,8 +142,13 @@ def typed() -> dict:
     if TYPED_ENV in os.environ:
         return json.loads(os.environ[TYPED_ENV])
     flags, overrides = split_command_line(sys.argv[1:])
-    return {"program": ["python", "train.py"], "args": overrides, "config_dir": config_dir_flag(flags),
-            "multirun": any(f in MULTIRUN_FLAGS for f in flags), "entry": "train"}
+    return {
+        "program": ["python", "train.py"],
+        "args": overrides,
+        "config_dir": config_dir_flag(flags),
+        "multirun": any(f in MULTIRUN_FLAGS for f in flags),
+        "entry": "train",
+    }
 
 
 def command(entry: str, args: list[str], multirun: bool = False, api: bool = True) -> str:
@@ -191,8 +214,14 @@ def resume_command(out_dir: Path, task_overrides=None) -> str:
     if task_overrides is None and in_multirun():
         return sweep_resume_command([out_dir])
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
-    return command("train", [*run_overrides(task_overrides), f"hydra.run.dir={hydra_quote(str(out_dir))}",
-                             f"ckpt_path={hydra_quote(str(last))}"])
+    return command(
+        "train",
+        [
+            *run_overrides(task_overrides),
+            f"hydra.run.dir={hydra_quote(str(out_dir))}",
+            f"ckpt_path={hydra_quote(str(last))}",
+        ],
+    )
 
 
 _multirun_dir: Path | None = None  # this process's multirun's sweep dir, from its start (multirun_started)
@@ -245,14 +274,20 @@ def latest_checkpoint(log_dir: Path) -> Path:
         except OSError:  # removed while we looked
             continue
     if not found:
-        raise UserError(f"ckpt_path=latest: no run under {shown_path(str(log_dir))}/ has a checkpoint "
-                        "(<run dir>/checkpoints/last.ckpt); train one first, or give ckpt_path=<a checkpoint>")
+        raise UserError(
+            f"ckpt_path=latest: no run under {shown_path(str(log_dir))}/ has a checkpoint "
+            "(<run dir>/checkpoints/last.ckpt); train one first, or give ckpt_path=<a checkpoint>"
+        )
     return max(found)[2]
 
 
 def announce_latest(ckpt: Path) -> None:
-    print(f"ckpt_path=latest: the newest run is {shown_path(str(ckpt.parent.parent.absolute()))} "
-          f"(its checkpoints/last.ckpt)", file=sys.stderr, flush=True)
+    print(
+        f"ckpt_path=latest: the newest run is {shown_path(str(ckpt.parent.parent.absolute()))} "
+        f"(its checkpoints/last.ckpt)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def resolve_ckpt_path(cfg, entry: str) -> str:

@@ -11,8 +11,8 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -35,8 +35,9 @@ class Rule:
 
 # Value predicates. bool is an int to Python but never a number here (`steps=true` is a typo, not 1).
 def integer(low: int | None = None, high: int | None = None) -> Callable[[Any], bool]:
-    return lambda v: (isinstance(v, int) and not isinstance(v, bool)
-                      and (low is None or v >= low) and (high is None or v <= high))
+    return lambda v: (
+        isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low) and (high is None or v <= high)
+    )
 
 
 def number(above: float | None = None, at_least: float | None = None, below: float | None = None):
@@ -137,28 +138,45 @@ SINGLE_RUN_STRATEGIES = ("auto", "ddp")
 TRAINER_FLAG_RULES = [
     Rule("trainer", "a trainer option, e.g. trainer=default (configs/trainer/)", group_option, required=True),
     Rule("trainer.accelerator", "one of auto, cpu, gpu, cuda, mps", one_of("auto", "cpu", "gpu", "cuda", "mps")),
-    Rule("trainer.strategy", "'auto' or 'ddp' (trainer=ddp); ddp_spawn, fsdp, deepspeed and the others are not "
-         "supported (the engine steps the optimizer itself; only DDP's per-batch gradient sync fits it)",
-         one_of(*SINGLE_RUN_STRATEGIES), nullable=True),
+    Rule(
+        "trainer.strategy",
+        "'auto' or 'ddp' (trainer=ddp); ddp_spawn, fsdp, deepspeed and the others are not "
+        "supported (the engine steps the optimizer itself; only DDP's per-batch gradient sync fits it)",
+        one_of(*SINGLE_RUN_STRATEGIES),
+        nullable=True,
+    ),
     Rule("trainer.devices", "a positive number of devices (more than 1 with trainer=ddp)", positive_int),
     Rule("trainer.num_nodes", "a positive integer (more than 1 with trainer=ddp)", positive_int),
     Rule("trainer.precision", f"one of {', '.join(map(str, PRECISIONS[:8]))}", one_of(*PRECISIONS), nullable=True),
     unsupported("trainer.logger", None, "choose loggers with logger=<option>"),
     unsupported("trainer.callbacks", None, "choose callbacks with callbacks=<option> or callbacks.<name>"),
     unsupported("trainer.fast_dev_run", False, "use debug=fast (a few steps that still checkpoint and report)"),
-    Rule("trainer.max_epochs", f"-1 (or null): {EPOCHS_NEVER_END}", lambda v: v == -1 and type(v) is int, nullable=True),
+    Rule(
+        "trainer.max_epochs", f"-1 (or null): {EPOCHS_NEVER_END}", lambda v: v == -1 and type(v) is int, nullable=True
+    ),
     unsupported("trainer.min_epochs", None, EPOCHS_NEVER_END),
     Rule("trainer.max_steps", "a positive integer", positive_int, required=True),
     unsupported("trainer.min_steps", None, "training always runs to trainer.max_steps unless stopped"),
     Rule("trainer.max_time", "null or a duration 'DD:HH:MM:SS'", text, nullable=True),
-    unsupported("trainer.limit_train_batches", None, "a Lightning batch holds steps_per_call optimizer steps: "
-                "set trainer.max_steps"),
-    Rule("trainer.limit_val_batches", "a non-negative number of validation batches (a fraction of a small split can "
-         "round to none, which Lightning refuses mid-run)", non_negative_int, nullable=True),
+    unsupported(
+        "trainer.limit_train_batches",
+        None,
+        "a Lightning batch holds steps_per_call optimizer steps: set trainer.max_steps",
+    ),
+    Rule(
+        "trainer.limit_val_batches",
+        "a non-negative number of validation batches (a fraction of a small split can "
+        "round to none, which Lightning refuses mid-run)",
+        non_negative_int,
+        nullable=True,
+    ),
     unsupported("trainer.limit_test_batches", None, "the final report scores the whole test split itself"),
     unsupported("trainer.limit_predict_batches", None, "nothing is predicted through the Trainer"),
-    unsupported("trainer.overfit_batches", 0, "the minibatch stream is drawn per step; to overfit on purpose "
-                "train on a small file (data.path=...)"),
+    unsupported(
+        "trainer.overfit_batches",
+        0,
+        "the minibatch stream is drawn per step; to overfit on purpose train on a small file (data.path=...)",
+    ),
     Rule("trainer.val_check_interval", "a positive number of optimizer steps", positive_int, required=True),
     unsupported("trainer.check_val_every_n_epoch", None, EPOCHS_NEVER_END),
     Rule("trainer.num_sanity_val_steps", "a non-negative integer (or -1: the whole split)", integer(low=-1)),
@@ -187,9 +205,14 @@ TRAINER_FLAG_RULES = [
 # A population's own settings (the population launcher checks them once, before any member is built; a member
 # checks them too, as part of TRAIN_RULES).
 POPULATION_RULES = [
-    Rule("population_max_memory_gb", "a positive number of GB (or null: measured from the machine)", number(above=0),
-         nullable=True),
+    Rule(
+        "population_max_memory_gb",
+        "a positive number of GB (or null: measured from the machine)",
+        number(above=0),
+        nullable=True,
+    ),
 ]
+
 
 class Rules(list):
     """A list of per-key Rules, and `checks`: rules over several keys (functions of the config that raise UserError),
@@ -200,24 +223,31 @@ class Rules(list):
         self.checks = tuple(checks)
 
 
-TRAIN_RULES = Rules([
-    Rule("seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
-    Rule("num_samples", f"an integer in [0, {MAX_TRAIN_SAMPLES:,}] (printed at the end and kept in summary.json; "
-         "for more: python sample.py num_samples=N, which streams them)", integer(0, MAX_TRAIN_SAMPLES)),
-    Rule("max_params", "a positive integer or null", positive_int, nullable=True),
-    Rule("final_weights", "'last' or 'best'", one_of("last", "best")),
-    Rule("ckpt_path", "a checkpoint path or null", text, nullable=True),
-    Rule("threads", "'auto' or a positive integer", lambda v: v == "auto" or positive_int(v)),
-    *OPTIMIZER_RULES,
-    *TRAINER_FLAG_RULES,
-    *MODEL_RULES,
-    *SCHEDULE_RULES,
-    Rule("data", "a data option, e.g. data=names (configs/data/)", group_option, required=True),
-    *DATA_RULES,
-], checks=[
-    lambda cfg: validate(cfg, POPULATION_RULES),
-    lambda cfg: check_known_keys(cfg),  # keys no rule, option or model reads: a typo, in a preset or elsewhere
-])
+TRAIN_RULES = Rules(
+    [
+        Rule("seed", "an integer in [0, 2**32)", integer(0, 2**32 - 1)),
+        Rule(
+            "num_samples",
+            f"an integer in [0, {MAX_TRAIN_SAMPLES:,}] (printed at the end and kept in summary.json; "
+            "for more: python sample.py num_samples=N, which streams them)",
+            integer(0, MAX_TRAIN_SAMPLES),
+        ),
+        Rule("max_params", "a positive integer or null", positive_int, nullable=True),
+        Rule("final_weights", "'last' or 'best'", one_of("last", "best")),
+        Rule("ckpt_path", "a checkpoint path or null", text, nullable=True),
+        Rule("threads", "'auto' or a positive integer", lambda v: v == "auto" or positive_int(v)),
+        *OPTIMIZER_RULES,
+        *TRAINER_FLAG_RULES,
+        *MODEL_RULES,
+        *SCHEDULE_RULES,
+        Rule("data", "a data option, e.g. data=names (configs/data/)", group_option, required=True),
+        *DATA_RULES,
+    ],
+    checks=[
+        lambda cfg: validate(cfg, POPULATION_RULES),
+        lambda cfg: check_known_keys(cfg),  # keys no rule, option or model reads: a typo, in a preset or elsewhere
+    ],
+)
 
 SAMPLE_RULES = [
     Rule("ckpt_path", "a checkpoint path", text),
@@ -288,20 +318,29 @@ def check_known_keys(cfg: DictConfig) -> None:
     added = typed_additions()
     for key in cfg.keys():
         if key not in top_level_keys() and key not in added:
-            raise UserError(f"unknown config key {key!r} (from an experiment preset or a config file?): no option "
-                            "or rule reads it; remove it, or add it on purpose with +" + f"{key}=<value>")
+            raise UserError(
+                f"unknown config key {key!r} (from an experiment preset or a config file?): no option "
+                "or rule reads it; remove it, or add it on purpose with +" + f"{key}=<value>"
+            )
     trainer = cfg.get("trainer")
     if isinstance(trainer, DictConfig):
         flags = {rule.key.removeprefix("trainer.") for rule in TRAINER_FLAG_RULES} | {"_target_"}
         for key in trainer.keys():
             if key not in flags and f"trainer.{key}" not in added:
-                raise UserError(f"trainer.{key} is not an argument of Lightning's Trainer (docs/reliability_keys.md "
-                                "lists every one): remove it from the experiment preset or config that sets it")
+                raise UserError(
+                    f"trainer.{key} is not an argument of Lightning's Trainer (docs/reliability_keys.md "
+                    "lists every one): remove it from the experiment preset or config that sets it"
+                )
 
 
 # Group nodes built with hydra's instantiate, and the arguments the run passes them itself (not from the config).
-BUILT = {"data": {"steps_per_call", "vocab"}, "optimizer": {"params"}, "schedule": {"total_steps"},
-         "model": {"vocab_size", "block_size"}, "trainer": {"callbacks", "logger", "plugins"}}
+BUILT = {
+    "data": {"steps_per_call", "vocab"},
+    "optimizer": {"params"},
+    "schedule": {"total_steps"},
+    "model": {"vocab_size", "block_size"},
+    "trainer": {"callbacks", "logger", "plugins"},
+}
 
 
 def check_targets(cfg: DictConfig) -> None:
@@ -331,8 +370,10 @@ def locate(where: str, target) -> Any:
     except Exception as err:  # ImportError, or whatever the user's module raises while it is imported
         cause = err.__cause__ or err
         detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise UserError(f"{where}._target_={target} cannot be imported ({type(cause).__name__}: {detail}): is its "
-                        "module installed, or on PYTHONPATH?") from None
+        raise UserError(
+            f"{where}._target_={target} cannot be imported ({type(cause).__name__}: {detail}): is its "
+            "module installed, or on PYTHONPATH?"
+        ) from None
 
 
 def check_arguments(where: str, node: DictConfig, target, passed: set[str]) -> None:
@@ -376,14 +417,18 @@ def check_model_contract(net, model_name: str, vocab_size: int, block_size: int)
                 try:
                     out = net(idx, **kwargs)
                 except Exception as err:
-                    raise UserError(f"model {model_name}: {call} on a (2, {block_size}) batch of indices raised "
-                                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+                    raise UserError(
+                        f"model {model_name}: {call} on a (2, {block_size}) batch of indices raised "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    ) from None
             shape = tuple(getattr(out, "shape", ()))
             if not isinstance(out, torch.Tensor) or shape != expected:
                 got = f"shape {shape}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-                raise UserError(f"model {model_name}: {call} on a (B, block_size) = (2, {block_size}) batch returned "
-                                f"{got}, where the model contract (src/makemore_lab/models/__init__.py) expects "
-                                f"{expected}: (B, vocab_size) logits of the next character"
-                                + (", or (B, T, vocab_size) with all_positions=True" if kwargs else ""))
+                raise UserError(
+                    f"model {model_name}: {call} on a (B, block_size) = (2, {block_size}) batch returned "
+                    f"{got}, where the model contract (src/makemore_lab/models/__init__.py) expects "
+                    f"{expected}: (B, vocab_size) logits of the next character"
+                    + (", or (B, T, vocab_size) with all_positions=True" if kwargs else "")
+                )
     finally:
         net.train(was_training)

@@ -54,8 +54,12 @@ def quiet_third_party_messages() -> None:
     for handler in logging.getLogger().handlers:  # Hydra's console handler (its file handler is a FileHandler)
         if not isinstance(handler, logging.FileHandler) and not_train_log_only not in handler.filters:
             handler.addFilter(not_train_log_only)
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"pytorch_lightning\.utilities\._pytree",
+    )
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 

@@ -126,8 +126,14 @@ def divergence(losses: torch.Tensor, first_step: int, initial_loss: float | None
         return None
     index = int(bad.nonzero()[0])
     value = losses[index].item()
-    what = f"{value:.4g}, more than {DIVERGENCE_FACTOR}x the first step's {initial_loss:.4g}," if math.isfinite(value) else value
-    return f"the loss became {what} at step {first_step + index}: training diverged (a lower optimizer.lr usually helps)"
+    what = (
+        f"{value:.4g}, more than {DIVERGENCE_FACTOR}x the first step's {initial_loss:.4g},"
+        if math.isfinite(value)
+        else value
+    )
+    return (
+        f"the loss became {what} at step {first_step + index}: training diverged (a lower optimizer.lr usually helps)"
+    )
 
 
 class StepEngine:
@@ -166,8 +172,10 @@ class StepEngine:
         except RuntimeError as err:  # trainer.detect_anomaly (debug=fast): torch's NaN report is a divergence too
             if ANOMALY not in str(err):
                 raise
-            raise TrainingDiverged(f"anomaly detection: {str(err).splitlines()[0]} at step {trainer.global_step}: "
-                                   "training diverged (a lower optimizer.lr usually helps)") from None
+            raise TrainingDiverged(
+                f"anomaly detection: {str(err).splitlines()[0]} at step {trainer.global_step}: "
+                "training diverged (a lower optimizer.lr usually helps)"
+            ) from None
         losses = torch.stack(losses)
         why = divergence(losses, first, module.initial_loss)  # one check per batch: no per-step sync
         if why:

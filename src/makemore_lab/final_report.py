@@ -64,31 +64,41 @@ def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: 
     """Exact losses on all three splits, logged with the run's hparams. In TensorBoard the val loss is one tag,
     `val/loss`: its last point is the exact final loss (added at the last step unless the last validation gave it)."""
     losses = {split: split_loss(net, datamodule, split) for split in ("train", "val", "test")}
-    log.info("final loss (nats): train %.4f  val %.4f  test %.4f", losses["train"], losses["val"], losses["test"],
-             extra=console.job_detail())
+    log.info(
+        "final loss (nats): train %.4f  val %.4f  test %.4f",
+        losses["train"],
+        losses["val"],
+        losses["test"],
+        extra=console.job_detail(),
+    )
     seen = getattr(trainer, "callback_metrics", None)  # None: a trainer that does not say (a population member's)
     validated = None if seen is None else seen.get("val/loss")
-    exact_is_last = seen is None or (validated is not None and
-                                     math.isclose(float(validated), losses["val"], rel_tol=1e-5))
+    exact_is_last = seen is None or (
+        validated is not None and math.isclose(float(validated), losses["val"], rel_tol=1e-5)
+    )
     hparams = hparams_for_tensorboard(cfg, params, datamodule.block_size, overrides)
     for logger in trainer.loggers:
         final = {"test/loss": losses["test"], **({} if exact_is_last else {"val/loss": losses["val"]})}
         logger.log_metrics(final, step=trainer.global_step)
         logger.log_hyperparams(hparams)
         if isinstance(logger, TensorBoardLogger):  # the HParams tab shows each run's val/loss and test/loss
-            tensorboard_events.write_hparams(logger.experiment, hparams_tab(cfg, hparams, overrides),
-                                             ("val/loss", "test/loss"))
+            tensorboard_events.write_hparams(
+                logger.experiment, hparams_tab(cfg, hparams, overrides), ("val/loss", "test/loss")
+            )
             if seen is not None and validated is None:
-                tensorboard_events.write_text(logger.experiment, "val/note", no_validation_note(cfg, trainer),
-                                              trainer.global_step)
+                tensorboard_events.write_text(
+                    logger.experiment, "val/note", no_validation_note(cfg, trainer), trainer.global_step
+                )
         logger.save()
     return {f"{split}_loss": loss for split, loss in losses.items()}
 
 
 def no_validation_note(cfg: DictConfig, trainer) -> str:
-    return (f"This run ended at step {trainer.global_step}, before its first validation "
-            f"(trainer.val_check_interval={cfg.trainer.get('val_check_interval')}): val/loss has one point, the "
-            "exact final loss on the whole val split.")
+    return (
+        f"This run ended at step {trainer.global_step}, before its first validation "
+        f"(trainer.val_check_interval={cfg.trainer.get('val_check_interval')}): val/loss has one point, the "
+        "exact final loss on the whole val split."
+    )
 
 
 def check_finite(losses: dict[str, float], out_dir: Path) -> None:
@@ -97,8 +107,10 @@ def check_finite(losses: dict[str, float], out_dir: Path) -> None:
     bad = {name: loss for name, loss in losses.items() if not math.isfinite(loss)}
     if bad:
         shown = ", ".join(f"{name}={loss}" for name, loss in bad.items())
-        raise TrainingDiverged(f"training diverged: the final {shown} (a lower optimizer.lr usually helps); the "
-                               f"diverged weights are in {out_dir / 'checkpoints' / 'last.ckpt'}")
+        raise TrainingDiverged(
+            f"training diverged: the final {shown} (a lower optimizer.lr usually helps); the "
+            f"diverged weights are in {out_dir / 'checkpoints' / 'last.ckpt'}"
+        )
 
 
 def print_samples(net, datamodule, num_samples: int, seed: int) -> list[str]:
@@ -146,9 +158,11 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
     try:
         write_json_atomically(out_dir / "summary.json", summary)
     except OSError as err:  # a full disk at the very end: the trained weights are in last.ckpt
-        raise UserError(f"cannot write {err.filename} ({err.strerror}): the run trained to step "
-                        f"{trainer.global_step}, and {last_good(out_dir)}; its losses: "
-                        f"{losses_command(out_dir / 'checkpoints' / 'last.ckpt', datamodule.source)}") from None
+        raise UserError(
+            f"cannot write {err.filename} ({err.strerror}): the run trained to step "
+            f"{trainer.global_step}, and {last_good(out_dir)}; its losses: "
+            f"{losses_command(out_dir / 'checkpoints' / 'last.ckpt', datamodule.source)}"
+        ) from None
     log.info("summary: %s", Path(cfg.paths.output_dir) / "summary.json", extra=console.job_detail())
     if console.in_multirun():  # the job's one console line; the lines above are in its train.log
         log.info("%s", console.job_report_line(summary))

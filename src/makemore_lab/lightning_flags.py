@@ -12,13 +12,22 @@ from pytorch_lightning import callbacks as stock
 from makemore_lab.errors import UserError
 
 # Stock callbacks built around epochs or their own fit loop: the minibatch stream never ends an epoch.
-EPOCH_DRIVEN = (stock.StochasticWeightAveraging, stock.GradientAccumulationScheduler, stock.BaseFinetuning,
-                stock.BatchSizeFinder, stock.LearningRateFinder, stock.ModelPruning)
+EPOCH_DRIVEN = (
+    stock.StochasticWeightAveraging,
+    stock.GradientAccumulationScheduler,
+    stock.BaseFinetuning,
+    stock.BatchSizeFinder,
+    stock.LearningRateFinder,
+    stock.ModelPruning,
+)
 # ModelCheckpoint / EarlyStopping options that never fire here, with the neutral values that are fine.
 NEVER_FIRES = {
     stock.ModelCheckpoint: {
-        "train_time_interval": ((None,), "use callbacks.last_checkpoint.every_seconds (a checkpoint every N "
-                                         "seconds of training) or every_n_train_steps"),
+        "train_time_interval": (
+            (None,),
+            "use callbacks.last_checkpoint.every_seconds (a checkpoint every N "
+            "seconds of training) or every_n_train_steps",
+        ),
         "every_n_epochs": ((None, 0, 1), "epochs never end: it saves at each validation, or use every_n_train_steps"),
         "save_on_train_epoch_end": ((None, False), "epochs never end: it saves at each validation"),
     },
@@ -35,8 +44,10 @@ def check_devices(trainer: DictConfig) -> None:
     for key in ("devices", "num_nodes"):
         count = trainer.get(key) or 1
         if count > 1 and strategy != "ddp":
-            raise UserError(f"trainer.{key}={count} needs trainer.strategy=ddp (use trainer=ddp): under "
-                            f"strategy={strategy} the ranks' gradients would never be averaged")
+            raise UserError(
+                f"trainer.{key}={count} needs trainer.strategy=ddp (use trainer=ddp): under "
+                f"strategy={strategy} the ranks' gradients would never be averaged"
+            )
 
 
 def check_callbacks(nodes: dict[str, DictConfig]) -> None:
@@ -46,8 +57,10 @@ def check_callbacks(nodes: dict[str, DictConfig]) -> None:
         if not issubclass(cls, pl.Callback):
             raise UserError(f"callbacks.{name}: {node._target_} is not a Lightning Callback")
         if issubclass(cls, EPOCH_DRIVEN):
-            raise UserError(f"callbacks.{name}: {cls.__name__} is not supported: it acts at epoch ends or runs its "
-                            "own fit loop, and the minibatch stream never ends an epoch")
+            raise UserError(
+                f"callbacks.{name}: {cls.__name__} is not supported: it acts at epoch ends or runs its "
+                "own fit loop, and the minibatch stream never ends an epoch"
+            )
         for base, options in NEVER_FIRES.items():
             if not issubclass(cls, base):
                 continue

@@ -51,8 +51,11 @@ PACKAGES = {
 CONNECT_SECONDS = 5.0  # the bounded attempt to reach a logger's server before training
 # MLflow's HTTP client retries a failed call 7 times with exponential backoff (minutes); a run bounds it, unless the
 # user set these themselves: a server that goes away mid-run costs seconds, then the logger is left out (guard).
-MLFLOW_CLIENT_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+MLFLOW_CLIENT_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def check_loggers(logger_cfg) -> None:
@@ -70,11 +73,18 @@ def check_loggers(logger_cfg) -> None:
             if urlparse(uri).scheme in ("http", "https"):
                 for key, value in MLFLOW_CLIENT_BOUNDS.items():
                     os.environ.setdefault(key, value)
-                check_reachable(name, uri, f"start the tracking server, or set logger.{name}.tracking_uri to one "
-                                           "that runs (the default, sqlite:///logs/mlflow.db, needs none)")
+                check_reachable(
+                    name,
+                    uri,
+                    f"start the tracking server, or set logger.{name}.tracking_uri to one "
+                    "that runs (the default, sqlite:///logs/mlflow.db, needs none)",
+                )
         elif kind == "WandbLogger" and node.get("offline") is False:
-            check_reachable(name, os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"),
-                            f"check the network, or log offline with logger.{name}.offline=true and `wandb sync` later")
+            check_reachable(
+                name,
+                os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"),
+                f"check the network, or log offline with logger.{name}.offline=true and `wandb sync` later",
+            )
 
 
 check_logger_packages = check_loggers  # the name train.build_run calls
@@ -96,7 +106,7 @@ def start(logger: Logger) -> None:
     """The logger's run (its `experiment`: Lightning starts it in its setup hook, where an error is a traceback), or
     one line naming the logger and what to do. A disk error stays the run's."""
     try:
-        logger.experiment
+        _ = logger.experiment  # the property starts the run
     except OSError as err:
         if err.errno in DISK_ERRORS:
             raise
@@ -160,8 +170,11 @@ def fault_guard(logger: Logger):
 
 def report_fault(logger: Logger, err: Exception) -> None:
     _failed.add(logger)
-    log.error("%s; it is left out for the rest of this run: training goes on, and the checkpoints and summary.json "
-              "are written as usual", fault_line(logger, err, "failed"))
+    log.error(
+        "%s; it is left out for the rest of this run: training goes on, and the checkpoints and summary.json "
+        "are written as usual",
+        fault_line(logger, err, "failed"),
+    )
 
 
 def kept(logger: Logger) -> set[str]:
@@ -179,11 +192,16 @@ def prepare(loggers: list[Logger]) -> None:
     for logger in loggers:
         start(logger)
     guard(loggers)
-    skipped = [f"{logger_name(lg)}: no {', no '.join(m for m in MEDIA if m not in kept(lg))}"
-               for lg in loggers if set(MEDIA) - kept(lg)]
+    skipped = [
+        f"{logger_name(lg)}: no {', no '.join(m for m in MEDIA if m not in kept(lg))}"
+        for lg in loggers
+        if set(MEDIA) - kept(lg)
+    ]
     if skipped:
-        log.info("loggers without some media get every scalar but skip them (%s); TensorBoard and W&B keep all",
-                 "; ".join(skipped))
+        log.info(
+            "loggers without some media get every scalar but skip them (%s); TensorBoard and W&B keep all",
+            "; ".join(skipped),
+        )
 
 
 log_what_is_skipped = prepare  # the name train.train_in_run_dir calls
@@ -240,7 +258,11 @@ class RunLoggers:
         return any(media in kept(logger) for logger in self.working)
 
     def write(self, record: StepLog, step: int) -> None:
-        bins = {tag: histogram_bins(values) for tag, values in record.histograms.items()} if self.keep("histograms") else {}
+        bins = (
+            {tag: histogram_bins(values) for tag, values in record.histograms.items()}
+            if self.keep("histograms")
+            else {}
+        )
         for logger in self.working:
             with fault_guard(logger):
                 if isinstance(logger, TensorBoardLogger):

@@ -56,8 +56,10 @@ def position_losses(net: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.Te
     vocab_size = net.lm_head.weight.shape[0]  # Linear (V, in) or Embedding (V, V): see models/__init__.py
     if isinstance(batch, WholeItems):
         rows = max(1, EVAL_LOGIT_CELLS // (vocab_size * batch.x.shape[1]))
-        parts = [item_position_losses(net, WholeItems(*(t[i : i + rows] for t in batch)))
-                 for i in range(0, len(batch.x), rows)]
+        parts = [
+            item_position_losses(net, WholeItems(*(t[i : i + rows] for t in batch)))
+            for i in range(0, len(batch.x), rows)
+        ]
     else:
         rows = max(1, EVAL_LOGIT_CELLS // vocab_size)
         parts = [window_losses(net, batch, lo, lo + rows) for lo in range(0, len(batch.x), rows)]

@@ -82,8 +82,12 @@ class CharLM(pl.LightningModule):
         configured = getattr(self.optimizer_factory, "keywords", {}).get("lr")
         for group in optimizer.param_groups:  # a resumed run restored the checkpoint's base lr: the config's wins
             if configured is not None and group["initial_lr"] != configured:
-                log.info("optimizer.lr %g (the checkpoint's) -> %g (this run's config), from step %d",
-                         group["initial_lr"], configured, step)
+                log.info(
+                    "optimizer.lr %g (the checkpoint's) -> %g (this run's config), from step %d",
+                    group["initial_lr"],
+                    configured,
+                    step,
+                )
                 group["initial_lr"] = configured
         self.engine.set_lr(optimizer, step)  # the first (or resumed) step's lr
 
@@ -101,7 +105,9 @@ class CharLM(pl.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])  # the base rate; saved with the optimizer state
-        self.engine.lr_multiplier = self.schedule_factory(total_steps=total_steps) if self.schedule_factory else constant(total_steps)
+        self.engine.lr_multiplier = (
+            self.schedule_factory(total_steps=total_steps) if self.schedule_factory else constant(total_steps)
+        )
         return optimizer
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -29,6 +29,7 @@ from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 log = logging.getLogger(__name__)
 SEGMENTS_FILE = "segments.json"  # a run dir's interrupted fits (steps, seconds): the sweep table sums its time
 
+
 @dataclass(frozen=True)
 class Segment:
     """One fit: the steps it made and its wall time (a resumed run is a second segment of the same run)."""
@@ -38,7 +39,9 @@ class Segment:
     resumed_from_step: int
 
 
-def check_resume_checkpoint(ckpt_path: str, checkpoint_meta: dict, net, max_steps: int, population: bool = False) -> None:
+def check_resume_checkpoint(
+    ckpt_path: str, checkpoint_meta: dict, net, max_steps: int, population: bool = False
+) -> None:
     """A checkpoint to resume from must be ours, hold the model this config builds, be trained on the same data and
     leave steps to train: else one line here, not a traceback deep inside Lightning or a run that silently means
     something else. read_checkpoint loads it with weights_only=True, before Lightning loads it (also weights_only)."""
@@ -62,14 +65,18 @@ def stop_cleanly_on_sigint(trainer: pl.Trainer, last: Path):
         stop["requested"] = True
         trainer.should_stop = True  # Lightning ends the fit after the current batch
         signal.signal(signal.SIGINT, abort)
-        print("\nCtrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        print(
+            "\nCtrl-C: stopping after the current step and saving a checkpoint (Ctrl-C again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def after_training(signum, frame):  # the final save and report: training is over, its weights are saved
         raise TrainingInterrupted(
             f"Ctrl-C after training had finished (step {trainer.global_step}): summary.json was not written; the "
             f"last saved weights are in {last}. Their losses: "
-            f"{losses_command(last, getattr(getattr(trainer, 'datamodule', None), 'source', None))}")
+            f"{losses_command(last, getattr(getattr(trainer, 'datamodule', None), 'source', None))}"
+        )
 
     def request_stop_for_scheduler(signum, frame):  # nothing written here: a handler that logs can re-enter a stream
         stop["requested"] = stop["scheduler"] = True
@@ -114,9 +121,11 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     except RuntimeError:  # DDP: a peer rank that stopped first (SIGTERM, SIGUSR2) broke the process group
         if trainer.world_size == 1 or not (trainer.received_sigterm or stop["requested"]):
             raise
-        raise TrainingInterrupted(f"stopped at step {trainer.global_step} with another rank, whose process group "
-                                  f"ended; the last saved checkpoint is kept. Resume with: {resume_command(out_dir)}",
-                                  exit_code=128 + (signal.SIGUSR2 if stop.get("scheduler") else signal.SIGTERM)) from None
+        raise TrainingInterrupted(
+            f"stopped at step {trainer.global_step} with another rank, whose process group "
+            f"ended; the last saved checkpoint is kept. Resume with: {resume_command(out_dir)}",
+            exit_code=128 + (signal.SIGUSR2 if stop.get("scheduler") else signal.SIGTERM),
+        ) from None
     except OSError as err:  # disk full, read-only or gone
         raise cannot_write(err, trainer.global_step, out_dir) from None
     seconds = time.perf_counter() - start
@@ -127,8 +136,11 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
     if stop["requested"] or terminated:
         record_interrupted_segment(trainer, module, seconds, out_dir)
     if stop.get("scheduler"):
-        hand_over_to_scheduler(stop["scheduler_handler"], f"stopped at step {trainer.global_step} of "
-                               f"{trainer.max_steps}; checkpoint saved", resume_command(out_dir))
+        hand_over_to_scheduler(
+            stop["scheduler_handler"],
+            f"stopped at step {trainer.global_step} of {trainer.max_steps}; checkpoint saved",
+            resume_command(out_dir),
+        )
     if stop["requested"] or terminated:
         signal_name, code = ("SIGTERM", 143) if terminated else ("Ctrl-C", 130)
         raise TrainingInterrupted(
@@ -144,8 +156,9 @@ def cannot_write(err: OSError, step: int, out_dir: Path) -> UserError:
     """A failed write as one line: the file (a write to an open file, TensorBoard's or a log, names none: the run
     dir is where it went) and the last good checkpoint (saves are atomic, so one that is there is whole). Runs and
     population members alike (population/run.py)."""
-    return UserError(f"cannot write the run's files ({err.strerror}: {err.filename or out_dir}) at step {step}; "
-                     f"{last_good(out_dir)}")
+    return UserError(
+        f"cannot write the run's files ({err.strerror}: {err.filename or out_dir}) at step {step}; {last_good(out_dir)}"
+    )
 
 
 def record_interrupted_segment(trainer: pl.Trainer, module, seconds: float, out_dir: Path) -> None:
@@ -155,8 +168,9 @@ def record_interrupted_segment(trainer: pl.Trainer, module, seconds: float, out_
         return
     path = out_dir / SEGMENTS_FILE
     segments = json.loads(path.read_text()) if path.is_file() else []
-    segments.append({"steps": trainer.global_step - module.first_step, "seconds": seconds,
-                     "resumed_from_step": module.first_step})
+    segments.append(
+        {"steps": trainer.global_step - module.first_step, "seconds": seconds, "resumed_from_step": module.first_step}
+    )
     write_text_atomically(path, json.dumps(segments) + "\n")
 
 
@@ -173,5 +187,6 @@ def hand_over_to_scheduler(handler, where: str, resume: str):
             handler(signal.SIGUSR2, None)  # submitit: requeues the job and exits (SystemExit), or raises
         except Exception as err:
             outcome = f"not requeued ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-    raise TrainingInterrupted(f"SIGUSR2 (time limit or preemption): {where}, {outcome}. Resume with: {resume}",
-                              exit_code=128 + signal.SIGUSR2)
+    raise TrainingInterrupted(
+        f"SIGUSR2 (time limit or preemption): {where}, {outcome}. Resume with: {resume}", exit_code=128 + signal.SIGUSR2
+    )

@@ -93,8 +93,11 @@ def fail_closed(what: str):
         yield
     except Exception as err:  # noqa: BLE001 - whatever stops the check, the run does not go on unchecked
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        exit_with(UserError(f"cannot check {what}, so the run is refused: {type(err).__name__}"
-                            + (f": {detail}" if detail else "")))
+        exit_with(
+            UserError(
+                f"cannot check {what}, so the run is refused: {type(err).__name__}" + (f": {detail}" if detail else "")
+            )
+        )
 
 
 def typed_overrides(config: DictConfig) -> list[str]:
@@ -145,12 +148,15 @@ def check_sweep_dir(sweep_dir: Path, task_overrides: list[str]) -> None:
         return
     recorded = sweep_dir / "multirun.yaml"
     if not recorded.is_file():
-        raise RunDirRefused(f"sweep dir {sweep_dir} is not empty and holds no sweep (no multirun.yaml): choose "
-                            "another hydra.sweep.dir")
+        raise RunDirRefused(
+            f"sweep dir {sweep_dir} is not empty and holds no sweep (no multirun.yaml): choose another hydra.sweep.dir"
+        )
     theirs = typed_overrides(OmegaConf.load(recorded))
     if theirs != [str(o) for o in task_overrides]:
-        raise RunDirRefused(f"sweep dir {sweep_dir} holds another sweep ({command('train', theirs, multirun=True)}): its "
-                            "table would mix the two; choose another hydra.sweep.dir, or rerun that sweep to continue it")
+        raise RunDirRefused(
+            f"sweep dir {sweep_dir} holds another sweep ({command('train', theirs, multirun=True)}): its "
+            "table would mix the two; choose another hydra.sweep.dir, or rerun that sweep to continue it"
+        )
 
 
 _held: dict[Path, "RunDirLock"] = {}  # run dirs this process has claimed (by the Hydra callback), by resolved path
@@ -189,8 +195,10 @@ class RunDirLock:
         except Timeout:
             self._lock = None
             holder = read_holder(lock_path) or "another process"
-            raise RunDirRefused(f"run dir {self.out_dir} is in use by a running train.py (pid {holder}): "
-                                "wait for it, or choose another hydra.run.dir") from None
+            raise RunDirRefused(
+                f"run dir {self.out_dir} is in use by a running train.py (pid {holder}): "
+                "wait for it, or choose another hydra.run.dir"
+            ) from None
         try:
             self.check_not_taken()
             write_holder(lock_path)
@@ -204,12 +212,16 @@ class RunDirLock:
         if self.resuming:
             return
         if (self.out_dir / "summary.json").exists():
-            raise RunDirRefused(f"run dir {self.out_dir} holds a finished run (summary.json): choose another "
-                                "hydra.run.dir, delete it, or continue it with ckpt_path=<run dir>/checkpoints/last.ckpt")
+            raise RunDirRefused(
+                f"run dir {self.out_dir} holds a finished run (summary.json): choose another "
+                "hydra.run.dir, delete it, or continue it with ckpt_path=<run dir>/checkpoints/last.ckpt"
+            )
         if (self.out_dir / "checkpoints" / "last.ckpt").exists():
-            raise RunDirRefused(f"run dir {self.out_dir} holds an interrupted run (checkpoints/last.ckpt, no "
-                                f"summary.json): continue it with: {resume_command(self.out_dir, self.task_overrides)} "
-                                "(or choose another hydra.run.dir)")
+            raise RunDirRefused(
+                f"run dir {self.out_dir} holds an interrupted run (checkpoints/last.ckpt, no "
+                f"summary.json): continue it with: {resume_command(self.out_dir, self.task_overrides)} "
+                "(or choose another hydra.run.dir)"
+            )
 
     def __exit__(self, *exc) -> None:
         if self._lock is not None:

@@ -32,8 +32,9 @@ def run(cfg: DictConfig) -> int:
         seen, unknown = None, err
     generator = torch.Generator().manual_seed(cfg.seed)
     novel = 0
-    for item in stream(net, vocab, cfg.num_samples, meta["block_size"], generator, cfg.temperature, cfg.top_k,
-                       cfg.max_length):
+    for item in stream(
+        net, vocab, cfg.num_samples, meta["block_size"], generator, cfg.temperature, cfg.top_k, cfg.max_length
+    ):
         print(item)
         novel += seen is not None and item not in seen
     sys.stdout.flush()

@@ -26,8 +26,10 @@ def next_characters(logits: torch.Tensor, generator, temperature: float, top_k: 
     """One character per row of `logits` (N, V): drawn at `temperature` among the `top_k` likeliest, or the
     likeliest itself at temperature 0."""
     if not torch.isfinite(logits).all():
-        raise TrainingDiverged("the model's logits are not finite (inf or nan): its weights diverged, so it cannot "
-                               "be sampled (a lower optimizer.lr usually helps)")
+        raise TrainingDiverged(
+            "the model's logits are not finite (inf or nan): its weights diverged, so it cannot "
+            "be sampled (a lower optimizer.lr usually helps)"
+        )
     if temperature == 0:
         return logits.argmax(dim=-1).cpu()
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature  # <= 0: no overflow however small T
@@ -77,8 +79,15 @@ def _chunk(net, vocab, n, block_size, device, generator, temperature, top_k, max
     return [vocab.decode(row[: row.index(0) if 0 in row else len(row)]) for row in rows]
 
 
-def generate(net: torch.nn.Module, vocab: Vocabulary, num_samples: int, block_size: int,
-             generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int | None = None,
-             max_length: int = 100) -> list[str]:
+def generate(
+    net: torch.nn.Module,
+    vocab: Vocabulary,
+    num_samples: int,
+    block_size: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    max_length: int = 100,
+) -> list[str]:
     """All of `stream`'s items as a list (for a few samples: the training run's, the TensorBoard callback's)."""
     return list(stream(net, vocab, num_samples, block_size, generator, temperature, top_k, max_length))

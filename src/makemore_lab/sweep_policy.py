@@ -79,8 +79,10 @@ def job_result(train, cfg, job: int, continue_sweep: bool = True) -> float:
         write_json_atomically(out_dir / FAILURE_FILE, {"error": reason})
     except OSError as err:  # a full disk: the sweep cannot record its jobs any more, so it stops here, in one line
         kept = "" if "checkpoint" in reason else f"; {last_good(out_dir)}"
-        raise UserError(f"cannot write {err.filename} ({err.strerror}), so the sweep stops: job {job} failed: "
-                        f"{reason}{kept}", exit_code=1) from None
+        raise UserError(
+            f"cannot write {err.filename} ({err.strerror}), so the sweep stops: job {job} failed: {reason}{kept}",
+            exit_code=1,
+        ) from None
     return math.inf
 
 
@@ -113,7 +115,9 @@ def earlier_result(cfg, job, task_overrides=None, announce_resume: bool = True) 
         log.info("job %s finished in an earlier run of this sweep: kept (val_loss %s)", job, summary.get("val_loss"))
         return summary.get("val_loss", math.nan)
     if (out_dir / FAILURE_FILE).is_file():
-        log.info("job %s failed in an earlier run of this sweep: kept (delete %s to retry it)", job, out_dir / FAILURE_FILE)
+        log.info(
+            "job %s failed in an earlier run of this sweep: kept (delete %s to retry it)", job, out_dir / FAILURE_FILE
+        )
         return math.inf
     if last.is_file() and not cfg.get("ckpt_path"):
         from makemore_lab.checkpoint import read_checkpoint  # torch: only where there is a checkpoint to read
@@ -140,5 +144,6 @@ def earlier_outcome(cfg, job, task_overrides) -> float | None:
 
 def check_same_job(out_dir: Path, recorded, overrides: list[str]) -> None:
     if recorded != overrides:
-        raise RunDirRefused(f"job dir {out_dir} holds a job with other overrides ({' '.join(recorded or ['unknown'])}): "
-                            "left as it is")
+        raise RunDirRefused(
+            f"job dir {out_dir} holds a job with other overrides ({' '.join(recorded or ['unknown'])}): left as it is"
+        )

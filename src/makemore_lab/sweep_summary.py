@@ -66,15 +66,21 @@ class SweepSummary(Callback):
         try:
             rows = write_summary(sweep_dir)
         except OSError as err:  # one line and a failed exit, not Hydra's warning about a callback
-            print(f"error: cannot write {err.filename} ({err.strerror}): each job's results are in its own dir; "
-                  f"python scripts/sweep_summary.py {sweep_dir} writes the table again", file=sys.stderr)
+            print(
+                f"error: cannot write {err.filename} ({err.strerror}): each job's results are in its own dir; "
+                f"python scripts/sweep_summary.py {sweep_dir} writes the table again",
+                file=sys.stderr,
+            )
             sys.exit(1)
         log.info("sweep summary (%d jobs): %s", len(rows), sweep_dir / "summary.md")
         table = first_table((sweep_dir / "summary.md").read_text())
         more = len(table) - 2 - PRINTED_ROWS
-        print("\n".join(table[: 2 + PRINTED_ROWS]) + (f"\n... {more} more in summary.md" if more > 0 else "")
-              + ("\n(over seeds; each job's own row: summary.md)" if table[0].startswith("| jobs |") else ""),
-              flush=True)
+        print(
+            "\n".join(table[: 2 + PRINTED_ROWS])
+            + (f"\n... {more} more in summary.md" if more > 0 else "")
+            + ("\n(over seeds; each job's own row: summary.md)" if table[0].startswith("| jobs |") else ""),
+            flush=True,
+        )
 
 
 PRINTED_ROWS = 20  # a 500-job search prints its best 20; summary.md and summary.csv hold every job
@@ -122,13 +128,15 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
         overrides = (summary or {}).get("overrides")
         if overrides is None:
             overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
-        jobs.append({
-            "error": json.loads(failure_file.read_text())["error"] if failure_file.is_file() else None,
-            "job": job_dir.relative_to(sweep_dir).as_posix(),
-            "overrides": dict(parse_override(o) for o in overrides),
-            "summary": summary,
-            "interrupted_seconds": sum(segment["seconds"] for segment in segments),
-        })
+        jobs.append(
+            {
+                "error": json.loads(failure_file.read_text())["error"] if failure_file.is_file() else None,
+                "job": job_dir.relative_to(sweep_dir).as_posix(),
+                "overrides": dict(parse_override(o) for o in overrides),
+                "summary": summary,
+                "interrupted_seconds": sum(segment["seconds"] for segment in segments),
+            }
+        )
     return sorted(jobs, key=lambda j: job_sort_key(j["job"]))
 
 
@@ -170,10 +178,17 @@ def seed_rows(override_keys: list[str], rows: list[dict]) -> list[dict]:
         if not seeds or len(members) < 2:
             continue
         done = [row for row in members if finished(row)]
-        row = {"job": ",".join(sorted((r["job"] for r in members), key=job_sort_key)), **dict(zip(others, values)),
-               **{key: "" for key in seeds}, "params": members[0]["params"], "n": len(done), "health": "",
-               "error": f"{len(members) - len(done)} of {len(members)} seeds failed or unfinished"
-               if len(done) < len(members) else ""}
+        row = {
+            "job": ",".join(sorted((r["job"] for r in members), key=job_sort_key)),
+            **dict(zip(others, values)),
+            **{key: "" for key in seeds},
+            "params": members[0]["params"],
+            "n": len(done),
+            "health": "",
+            "error": f"{len(members) - len(done)} of {len(members)} seeds failed or unfinished"
+            if len(done) < len(members)
+            else "",
+        }
         for column in ("steps", "time_s", *LOSSES):
             numbers = [r[column] for r in done if r[column] is not None]
             row[column] = statistics.fmean(numbers) if numbers else None
@@ -190,8 +205,9 @@ def write_csv(path: Path, override_keys: list[str], rows: list[dict], seeds: lis
     extra = ["n", *(f"{loss}_std" for loss in LOSSES)] if seeds else []
     writer = csv.DictWriter(text, fieldnames=["job", *override_keys, *METRICS, "health", "error", *extra])
     writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in {**row, **({"n": 1} if seeds else {})}.items()}
-                     for row in rows)
+    writer.writerows(
+        {k: "" if v is None else v for k, v in {**row, **({"n": 1} if seeds else {})}.items()} for row in rows
+    )
     writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in seeds)
     write_text_atomically(path, text.getvalue())  # parallel jobs (joblib) may write the table at once: each whole
 
@@ -222,24 +238,47 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
     seeds = seed_rows(override_keys, rows)
     if seeds:
         per_config = [k for k in varying if k not in SEED_KEYS]
-        lines += ["", f"Over seeds ({', '.join(k for k in override_keys if k in SEED_KEYS)}): mean ± standard deviation "
-                  "over each config's finished seeds (n), best mean val loss first; each job below.", "",
-                  "| jobs | " + " | ".join(per_config) + (" | " if per_config else "") +
-                  "n | train_loss | val_loss | test_loss | time (s) | failed |",
-                  "|---|" + "---|" * len(per_config) + "---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"Over seeds ({', '.join(k for k in override_keys if k in SEED_KEYS)}): mean ± standard deviation "
+            "over each config's finished seeds (n), best mean val loss first; each job below.",
+            "",
+            "| jobs | "
+            + " | ".join(per_config)
+            + (" | " if per_config else "")
+            + "n | train_loss | val_loss | test_loss | time (s) | failed |",
+            "|---|" + "---|" * len(per_config) + "---:|---:|---:|---:|---:|---|",
+        ]
         for row in seeds:
-            cells = [row["job"], *(row[k] for k in per_config), row["n"], *(spread(row, loss) for loss in LOSSES),
-                     fmt(row["time_s"], ".1f"), row["error"]]
+            cells = [
+                row["job"],
+                *(row[k] for k in per_config),
+                row["n"],
+                *(spread(row, loss) for loss in LOSSES),
+                fmt(row["time_s"], ".1f"),
+                row["error"],
+            ]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [
         "",
-        "| job | " + " | ".join(varying) + " | params | steps | train_loss | val_loss | test_loss | time (s) | health | failed |",
+        "| job | "
+        + " | ".join(varying)
+        + " | params | steps | train_loss | val_loss | test_loss | time (s) | health | failed |",
         "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in rows:
-        cells = [row["job"], *(row[k] for k in varying), fmt(row["params"], ","), fmt(row["steps"], ","),
-                 fmt(row["train_loss"], ".4f"), fmt(row["val_loss"], ".4f"), fmt(row["test_loss"], ".4f"),
-                 fmt(row["time_s"], ".1f"), row["health"], row["error"].replace("|", "\\|")]
+        cells = [
+            row["job"],
+            *(row[k] for k in varying),
+            fmt(row["params"], ","),
+            fmt(row["steps"], ","),
+            fmt(row["train_loss"], ".4f"),
+            fmt(row["val_loss"], ".4f"),
+            fmt(row["test_loss"], ".4f"),
+            fmt(row["time_s"], ".1f"),
+            row["health"],
+            row["error"].replace("|", "\\|"),
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -101,6 +101,11 @@ def choose(setting) -> bool:
     register()
     runs = live_runs()
     torch.set_num_threads(fair_share(runs))
-    log.info("threads: %d (%d cores, %d run(s) on this machine; set threads=N to choose)",
-             torch.get_num_threads(), cores(), runs, extra=console.job_detail())
+    log.info(
+        "threads: %d (%d cores, %d run(s) on this machine; set threads=N to choose)",
+        torch.get_num_threads(),
+        cores(),
+        runs,
+        extra=console.job_detail(),
+    )
     return True

@@ -16,8 +16,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from makemore_lab import (allocator, commands, config_schema, final_report, lightning_flags, logging_media, resume,
-                          sweep_policy, tensorboard_events, threads)
+from makemore_lab import (
+    allocator,
+    commands,
+    config_schema,
+    final_report,
+    lightning_flags,
+    logging_media,
+    resume,
+    sweep_policy,
+    tensorboard_events,
+    threads,
+)
 from makemore_lab.callbacks.thread_budget import ThreadBudget
 from makemore_lab.checkpoint_io import AtomicCheckpointIO
 from makemore_lab.console import quiet_third_party_messages
@@ -69,7 +79,9 @@ def check_model(cfg: DictConfig, net: torch.nn.Module, datamodule) -> int:
         )
     has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     if has_batchnorm and cfg.data.batch_size < 2:
-        raise UserError(f"data.batch_size=1 cannot train {cfg.model_name}: BatchNorm needs at least 2 examples per batch")
+        raise UserError(
+            f"data.batch_size=1 cannot train {cfg.model_name}: BatchNorm needs at least 2 examples per batch"
+        )
     return params
 
 
@@ -78,13 +90,17 @@ def check_final_weights(cfg: DictConfig, callbacks: list) -> None:
     if cfg.final_weights != "best":
         return
     if not any(isinstance(c, ModelCheckpoint) and c.monitor and c.save_top_k != 0 for c in callbacks):
-        raise UserError("final_weights=best needs the model_checkpoint callback, with a monitor and save_top_k != 0 "
-                        "(it keeps the best validation's weights)")
+        raise UserError(
+            "final_weights=best needs the model_checkpoint callback, with a monitor and save_top_k != 0 "
+            "(it keeps the best validation's weights)"
+        )
     if cfg.trainer.get("limit_val_batches") == 0:
         raise UserError("final_weights=best needs a validation: trainer.limit_val_batches=0 switches it off")
     if cfg.trainer.val_check_interval > cfg.trainer.max_steps:
-        raise UserError(f"final_weights=best needs a validation before the end: trainer.val_check_interval "
-                        f"({cfg.trainer.val_check_interval}) is more than trainer.max_steps ({cfg.trainer.max_steps})")
+        raise UserError(
+            f"final_weights=best needs a validation before the end: trainer.val_check_interval "
+            f"({cfg.trainer.val_check_interval}) is more than trainer.max_steps ({cfg.trainer.max_steps})"
+        )
 
 
 def train(cfg: DictConfig) -> dict:
@@ -95,8 +111,9 @@ def train(cfg: DictConfig) -> dict:
         return train_in_run_dir(cfg)
 
 
-def build_run(cfg: DictConfig, population: bool = False, shared_data: dict | None = None
-              ) -> tuple[list, StepPlan, object, CharLM]:
+def build_run(
+    cfg: DictConfig, population: bool = False, shared_data: dict | None = None
+) -> tuple[list, StepPlan, object, CharLM]:
     """(callbacks, plan, datamodule, module): what a run trains, built in the order that fixes its initial weights
     (seed, then the data module, then the net). A population member is built by this same function (population=True:
     it may resume from a population member's checkpoint, which has no Lightning loop state; `shared_data`: the
@@ -112,13 +129,22 @@ def build_run(cfg: DictConfig, population: bool = False, shared_data: dict | Non
         callbacks.append(ThreadBudget())
     plan = StepPlan.from_config(cfg, callbacks)
     check_final_weights(cfg, callbacks)
-    datamodule = (build(cfg.data, "data", steps_per_call=plan.steps_per_batch) if shared_data is None
-                  else shared_datamodule(cfg, plan, shared_data))
+    datamodule = (
+        build(cfg.data, "data", steps_per_call=plan.steps_per_batch)
+        if shared_data is None
+        else shared_datamodule(cfg, plan, shared_data)
+    )
     net = build(cfg.model, "model", vocab_size=datamodule.vocab_size, block_size=datamodule.block_size)
     params = check_model(cfg, net, datamodule)
     datamodule.whole_item_eval = scores_every_position(net)  # val/test on whole items: O(characters)
-    log.info("%s: %s params, vocab %d, block_size %d, examples %d/%d/%d", cfg.model_name, f"{params:,}",
-             datamodule.vocab_size, datamodule.block_size, *map(datamodule.num_examples, ("train", "val", "test")))
+    log.info(
+        "%s: %s params, vocab %d, block_size %d, examples %d/%d/%d",
+        cfg.model_name,
+        f"{params:,}",
+        datamodule.vocab_size,
+        datamodule.block_size,
+        *map(datamodule.num_examples, ("train", "val", "test")),
+    )
     checkpoint_meta = {
         "model_name": cfg.model_name,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -132,11 +158,19 @@ def build_run(cfg: DictConfig, population: bool = False, shared_data: dict | Non
     if cfg.get("ckpt_path"):
         resume.check_resume_checkpoint(cfg.ckpt_path, checkpoint_meta, net, cfg.trainer.max_steps, population)
     optimizer = build_partial(cfg.optimizer, "optimizer", params=[torch.zeros(1, requires_grad=True)])
-    schedule = build_partial(cfg.schedule, "schedule", total_steps=cfg.trainer.max_steps) if cfg.get("schedule") else None
-    module = CharLM(net, optimizer, schedule, cfg.data.batch_size, checkpoint_meta,
-                    all_positions=datamodule.train_on == "items", plan=plan)
+    schedule = (
+        build_partial(cfg.schedule, "schedule", total_steps=cfg.trainer.max_steps) if cfg.get("schedule") else None
+    )
+    module = CharLM(
+        net,
+        optimizer,
+        schedule,
+        cfg.data.batch_size,
+        checkpoint_meta,
+        all_positions=datamodule.train_on == "items",
+        plan=plan,
+    )
     return callbacks, plan, datamodule, module
-
 
 
 def shared_datamodule(cfg: DictConfig, plan: StepPlan, shared: dict):
@@ -150,9 +184,12 @@ def shared_datamodule(cfg: DictConfig, plan: StepPlan, shared: dict):
         return shared[key]
     datamodule = copy.copy(shared[key])
     datamodule.seed = data["seed"]
-    log.info("data: the population's copy of %s (%d characters, read once)", datamodule.path or "names.txt",
-             sum(len(s) - s.num_items for s in datamodule.splits.values()),
-             extra={"train_log_only": True})  # the member's own record; the console has the first member's line
+    log.info(
+        "data: the population's copy of %s (%d characters, read once)",
+        datamodule.path or "names.txt",
+        sum(len(s) - s.num_items for s in datamodule.splits.values()),
+        extra={"train_log_only": True},
+    )  # the member's own record; the console has the first member's line
     return datamodule
 
 
@@ -161,11 +198,16 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     tensorboard_events.quiet_writer_thread_disk_errors()
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                                plugins=[AtomicCheckpointIO()],  # every checkpoint whole or not at all, in the run dir
-                                # no ModelCheckpoint configured (callbacks=none): none of Lightning's own either
-                                enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-                                **plan.trainer_arguments(cfg.trainer))
+    trainer: pl.Trainer = build(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],  # every checkpoint whole or not at all, in the run dir
+        # no ModelCheckpoint configured (callbacks=none): none of Lightning's own either
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        **plan.trainer_arguments(cfg.trainer),
+    )
     if trainer.is_global_zero:
         logging_media.prepare(loggers)
     try:

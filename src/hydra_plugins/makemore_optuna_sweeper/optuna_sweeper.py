@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from filelock import FileLock
 from hydra.core.config_store import ConfigStore
@@ -35,14 +35,14 @@ RESULTS_FILE = "optimization_results.yaml"
 @dataclass
 class TPESamplerConf:
     _target_: str = "optuna.samplers.TPESampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     n_startup_trials: int = 10  # random trials before TPE starts modelling
 
 
 @dataclass
 class RandomSamplerConf:
     _target_: str = "optuna.samplers.RandomSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
 
 
 @dataclass
@@ -52,16 +52,18 @@ class OptunaSweeperConf:
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     sampler: Any = MISSING
     direction: str = "minimize"
-    storage: Optional[str] = None  # e.g. sqlite:///study.db: the study persists, and the same command resumes it
-    study_name: Optional[str] = None  # default: the hparams_search option's name
+    storage: str | None = None  # e.g. sqlite:///study.db: the study persists, and the same command resumes it
+    study_name: str | None = None  # default: the hparams_search option's name
     n_trials: int = 20  # trials this sweep adds to the study
     n_jobs: int = 1  # trials asked at once and launched as one batch
-    params: Optional[dict[str, str]] = None  # key: Hydra sweep syntax (choice, range, interval, tag(log, ...))
+    params: dict[str, str] | None = None  # key: Hydra sweep syntax (choice, range, interval, tag(log, ...))
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="makemore_lab")
 ConfigStore.instance().store(group="hydra/sweeper/sampler", name="tpe", node=TPESamplerConf, provider="makemore_lab")
-ConfigStore.instance().store(group="hydra/sweeper/sampler", name="random", node=RandomSamplerConf, provider="makemore_lab")
+ConfigStore.instance().store(
+    group="hydra/sweeper/sampler", name="random", node=RandomSamplerConf, provider="makemore_lab"
+)
 
 
 class SweeperError(CompactHydraException):
@@ -69,8 +71,16 @@ class SweeperError(CompactHydraException):
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: DictConfig, direction: str, storage: str | None, study_name: str | None,
-                 n_trials: int, n_jobs: int, params: dict | None = None):
+    def __init__(
+        self,
+        sampler: DictConfig,
+        direction: str,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        params: dict | None = None,
+    ):
         super().__init__()
         if direction not in ("minimize", "maximize"):
             raise SweeperError(f"hydra.sweeper.direction must be minimize or maximize, got {direction!r}")
@@ -92,8 +102,10 @@ class OptunaSweeper(Sweeper):
         try:
             import optuna
         except ImportError:
-            raise SweeperError("the Optuna sweeper needs optuna: pip install 'makemore-lab[optuna]' "
-                               "(in a clone: pip install -e '.[optuna]')") from None
+            raise SweeperError(
+                "the Optuna sweeper needs optuna: pip install 'makemore-lab[optuna]' "
+                "(in a clone: pip install -e '.[optuna]')"
+            ) from None
 
         from hydra_plugins.makemore_optuna_sweeper._search_space import UnsupportedSweep, distribution
 
@@ -118,8 +130,14 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
-        log.info("study %r: %d trials before this sweep, %d to run, %d at a time; searching %s",
-                 study.study_name, len(study.trials), self.n_trials, self.n_jobs, ", ".join(space) or "nothing")
+        log.info(
+            "study %r: %d trials before this sweep, %d to run, %d at a time; searching %s",
+            study.study_name,
+            len(study.trials),
+            self.n_trials,
+            self.n_jobs,
+            ", ".join(space) or "nothing",
+        )
 
         returns = []
         for start in range(0, self.n_trials, self.n_jobs):
@@ -150,17 +168,26 @@ class OptunaSweeper(Sweeper):
                 try:
                     storage = optuna.storages.RDBStorage(self.storage)
                 except Exception as err:  # a bad URL, a driver missing, a file that is not a database
-                    raise SweeperError(f"hydra.sweeper.storage={self.storage} cannot be opened: "
-                                       f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+                    raise SweeperError(
+                        f"hydra.sweeper.storage={self.storage} cannot be opened: "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    ) from None
                 try:
                     before = len(optuna.load_study(study_name=name, storage=storage).trials)
                 except KeyError:  # no such study yet
                     pass
-            study = optuna.create_study(study_name=name, storage=storage, sampler=self.build_sampler(before),
-                                        direction=self.direction, load_if_exists=True)
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                sampler=self.build_sampler(before),
+                direction=self.direction,
+                load_if_exists=True,
+            )
         if study.direction.name.lower() != self.direction:
-            raise SweeperError(f"study {name!r} in {self.storage} was created to {study.direction.name.lower()}, "
-                               f"not to {self.direction}: use another hydra.sweeper.study_name")
+            raise SweeperError(
+                f"study {name!r} in {self.storage} was created to {study.direction.name.lower()}, "
+                f"not to {self.direction}: use another hydra.sweeper.study_name"
+            )
         return study
 
     def check_same_search(self, study, space: dict) -> None:
@@ -177,12 +204,15 @@ class OptunaSweeper(Sweeper):
             try:
                 check_distribution_compatibility(known[key], dist)
             except ValueError:
-                raise SweeperError(self.another_search(study, f"its trials drew {key} from {known[key]}, this search "
-                                                              f"from {dist}")) from None
+                raise SweeperError(
+                    self.another_search(study, f"its trials drew {key} from {known[key]}, this search from {dist}")
+                ) from None
 
     def another_search(self, study, detail: str) -> str:
-        return (f"study {study.study_name!r} in {self.storage} holds another search ({detail}): use another "
-                "hydra.sweeper.study_name (or storage) for this search, or run that search's own command")
+        return (
+            f"study {study.study_name!r} in {self.storage} holds another search ({detail}): use another "
+            "hydra.sweeper.study_name (or storage) for this search, or run that search's own command"
+        )
 
     def ask(self, study, space: dict, optuna):
         """study.ask(space), but a trial whose values cannot be drawn is told FAIL, not left RUNNING in the stored
@@ -201,7 +231,9 @@ class OptunaSweeper(Sweeper):
         except Exception as err:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             detail = f"trial {trial.number}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            raise SweeperError(self.another_search(study, detail) + f"; trial {trial.number} is marked failed") from None
+            raise SweeperError(
+                self.another_search(study, detail) + f"; trial {trial.number} is marked failed"
+            ) from None
         return trial
 
     def build_sampler(self, trials_before: int):
@@ -220,12 +252,23 @@ class OptunaSweeper(Sweeper):
             log.warning("no trial of study %r finished: no %s", study.study_name, RESULTS_FILE)
             return
         best = study.best_trial
-        results = {"name": "optuna", "study_name": study.study_name, "storage": self.storage,
-                   "n_trials": len(study.trials), "best_trial": best.number,
-                   "best_params": best.params, "best_value": best.value}
+        results = {
+            "name": "optuna",
+            "study_name": study.study_name,
+            "storage": self.storage,
+            "n_trials": len(study.trials),
+            "best_trial": best.number,
+            "best_params": best.params,
+            "best_value": best.value,
+        }
         write_text_atomically(sweep_dir / RESULTS_FILE, OmegaConf.to_yaml(OmegaConf.create(results)))
-        log.info("best of %d trials: trial %d, value %.4f, %s", len(study.trials), best.number, best.value,
-                 " ".join(f"{k}={v}" for k, v in best.params.items()))
+        log.info(
+            "best of %d trials: trial %d, value %.4f, %s",
+            len(study.trials),
+            best.number,
+            best.value,
+            " ".join(f"{k}={v}" for k, v in best.params.items()),
+        )
 
 
 @contextlib.contextmanager

@@ -74,7 +74,7 @@ def resolved_train_config(task_cfg: DictConfig) -> DictConfig | Exception:
 class Job:
     num: int
     sweep_config: DictConfig  # the job's whole config, hydra node included (hydra.runtime.output_dir set)
-    prepared: JobReturn       # run_job's: cfg, hydra_cfg, overrides, working_dir; the result is filled in later
+    prepared: JobReturn  # run_job's: cfg, hydra_cfg, overrides, working_dir; the result is filled in later
     kept: float | None = None  # its result from an earlier run of this sweep (sweep_policy): not trained again
 
     @property
@@ -197,8 +197,10 @@ def why(err: Exception) -> str:
 def raise_unfinished(unfinished: list[str]) -> None:
     from makemore_lab.commands import sweep_resume_command  # torch-free
 
-    raise TrainingInterrupted("SLURM job(s) ended without a result: " + "; ".join(unfinished) + ". Their members' "
-                              f"last checkpoints are kept; continue the sweep with: {sweep_resume_command()}")
+    raise TrainingInterrupted(
+        "SLURM job(s) ended without a result: " + "; ".join(unfinished) + ". Their members' "
+        f"last checkpoints are kept; continue the sweep with: {sweep_resume_command()}"
+    )
 
 
 class GroupJob:
@@ -301,8 +303,11 @@ class PopulationLauncher(Launcher):
         for line in grouping.describe():
             log.info(line)
         params = dict(self.submitit)
-        executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster=params.pop("cluster", "slurm"),
-                                         slurm_max_num_timeout=params.pop("slurm_max_num_timeout", 10))
+        executor = submitit.AutoExecutor(
+            folder=params.pop("submitit_folder"),
+            cluster=params.pop("cluster", "slurm"),
+            slurm_max_num_timeout=params.pop("slurm_max_num_timeout", 10),
+        )
         executor.update_parameters(**params)  # None is "not set", as submitit reads it
         submitted = []
         for group in grouping.groups:
@@ -330,8 +335,10 @@ class PopulationLauncher(Launcher):
         for line in grouping.describe():
             log.info(line)
         if engine is None:
-            log.warning("the population engine (makemore_lab.population.train_population) is not installed: "
-                        "every job runs alone, as under the basic launcher")
+            log.warning(
+                "the population engine (makemore_lab.population.train_population) is not installed: "
+                "every job runs alone, as under the basic launcher"
+            )
         returns: dict[int, JobReturn] = {}
         for group in grouping.groups:
             members = [jobs[index] for index in group]
@@ -368,8 +375,7 @@ class PopulationLauncher(Launcher):
         try:
             self.workers = processes.Workers(count, self.config)
         except (OSError, EOFError) as err:  # no process could be started: the groups train here, one process each
-            log.warning("the population's worker processes did not start (%s): every group trains in this process",
-                        err)
+            log.warning("the population's worker processes did not start (%s): every group trains in this process", err)
             return
         atexit.register(self.workers.close)
 
@@ -387,9 +393,14 @@ class PopulationLauncher(Launcher):
             return [cfgs]
         share = max(1, budget // count)
         parts = [[processes.with_threads(cfg, share) for cfg in part] for part in processes.split(cfgs, count)]
-        log.info("job(s) %s: %d populations side by side in %d processes (%s members), %d thread(s) each",
-                 ",".join(str(job.num) for job in members), count, count, " + ".join(str(len(p)) for p in parts),
-                 share)
+        log.info(
+            "job(s) %s: %d populations side by side in %d processes (%s members), %d thread(s) each",
+            ",".join(str(job.num) for job in members),
+            count,
+            count,
+            " + ".join(str(len(p)) for p in parts),
+            share,
+        )
         return parts
 
     def side_by_side(self, members: list[Job], parts: list[list[DictConfig]]):
@@ -496,7 +507,9 @@ class PopulationLauncher(Launcher):
             for job, outcome in zip(members, outcomes, strict=True):
                 hydra_config.set_config(job.sweep_config)
                 # the earlier results were looked at before training (prepare): this summary.json is this run's
-                job.prepared.return_value = sweep_policy.run_job(replay(outcome), job.train_config, continue_sweep=False)
+                job.prepared.return_value = sweep_policy.run_job(
+                    replay(outcome), job.train_config, continue_sweep=False
+                )
                 callbacks.on_job_end(config=job.sweep_config, job_return=job.prepared)
         finally:
             hydra_config.cfg = sweep_hydra_cfg

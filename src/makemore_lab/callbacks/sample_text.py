@@ -17,7 +17,9 @@ class SampleText(pl.Callback):
     """
 
     def __init__(self, every_n_steps: int, num_samples: int = 10, seed: int = 0):
-        self.every_n_steps = check("callbacks.sample_text.every_n_steps", every_n_steps, "a positive integer", positive_int)
+        self.every_n_steps = check(
+            "callbacks.sample_text.every_n_steps", every_n_steps, "a positive integer", positive_int
+        )
         self.num_samples = check("callbacks.sample_text.num_samples", num_samples, "a positive integer", positive_int)
         self.seed = seed
         # after step s, s + 1 steps are done: due at the steps s with s + 1 a multiple of every_n_steps
@@ -57,4 +59,3 @@ class SampleText(pl.Callback):
         record.text("samples", text)
         self._loggers.write(record, step)
         self._written_step = step
-

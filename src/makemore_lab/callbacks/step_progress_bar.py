@@ -89,8 +89,11 @@ class StepProgressBar(TQDMProgressBar):
         if self.is_disabled:
             return
         metrics = self.get_metrics(trainer, pl_module)
-        shown = ", ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
-                          for key, value in metrics.items() if "/" in key)  # train/loss, val/loss
+        shown = ", ".join(
+            f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in metrics.items()
+            if "/" in key
+        )  # train/loss, val/loss
         if "val/loss" not in metrics and trainer.global_step >= trainer.max_steps:
             shown += "; no validation ran (trainer.val_check_interval > trainer.max_steps): the exact val loss follows"
         seconds = time.perf_counter() - self._started

@@ -11,14 +11,27 @@ from one flat token tensor per split at batch time (see encoding.py for the layo
 """
 
 from makemore_lab.data.batches import EvalBatches, MinibatchStream, TrainExamples, WholeItems, Windows
-from makemore_lab.data.encoding import TokenSplit, Vocabulary, make_examples, make_item_examples
 from makemore_lab.data.corpus import CharData, split_items
+from makemore_lab.data.encoding import TokenSplit, Vocabulary, make_examples, make_item_examples
 from makemore_lab.data.reading import BOUNDARY, builtin_names_path, read_data_file, read_items
 
 __all__ = [
-    "BOUNDARY", "CharData", "CharDataModule", "EvalBatches", "MinibatchStream", "TokenSplit", "TrainExamples",
-    "Vocabulary", "WholeItems", "Windows", "builtin_names_path", "make_examples", "make_item_examples",
-    "read_data_file", "read_items", "split_items",
+    "BOUNDARY",
+    "CharData",
+    "CharDataModule",
+    "EvalBatches",
+    "MinibatchStream",
+    "TokenSplit",
+    "TrainExamples",
+    "Vocabulary",
+    "WholeItems",
+    "Windows",
+    "builtin_names_path",
+    "make_examples",
+    "make_item_examples",
+    "read_data_file",
+    "read_items",
+    "split_items",
 ]
 
 

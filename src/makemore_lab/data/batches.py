@@ -66,8 +66,7 @@ class MinibatchStream(torch.utils.data.Sampler):
     DDP ranks draw different permutations. `first_minibatch` may be a callable, read when iteration starts.
     """
 
-    def __init__(self, n: int, batch_size: int, steps_per_call: int, rank: int = 0, seed: int = 0,
-                 first_minibatch=0):
+    def __init__(self, n: int, batch_size: int, steps_per_call: int, rank: int = 0, seed: int = 0, first_minibatch=0):
         self.n, self.batch_size, self.steps_per_call = n, batch_size, steps_per_call
         self.rank, self.seed, self.first_minibatch = rank, seed, first_minibatch
         self.per_pass = n // batch_size
@@ -140,8 +139,10 @@ class EvalBatches(torch.utils.data.Dataset):
         for span in spans:
             self.spans.append(span)
             contexts = len(self._distinct_of(len(self.spans) - 1)[2]) - 1
-            self.plans += [("windows", (len(self.spans) - 1, lo, min(lo + self.batch_size, contexts)))
-                           for lo in range(0, contexts, self.batch_size)]
+            self.plans += [
+                ("windows", (len(self.spans) - 1, lo, min(lo + self.batch_size, contexts)))
+                for lo in range(0, contexts, self.batch_size)
+            ]
 
     def _distinct_of(self, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(windows, items, bounds) of span `span`: its windows in order of their context, their items, and where

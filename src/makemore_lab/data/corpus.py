@@ -34,18 +34,40 @@ def split_items(items: list[str], train_fraction: float, val_fraction: float, se
     return shuffled[:n1], shuffled[n1:n2], shuffled[n2:]
 
 
-def check_values(block_size, batch_size, eval_batch_size, train_fraction, val_fraction, split_seed, steps_per_call,
-                 train_on, seed, max_block_size, max_bytes, splits) -> None:
+def check_values(
+    block_size,
+    batch_size,
+    eval_batch_size,
+    train_fraction,
+    val_fraction,
+    split_seed,
+    steps_per_call,
+    train_on,
+    seed,
+    max_block_size,
+    max_bytes,
+    splits,
+) -> None:
     """The arguments against config_schema's declared rules (one line naming the key), and what no single key
     can say: the two fractions must leave room for a test split."""
-    data = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "train_fraction": train_fraction,
-            "val_fraction": val_fraction, "split_seed": split_seed, "train_on": train_on, "seed": seed,
-            "max_block_size": max_block_size, "max_bytes": max_bytes}
+    data = {
+        "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size,
+        "train_fraction": train_fraction,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
+        "train_on": train_on,
+        "seed": seed,
+        "max_block_size": max_block_size,
+        "max_bytes": max_bytes,
+    }
     values = OmegaConf.create({"block_size": block_size, "steps_per_call": steps_per_call, "data": data})
     config_schema.validate(values, config_schema.DATA_RULES)
     if train_fraction + val_fraction >= 1:
-        raise UserError(f"data.train_fraction ({train_fraction}) + data.val_fraction ({val_fraction}) must be below 1, "
-                        "to leave room for a test split")
+        raise UserError(
+            f"data.train_fraction ({train_fraction}) + data.val_fraction ({val_fraction}) must be below 1, "
+            "to leave room for a test split"
+        )
     if not splits or any(s not in SPLITS for s in splits):
         raise UserError(f"splits must name some of {', '.join(SPLITS)}, got {splits!r}")
 
@@ -86,8 +108,20 @@ class CharData:
     ):
         super().__init__()  # CharDataModule's LightningDataModule.__init__, next in its method order
         splits = tuple(splits)
-        check_values(block_size, batch_size, eval_batch_size, train_fraction, val_fraction, split_seed,
-                     steps_per_call, train_on, seed, max_block_size, max_bytes, splits)
+        check_values(
+            block_size,
+            batch_size,
+            eval_batch_size,
+            train_fraction,
+            val_fraction,
+            split_seed,
+            steps_per_call,
+            train_on,
+            seed,
+            max_block_size,
+            max_bytes,
+            splits,
+        )
         started = time.perf_counter()
         self.path, self.batch_size, self.eval_batch_size = path, batch_size, eval_batch_size
         self.train_on, self.steps_per_call, self.seed = train_on, steps_per_call, seed
@@ -112,8 +146,11 @@ class CharData:
         self._check_training_set(longest, file)
         log.info(
             "data: %s items, %s characters, vocabulary %d, block_size %d, prepared in %.1f s",
-            f"{self.fingerprint['items']:,}", f"{sum(len(s) - s.num_items for s in self.splits.values()):,}",
-            self.vocab_size, self.block_size, time.perf_counter() - started,
+            f"{self.fingerprint['items']:,}",
+            f"{sum(len(s) - s.num_items for s in self.splits.values()):,}",
+            self.vocab_size,
+            self.block_size,
+            time.perf_counter() - started,
         )
 
     @classmethod
@@ -133,9 +170,11 @@ class CharData:
     def _choose_block_size(block_size: int | None, longest: str, path: Path, max_block_size: int) -> int:
         if block_size is not None:
             if block_size > max_block_size:  # every training call gathers steps_per_call x batch_size windows of it
-                raise UserError(f"block_size={block_size:,} is above data.max_block_size={max_block_size}: each "
-                                "minibatch holds data.batch_size windows of block_size characters; raise "
-                                "data.max_block_size to allow it")
+                raise UserError(
+                    f"block_size={block_size:,} is above data.max_block_size={max_block_size}: each "
+                    "minibatch holds data.batch_size windows of block_size characters; raise "
+                    "data.max_block_size to allow it"
+                )
             return block_size
         if len(longest) + 1 > max_block_size:
             raise UserError(

@@ -17,7 +17,6 @@ import torch
 from makemore_lab.data.reading import BOUNDARY
 from makemore_lab.errors import UserError
 
-
 NUMPY_DTYPES = {torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32}
 
 
@@ -144,8 +143,9 @@ class TokenSplit:
         """One more than the largest token: the base in which distinct_contexts writes a context as a number."""
         return int(self.tokens.max()) + 1 if len(self.tokens) else 1
 
-    def distinct_contexts(self, index: torch.Tensor, width: int,
-                          owners: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def distinct_contexts(
+        self, index: torch.Tensor, width: int, owners: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(order, bounds) for windows `index` (1-D int64): `order` sorts the windows by context (stably), and in
         that order the windows of the k-th of their distinct contexts are bounds[k]:bounds[k + 1] (bounds: U + 1
         values from 0 to len(index)); index[order[bounds[:-1]]] is the first window of each distinct context.

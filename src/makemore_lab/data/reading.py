@@ -49,9 +49,7 @@ def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
         raise UserError(f"data path is a directory, not a file: {path}")
     if not stat.S_ISREG(info.st_mode):
         raise UserError(f"data path {path} is not a regular file (a FIFO, device or socket): give a file of items")
-    too_big = (
-        f"data file {path} is larger than data.max_bytes={max_bytes:,} bytes: raise data.max_bytes if you mean it"
-    )
+    too_big = f"data file {path} is larger than data.max_bytes={max_bytes:,} bytes: raise data.max_bytes if you mean it"
     if info.st_size > max_bytes:
         raise UserError(too_big)
     try:

@@ -91,7 +91,9 @@ class ActivationStats:
                 "dead": values[3],
                 "dead_units": int(values[4]),
                 "units": t.shape[1],
-                "calls": len(outputs),  # calls of the module in the step's forward (a recurrent cell: one per time step)
+                "calls": len(
+                    outputs
+                ),  # calls of the module in the step's forward (a recurrent cell: one per time step)
                 "gradient_std": values[5] if g is not None else None,
                 "activations": t,
                 "gradients": g,

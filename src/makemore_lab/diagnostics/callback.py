@@ -87,8 +87,7 @@ class Diagnostics(pl.Callback):
         self.figures = settings.flag(figures, "figures")
         self.figures_dir = figures_dir
         self.figures_dpi = settings.positive_int(figures_dpi, "figures_dpi")
-        self.clock = StepClock(before=self._before_step, after=self._after_step, next_due=self._next_due,
-                               arm=self._arm)
+        self.clock = StepClock(before=self._before_step, after=self._after_step, next_due=self._next_due, arm=self._arm)
         self.history: list[dict] = []
         self.last: dict = {}
         self.initial_loss: dict | None = None  # the initial-loss check's result
@@ -176,12 +175,14 @@ class Diagnostics(pl.Callback):
             self.activations.attach()
 
     def _record(self, step: int, layers: dict, weights: dict) -> None:
-        self.history.append({
-            "step": step,
-            "lr": self._lr,
-            "layers": {name: {k: m[k] for k in LAYER_STATS} for name, m in layers.items()},
-            "weights": {name: {k: w[k] for k in ("grad_data", "update_data")} for name, w in weights.items()},
-        })
+        self.history.append(
+            {
+                "step": step,
+                "lr": self._lr,
+                "layers": {name: {k: m[k] for k in LAYER_STATS} for name, m in layers.items()},
+                "weights": {name: {k: w[k] for k in ("grad_data", "update_data")} for name, w in weights.items()},
+            }
+        )
         self.last = {"step": step, "layers": layers, "weights": weights}
         if not self._loggers:
             return

@@ -37,7 +37,9 @@ def save_figures(diagnostics, directory: Path, loggers, step: int, dpi: int = 10
 
     directory.mkdir(parents=True, exist_ok=True)
     paths, record = [], StepLog()
-    with matplotlib.rc_context({**FAST_TEXT, **FONT}):  # this call's own settings: the user's rcParams are left as they are
+    with matplotlib.rc_context(
+        {**FAST_TEXT, **FONT}
+    ):  # this call's own settings: the user's rcParams are left as they are
         for name, figure in draw(diagnostics, dpi).items():
             canvas = FigureCanvasAgg(figure)
             canvas.draw()  # rendered once, for the file and for the loggers

@@ -27,20 +27,20 @@ DEAD_WHEN_FLAT = ("Tanh", "Sigmoid", "ReLU")  # flat on an example = no gradient
 
 WHY = {
     "initial_loss": "an untrained network should be equally unsure of every character (loss ln V); far above, it "
-                    "starts confidently wrong and spends its first steps shrinking the logits (the hockey stick)",
+    "starts confidently wrong and spends its first steps shrinking the logits (the hockey stick)",
     "saturation": "a saturated tanh (|t| > 0.97) passes almost no gradient; at init the lecture accepts ~20% in the "
-                  "first layer (fed by unit-variance embeddings) and ~5% deeper, where the gain 5/3 holds it",
+    "first layer (fed by unit-variance embeddings) and ~5% deeper, where the gain 5/3 holds it",
     "activation_std": "too small a gain shrinks the activations layer by layer towards 0 (gain 1: std 0.62 -> 0.32 "
-                      "over 5 layers); the gain 5/3 (or BatchNorm) keeps every layer at about the same std",
+    "over 5 layers); the gain 5/3 (or BatchNorm) keeps every layer at about the same std",
     "gradient_scale": "gradients should flow back at about the same scale through every layer; a wrong gain makes "
-                      "them shrink or grow layer by layer (gain 0.5: they grow with depth)",
+    "them shrink or grow layer by layer (gain 0.5: they grow with depth)",
     "update_data": "each step should change a weight by about 1/1000 of its size (log10 update:data ~ -3): well "
-                   "below, the lr is too low; well above, too high; the output layer, shrunk x0.1 at init, is an "
-                   "expected outlier",
+    "below, the lr is too low; well above, too high; the output layer, shrunk x0.1 at init, is an "
+    "expected outlier",
     "dead_units": "a unit flat on every example (tanh always saturated, ReLU never active) gets no gradient and "
-                  "never learns; GELU, ELU, SiLU still pass gradient below 0, so are never counted dead",
+    "never learns; GELU, ELU, SiLU still pass gradient below 0, so are never counted dead",
     "final_saturation": "how saturated the trained network ends up describes its solution, not a fault: the lecture "
-                        "judges saturation at initialisation",
+    "judges saturation at initialisation",
 }
 LOOK_AT = {
     "initial_loss": "initial_loss/measured",
@@ -81,8 +81,9 @@ class HealthRules:
         t = Thresholds(**thresholds)
         name = "thresholds."
         self.initial_loss_tolerance = settings.fraction(t.initial_loss_tolerance, name + "initial_loss_tolerance")
-        self.max_first_layer_saturation = settings.fraction(t.max_first_layer_saturation,
-                                                            name + "max_first_layer_saturation")
+        self.max_first_layer_saturation = settings.fraction(
+            t.max_first_layer_saturation, name + "max_first_layer_saturation"
+        )
         self.max_saturation = settings.fraction(t.max_saturation, name + "max_saturation")
         self.min_std_ratio = settings.fraction(t.min_std_ratio, name + "min_std_ratio")
         self.max_gradient_ratio = settings.positive(t.max_gradient_ratio, name + "max_gradient_ratio")
@@ -91,8 +92,13 @@ class HealthRules:
 
     # ------------------------------------------------------------------------------------------------ verdict
 
-    def judge(self, history: list[dict], initial_loss: float | None, vocab_size: int | None,
-              output_weights: set[str] = frozenset()) -> dict:
+    def judge(
+        self,
+        history: list[dict],
+        initial_loss: float | None,
+        vocab_size: int | None,
+        output_weights: set[str] = frozenset(),
+    ) -> dict:
         """history: the Diagnostics callback's records ({"step", "lr", "layers", "weights"}), oldest first."""
         start = history[0] if history and history[0]["step"] == 0 else None  # the lecture's first pass
         last = history[-1] if history else None
@@ -153,10 +159,15 @@ class HealthRules:
         listed = " -> ".join(f"{v:.2f}" for v in stds.values())
         values = {**stds, "ratio": ratio}
         if ratio < self.min_std_ratio:
-            return rule(False, f"activations shrink through depth at init: std {listed} (deepest / first "
-                               f"{ratio:.2f} < {self.min_std_ratio:g})", values)
-        return rule(True, f"std at init {listed} (deepest / first {ratio:.2f}, at least {self.min_std_ratio:g})",
-                    values)
+            return rule(
+                False,
+                f"activations shrink through depth at init: std {listed} (deepest / first "
+                f"{ratio:.2f} < {self.min_std_ratio:g})",
+                values,
+            )
+        return rule(
+            True, f"std at init {listed} (deepest / first {ratio:.2f}, at least {self.min_std_ratio:g})", values
+        )
 
     def _gradient_scale(self, start: dict | None) -> dict:
         layers = {n: m for n, m in stack(start).items() if m.get("gradient_std")}
@@ -168,10 +179,17 @@ class HealthRules:
         values = {**stds, "ratio": ratio}
         if ratio > self.max_gradient_ratio:
             trend = "grow" if list(stds.values())[-1] > list(stds.values())[0] else "shrink"
-            return rule(False, f"gradients {trend} with depth at init: std {listed} (largest / smallest "
-                               f"{ratio:.1f} > {self.max_gradient_ratio:g})", values)
-        return rule(True, f"gradient std at init {listed} (largest / smallest {ratio:.1f}, at most "
-                          f"{self.max_gradient_ratio:g})", values)
+            return rule(
+                False,
+                f"gradients {trend} with depth at init: std {listed} (largest / smallest "
+                f"{ratio:.1f} > {self.max_gradient_ratio:g})",
+                values,
+            )
+        return rule(
+            True,
+            f"gradient std at init {listed} (largest / smallest {ratio:.1f}, at most {self.max_gradient_ratio:g})",
+            values,
+        )
 
     def _update_data(self, history: list[dict], output_weights: set[str]) -> dict:
         early = [r for r in history if r["step"] < history[0]["step"] + self.update_data_steps] if history else []
@@ -193,11 +211,17 @@ class HealthRules:
         outside = {n: v for n, v in judged.items() if not low <= v <= high}
         if outside:
             slow = all(v < low for v in outside.values())
-            how = "too slow (lr too low)" if slow else "too fast (lr too high)" if all(
-                v > high for v in outside.values()) else "off"
+            how = (
+                "too slow (lr too low)"
+                if slow
+                else "too fast (lr too high)"
+                if all(v > high for v in outside.values())
+                else "off"
+            )
             names = ", ".join(f"{n} {v:+.2f}" for n, v in outside.items())
-            return rule(False, f"{names} outside [{low:g}, {high:g}]: learning {how} ({steps}{output})",
-                        {**judged, **outputs})
+            return rule(
+                False, f"{names} outside [{low:g}, {high:g}]: learning {how} ({steps}{output})", {**judged, **outputs}
+            )
         return rule(True, f"within [{low:g}, {high:g}] ({steps}: {listed}{output})", {**judged, **outputs})
 
     def _dead_units(self, start: dict | None, last: dict | None) -> dict:
@@ -213,13 +237,20 @@ class HealthRules:
         if not kinds:
             return rule(None, "not checked (no nonlinearity measured)")
         not_judged = sorted(kinds - set(DEAD_WHEN_FLAT))
-        aside = f" ({', '.join(not_judged)} not judged: {'it passes' if len(not_judged) == 1 else 'they pass'} " \
-                "gradient below 0)" if not_judged else ""
+        aside = (
+            f" ({', '.join(not_judged)} not judged: {'it passes' if len(not_judged) == 1 else 'they pass'} "
+            "gradient below 0)"
+            if not_judged
+            else ""
+        )
         steps = " and ".join(f"step {r['step']}" for r in records)
         if judged:
             listed = ", ".join(f"{n}: {d} of {u}" for n, (d, u) in judged.items())
-            return rule(False, f"units flat on every example of the batch: {listed}{aside}",
-                        {n: d for n, (d, _) in judged.items()})
+            return rule(
+                False,
+                f"units flat on every example of the batch: {listed}{aside}",
+                {n: d for n, (d, _) in judged.items()},
+            )
         return rule(True, f"no unit flat on every example of the batch at {steps}{aside}")
 
     def _final_saturation(self, last: dict | None) -> dict:
@@ -243,17 +274,25 @@ def wrapped(text: str, indent: int, first: str | None = None) -> list[str]:
     `[TensorBoard: ...]` tag list is not split."""
     head, bracket, tags = text.partition("[TensorBoard: ")
     words = head.split() + ([(bracket + tags).replace(" ", "\0")] if bracket else [])
-    lines = textwrap.wrap(" ".join(words), WIDTH, initial_indent=" " * indent if first is None else first,
-                          subsequent_indent=" " * indent, break_long_words=False, break_on_hyphens=False)
+    lines = textwrap.wrap(
+        " ".join(words),
+        WIDTH,
+        initial_indent=" " * indent if first is None else first,
+        subsequent_indent=" " * indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
     return [line.replace("\0", " ") for line in lines]
 
 
 def judged(verdict: dict) -> tuple[list[str], list[str], list[str]]:
     """(rules passed, rules broken, rules not checked) of a verdict; information-only rules are none of them."""
     rules = {name: checked for name, checked in verdict["rules"].items() if not checked.get("info")}
-    return ([name for name, checked in rules.items() if checked["ok"] is True],
-            [name for name, checked in rules.items() if checked["ok"] is False],
-            [name for name, checked in rules.items() if checked["ok"] is None])
+    return (
+        [name for name, checked in rules.items() if checked["ok"] is True],
+        [name for name, checked in rules.items() if checked["ok"] is False],
+        [name for name, checked in rules.items() if checked["ok"] is None],
+    )
 
 
 def verdict_line(verdict: dict) -> str:
@@ -264,8 +303,9 @@ def verdict_line(verdict: dict) -> str:
         return f"{len(broken)} of {len(passed) + len(broken)} rules broken ({', '.join(broken)})"
     if not unchecked:
         return f"healthy (all {len(passed)} rules passed)"
-    return (f"no rule broken, {len(passed)} of {len(passed) + len(unchecked)} checked "
-            f"(not checked: {', '.join(unchecked)})")
+    return (
+        f"no rule broken, {len(passed)} of {len(passed) + len(unchecked)} checked (not checked: {', '.join(unchecked)})"
+    )
 
 
 def verdict_word(verdict: dict | None) -> str:
@@ -280,8 +320,9 @@ def verdict_word(verdict: dict | None) -> str:
 
 def stack(record: dict | None) -> dict:
     """The tanh layers of a feed-forward stack, in order: each called once per forward."""
-    return {n: m for n, m in (record or {}).get("layers", {}).items()
-            if m["kind"] == DEPTH_KIND and m.get("calls", 1) == 1}
+    return {
+        n: m for n, m in (record or {}).get("layers", {}).items() if m["kind"] == DEPTH_KIND and m.get("calls", 1) == 1
+    }
 
 
 def mark(checked: dict) -> str:

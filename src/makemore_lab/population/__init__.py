@@ -11,8 +11,15 @@ launcher can import population/processes.py (and start its workers) without load
 import importlib
 
 # name: the module it comes from (population_refusal's is torch-free: the launcher asks it before torch is loaded)
-EXPORTS = {"train_population": "train", "population_key": "train", "populations": "train", "choose_device": "train",
-           "set_up": "train", "population_refusal": "grouping", "KNOWN_CALLBACKS": "grouping"}
+EXPORTS = {
+    "train_population": "train",
+    "population_key": "train",
+    "populations": "train",
+    "choose_device": "train",
+    "set_up": "train",
+    "population_refusal": "grouping",
+    "KNOWN_CALLBACKS": "grouping",
+}
 
 
 def __getattr__(name: str):

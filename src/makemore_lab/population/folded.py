@@ -43,8 +43,10 @@ class MemberNumber(float):
         return number
 
     def _refuse(self, *args):
-        raise NotFoldable(f"a number that differs between members ({self.values}) used outside F.dropout and "
-                          "scaled_dot_product_attention's dropout_p")
+        raise NotFoldable(
+            f"a number that differs between members ({self.values}) used outside F.dropout and "
+            "scaled_dot_product_attention's dropout_p"
+        )
 
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __pow__ = _refuse
     __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _refuse
@@ -106,8 +108,7 @@ class MembersEmbedding(torch.autograd.Function):
         return None, grad_tables
 
 
-def embedding(n, input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
-              sparse=False):
+def embedding(n, input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False):
     if padding_idx is not None or max_norm is not None or scale_grad_by_freq or sparse:
         raise NotFoldable("F.embedding with padding_idx, max_norm, scale_grad_by_freq or sparse")
     _rows(n, input)
@@ -119,8 +120,7 @@ def embedding(n, input, weight, padding_idx=None, max_norm=None, norm_type=2.0, 
     return MembersEmbedding.apply(own_rows, tables) if tables.is_cpu else F.embedding(own_rows, tables)
 
 
-def batch_norm(n, input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5):
+def batch_norm(n, input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     rows, channels, rest = _rows(n, input), input.shape[1], input.shape[2:]
     # (N*B, C, *rest) -> (B * prod(rest), N*C): member i's channels are columns i*C .. i*C+C-1, each normalised over
     # its own member's rows (and positions) only. A 2-D batch_norm, even for (B, C, T) inputs: torch's 3-D kernel
@@ -129,8 +129,9 @@ def batch_norm(n, input, running_mean, running_var, weight=None, bias=None, trai
     per_member = input.reshape(n, rows, channels, *rest)
     members_as_channels = per_member.permute(1, *positions, 0, 2).reshape(-1, n * channels)
     flat = lambda t: None if t is None else t.view(n * channels)  # views: the update lands in the stacked buffers
-    out = F.batch_norm(members_as_channels, flat(running_mean), flat(running_var), flat(weight), flat(bias),
-                       training, momentum, eps)
+    out = F.batch_norm(
+        members_as_channels, flat(running_mean), flat(running_var), flat(weight), flat(bias), training, momentum, eps
+    )
     # Back to the members' rows, channels last in memory: (B, *rest, N, C) -> (N, B, *rest, C), one copy, shown as
     # (N*B, C, *rest). A sequence model's (B, T, C) activations arrive transposed to (B, C, T) (nn.BatchNorm1d's
     # layout), and are transposed back after: they leave contiguous, so the next ops run on contiguous memory and
@@ -165,11 +166,20 @@ def dropout(n, input, p=0.5, training=True, inplace=False):
     return member_dropout(n, input, p) if training else input
 
 
-def scaled_dot_product_attention(n, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                                 enable_gqa=False):
+def scaled_dot_product_attention(
+    n, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):
     if not isinstance(dropout_p, MemberNumber):
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                              is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        return F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=enable_gqa,
+        )
     if enable_gqa:
         raise NotFoldable("scaled_dot_product_attention with enable_gqa and per-member dropout")
     # torch's math backend, with each member's own dropout on the attention weights
@@ -182,9 +192,14 @@ def scaled_dot_product_attention(n, query, key, value, attn_mask=None, dropout_p
     return member_dropout(n, scores.softmax(dim=-1), dropout_p) @ value
 
 
-PER_MEMBER = {F.linear: linear, F.embedding: embedding, F.batch_norm: batch_norm, F.layer_norm: layer_norm,
-              F.dropout: dropout,
-              F.scaled_dot_product_attention: scaled_dot_product_attention}
+PER_MEMBER = {
+    F.linear: linear,
+    F.embedding: embedding,
+    F.batch_norm: batch_norm,
+    F.layer_norm: layer_norm,
+    F.dropout: dropout,
+    F.scaled_dot_product_attention: scaled_dot_product_attention,
+}
 
 
 def differing_numbers(nets) -> dict[tuple[str, str], tuple]:

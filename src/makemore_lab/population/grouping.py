@@ -61,11 +61,17 @@ def population_refusal(cfg: DictConfig) -> str | None:
     for name, node in (cfg.get("callbacks") or {}).items():
         if node and "_target_" in node and node._target_ not in KNOWN_CALLBACKS:
             return f"callbacks.{name} ({node._target_}): a population runs no Lightning callbacks of its own"
-        if node and node.get("_target_", "").endswith("EarlyStopping") and (
-                node.get("monitor") != "val/loss" or node.get("mode", "min") != "min"
-                or node.get("stopping_threshold") is not None or node.get("divergence_threshold") is not None):
-            return (f"callbacks.{name}: a population member stops early on val/loss (mode min, patience, min_delta) "
-                    "only")
+        if (
+            node
+            and node.get("_target_", "").endswith("EarlyStopping")
+            and (
+                node.get("monitor") != "val/loss"
+                or node.get("mode", "min") != "min"
+                or node.get("stopping_threshold") is not None
+                or node.get("divergence_threshold") is not None
+            )
+        ):
+            return f"callbacks.{name}: a population member stops early on val/loss (mode min, patience, min_delta) only"
     return None
 
 
@@ -167,8 +173,9 @@ def label(indices: Sequence[int], names: Sequence) -> str:
     return ",".join(str(names[i]) for i in indices)
 
 
-def group_jobs(cfgs: Sequence[DictConfig], refusals: Sequence[str | None] | None = None,
-               names: Sequence | None = None) -> Grouping:
+def group_jobs(
+    cfgs: Sequence[DictConfig], refusals: Sequence[str | None] | None = None, names: Sequence | None = None
+) -> Grouping:
     """Group resolved train configs (one per job, in job order; `names` label them in the reasons, by default
     their indices). `refusals[i]`, when not None, is the one line why job i cannot be a member of any
     population: it runs alone with that reason."""
@@ -190,11 +197,14 @@ def group_jobs(cfgs: Sequence[DictConfig], refusals: Sequence[str | None] | None
     joinable = list(populations.values())
     for group in joinable[1:]:
         for index in group:
-            closest = min((g for g in joinable if g is not group),
-                          key=lambda g: len(differences(views[index], views[g[0]])))
+            closest = min(
+                (g for g in joinable if g is not group), key=lambda g: len(differences(views[index], views[g[0]]))
+            )
             where = "runs alone" if len(group) == 1 else f"is in a population of {len(group)}"
-            grouping.reasons[index] = (f"{where}: it cannot join job(s) {label(closest, names)}, differing in "
-                                       f"{difference_line(views[index], views[closest[0]])}")
+            grouping.reasons[index] = (
+                f"{where}: it cannot join job(s) {label(closest, names)}, differing in "
+                f"{difference_line(views[index], views[closest[0]])}"
+            )
     return grouping
 
 

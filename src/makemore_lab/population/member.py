@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from makemore_lab import commands, config_schema, final_report, logging_media
-from makemore_lab.console import not_train_log_only
 from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
 from makemore_lab.callbacks.sample_text import SampleText
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint, save_atomically
+from makemore_lab.console import not_train_log_only
 from makemore_lab.diagnostics import Diagnostics
 from makemore_lab.errors import TrainingInterrupted
 from makemore_lab.resume import Segment
@@ -168,8 +168,15 @@ class Member:
         self.module.start_optimizer(self.optimizer, self.start_step)
         self.loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
         logging_media.prepare(self.loggers)  # as a run's: each logger's run started now, a fault one line
-        self.trainer = MemberTrainer(self.loggers, [self.optimizer], self.datamodule, str(self.out_dir),
-                                     cfg.trainer.max_steps, self.start_step, self.callbacks)
+        self.trainer = MemberTrainer(
+            self.loggers,
+            [self.optimizer],
+            self.datamodule,
+            str(self.out_dir),
+            cfg.trainer.max_steps,
+            self.start_step,
+            self.callbacks,
+        )
 
     @property
     def clocks(self) -> list:
@@ -214,8 +221,12 @@ class Member:
             "state_dict": {name: tensor.clone() for name, tensor in self.module.state_dict().items()},
             "optimizer_states": [self.optimizer.state_dict()],
             "lr_schedulers": [],
-            "population_member": {"best_path": self.best_path, "best_val": self.best_val,
-                                  "stale_validations": self.stale_validations, "stopping_best": self.stopping_best},
+            "population_member": {
+                "best_path": self.best_path,
+                "best_val": self.best_val,
+                "stale_validations": self.stale_validations,
+                "stopping_best": self.stopping_best,
+            },
             "callbacks": {c.state_key: c.state_dict() for c in self.callbacks},  # the diagnostics' history
         }
         self.module.on_save_checkpoint(checkpoint)  # the model config and vocabulary: what rebuilds the net alone
@@ -252,8 +263,9 @@ class Member:
             callback.on_train_end(self.trainer, self.module)
         self.trainer.checkpoint_callback = SimpleNamespace(best_model_path=self.best_path)
         segment = Segment(step - self.start_step, seconds, self.start_step)
-        self.result = final_report.report(self.cfg, self.trainer, self.module, self.datamodule, segment,
-                                          extra={"population_size": population_size})
+        self.result = final_report.report(
+            self.cfg, self.trainer, self.module, self.datamodule, segment, extra={"population_size": population_size}
+        )
         self.release()
 
     def fail(self, error: BaseException) -> None:

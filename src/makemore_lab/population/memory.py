@@ -47,8 +47,12 @@ def member_bytes(cfg, net, datamodule, x, y, all_positions: bool) -> int:
     param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     buffer_bytes = sum(b.numel() * b.element_size() for b in net.buffers())
     data_bytes = sum(split.tokens.numel() * split.tokens.element_size() for split in datamodule.splits.values())
-    return (param_bytes * (2 + optimizer_state_tensors(cfg)) + buffer_bytes + data_bytes
-            + activation_bytes(net, x, y, all_positions))
+    return (
+        param_bytes * (2 + optimizer_state_tensors(cfg))
+        + buffer_bytes
+        + data_bytes
+        + activation_bytes(net, x, y, all_positions)
+    )
 
 
 def budget_bytes(cfg, device: torch.device) -> int:

@@ -91,8 +91,11 @@ def start_fork_server() -> multiprocessing.context.BaseContext:
         short_temp_dir()
         multiprocessing.forkserver.ensure_running()
     except OSError as err:
-        log.warning("the population's fork server did not start (%s): its workers are spawned instead, each "
-                    "importing torch and Lightning itself (several seconds of a core per worker before it trains)", err)
+        log.warning(
+            "the population's fork server did not start (%s): its workers are spawned instead, each "
+            "importing torch and Lightning itself (several seconds of a core per worker before it trains)",
+            err,
+        )
         return _context
     _context = context
     return _context
@@ -149,7 +152,11 @@ class StopFlag:
     """Why training should stop: None, "Ctrl-C", "SIGTERM" or "SIGUSR2". Held in a shared int, so that the parts of
     a group trained side by side read the one flag their parent's handlers set (a lone population holds its own)."""
 
-    NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", **({SCHEDULER_SIGNAL: "SIGUSR2"} if SCHEDULER_SIGNAL else {})}
+    NAMES = {
+        signal.SIGINT: "Ctrl-C",
+        signal.SIGTERM: "SIGTERM",
+        **({SCHEDULER_SIGNAL: "SIGUSR2"} if SCHEDULER_SIGNAL else {}),
+    }
     EXIT_CODES = {"SIGTERM": 143, "SIGUSR2": 140}
 
     def __init__(self, shared=None):
@@ -188,8 +195,11 @@ def stopping_on_signals(stop: StopFlag):
             raise TrainingInterrupted("aborted by a second signal; the last saved checkpoints are kept")
         stop.request(signum)
         if signum != SCHEDULER_SIGNAL:  # nothing written for the scheduler's: a handler that writes can re-enter
-            print(f"\n{stop.requested}: stopping the population after the current steps and saving every member",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\n{stop.requested}: stopping the population after the current steps and saving every member",
+                file=sys.stderr,
+                flush=True,
+            )
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -264,8 +274,10 @@ def environment(env: dict):
                 os.environ[name] = value
 
 
-WORKER_ENDED = ("the population's worker process ended before its members finished (killed, or out of memory: "
-                "its members' last checkpoints are kept)")
+WORKER_ENDED = (
+    "the population's worker process ended before its members finished (killed, or out of memory: "
+    "its members' last checkpoints are kept)"
+)
 
 
 class Workers:
@@ -275,9 +287,12 @@ class Workers:
     def __init__(self, count: int, sweep_config: DictConfig):
         context = start_fork_server()
         self.stop = stop = StopFlag()
-        self.pools = [concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=start_worker,
-                                                             initargs=(stop.shared, sweep_config))
-                      for _ in range(count)]
+        self.pools = [
+            concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=context, initializer=start_worker, initargs=(stop.shared, sweep_config)
+            )
+            for _ in range(count)
+        ]
         self.pids = [pool.submit(os.getpid) for pool in self.pools]  # a pool starts its process at its first task
         self.dead: set[int] = set()
 
@@ -319,8 +334,9 @@ class Workers:
         self.pools, self.pids = [], []
 
 
-def train_side_by_side(parts: list[list[DictConfig]], workers: Workers, resume_command: Callable[[], str],
-                       env: dict) -> list:
+def train_side_by_side(
+    parts: list[list[DictConfig]], workers: Workers, resume_command: Callable[[], str], env: dict
+) -> list:
     """Train each part in a worker of its own, all at the same time; every member's outcome, in order. `env`: the
     jobs' hydra.job.env_set. The launcher cut no more parts than there are live workers.
 
@@ -347,6 +363,7 @@ def train_side_by_side(parts: list[list[DictConfig]], workers: Workers, resume_c
         members = sum(len(part) for part in parts)
         where = f"{members} members in {len(parts)} processes stopped; every member's checkpoint saved"
         stop.hand_over(where, resume_command())
-        raise TrainingInterrupted(f"{stop.requested}: {where}. Resume with: {resume_command()}",
-                                  exit_code=stop.exit_code)
+        raise TrainingInterrupted(
+            f"{stop.requested}: {where}. Resume with: {resume_command()}", exit_code=stop.exit_code
+        )
     return outcomes

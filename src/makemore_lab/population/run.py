@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from makemore_lab import console
+from makemore_lab.atomic_write import last_good
 from makemore_lab.commands import sweep_resume_command
 from makemore_lab.data.batches import MinibatchStream
 from makemore_lab.engine import divergence
@@ -29,7 +30,6 @@ from makemore_lab.losses import split_loss, training_loss
 from makemore_lab.population.member import Member
 from makemore_lab.population.processes import StopFlag, stopping_on_signals
 from makemore_lab.population.stacked import PopulationNet
-from makemore_lab.atomic_write import last_good
 from makemore_lab.resume import cannot_write
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,10 @@ class Population:
     def minibatches(self, step: int, count: int):
         """(x, y) of `count` steps from `step`: (count, B, ...) shared, or (count, N, B, ...), one row per member."""
         gathered = [self.examples[stream.minibatches(step, count)] for stream in self.streams]
-        x, y = (torch.stack([g[i].view(count, self.batch_size, *g[i].shape[1:]) for g in gathered], dim=1).to(self.device)
-                for i in (0, 1))
+        x, y = (
+            torch.stack([g[i].view(count, self.batch_size, *g[i].shape[1:]) for g in gathered], dim=1).to(self.device)
+            for i in (0, 1)
+        )
         if len(self.streams) == 1:
             return x[:, 0], y[:, 0]
         return x[:, self.feeds], y[:, self.feeds]
@@ -142,8 +144,9 @@ class Population:
         torch's SGD arithmetic with each member's own lr and weight decay (a stopped member's lr is 0). The lecture
         sweep's case; a member loop of SGD steps costs a quarter of a 16-member population step. Torch's SGD keeps
         no state without momentum, so the members' optimizer state_dicts are what stepping them would leave."""
-        rates = tuple((g["lr"] if m.active else 0.0, g["weight_decay"])
-                      for m in self.members for g in m.optimizer.param_groups)
+        rates = tuple(
+            (g["lr"] if m.active else 0.0, g["weight_decay"]) for m in self.members for g in m.optimizer.param_groups
+        )
         if rates != self._sgd_rates:  # set once per schedule change, not per step
             self._sgd_rates = rates
             lr, self._wd = torch.tensor(rates, device=self.device).T
@@ -181,8 +184,13 @@ class Population:
         last_save, self.stopped_at = started, step
         while step < self.max_steps and self.active and not self.stop_signal:
             hooked = self.next_hooked_step(step)
-            count = 1 if hooked == step else min(
-                MAX_CHUNK - step % MAX_CHUNK, hooked - step, self.max_steps - step, *self.until_next_event(step))
+            count = (
+                1
+                if hooked == step
+                else min(
+                    MAX_CHUNK - step % MAX_CHUNK, hooked - step, self.max_steps - step, *self.until_next_event(step)
+                )
+            )
             xs, ys = self.minibatches(step, count)
             active = self.active
             if hooked == step:
@@ -211,16 +219,22 @@ class Population:
         """resume.cannot_write's line for the member whose file it was; the others say whose write stopped them."""
         if err.filename and Path(err.filename).is_relative_to(member.out_dir):
             return cannot_write(err, self.stopped_at, member.out_dir)
-        return UserError(f"stopped at step {self.stopped_at} with its population: cannot write another member's file "
-                         f"({err.strerror}: {err.filename}); {last_good(member.out_dir)}")
+        return UserError(
+            f"stopped at step {self.stopped_at} with its population: cannot write another member's file "
+            f"({err.strerror}: {err.filename}); {last_good(member.out_dir)}"
+        )
 
     def finish(self, member: Member, step: int, seconds: float) -> None:
         """The member's final report; a UserError there (final_weights=best without a validation, a full disk)
         ends this member alone."""
         with member.logging_to_train_log():
             overrides = " ".join(member.module.checkpoint_meta.get("overrides", []))
-            log.info("final report at step %d%s", step, f" ({overrides})" if overrides else "",  # what follows
-                     extra=console.TRAIN_LOG_ONLY)  # the console has the job's own line
+            log.info(
+                "final report at step %d%s",
+                step,
+                f" ({overrides})" if overrides else "",  # what follows
+                extra=console.TRAIN_LOG_ONLY,
+            )  # the console has the job's own line
             try:
                 member.finish(step, seconds, len(self.members))
             except UserError as err:
@@ -273,12 +287,18 @@ class Population:
     def interrupted(self, step: int) -> None:
         resume = sweep_resume_command([m.out_dir for m in self.members])
         if not self.active:  # the signal came after every member had ended (stopped early, failed): nothing stopped
-            raise TrainingInterrupted(f"{self.stop_signal} after every member of the population of {len(self.members)} "
-                                      f"had ended: their results are kept. Continue the sweep with: {resume}",
-                                      exit_code=self.stop.exit_code)
-        where = (f"population of {len(self.members)} stopped at step {step} of {self.max_steps}; every member's "
-                 "checkpoint saved")
-        error = TrainingInterrupted(f"{self.stop_signal}: {where}. Resume with: {resume}", exit_code=self.stop.exit_code)
+            raise TrainingInterrupted(
+                f"{self.stop_signal} after every member of the population of {len(self.members)} "
+                f"had ended: their results are kept. Continue the sweep with: {resume}",
+                exit_code=self.stop.exit_code,
+            )
+        where = (
+            f"population of {len(self.members)} stopped at step {step} of {self.max_steps}; every member's "
+            "checkpoint saved"
+        )
+        error = TrainingInterrupted(
+            f"{self.stop_signal}: {where}. Resume with: {resume}", exit_code=self.stop.exit_code
+        )
         for member in self.active:
             member.save_last(step)
             member.release(error)
@@ -289,4 +309,5 @@ class Population:
 
 def is_plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
     return type(optimizer) is torch.optim.SGD and all(
-        not g["momentum"] and not g["maximize"] for g in optimizer.param_groups)
+        not g["momentum"] and not g["maximize"] for g in optimizer.param_groups
+    )

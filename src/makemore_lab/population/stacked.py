@@ -44,10 +44,13 @@ class PopulationNet(nn.Module):
         # The folded forward's copy holds the stacked tensors themselves as its parameters and buffers.
         self.folded: nn.Module | None = copy.deepcopy(nets[0])
         self.fold_checked = False
-        self.stacked_params = {name: torch.stack([dict(n.named_parameters())[name].detach() for n in nets]).requires_grad_()
-                       for name, _ in nets[0].named_parameters()}
-        self.stacked_buffers = {name: torch.stack([dict(n.named_buffers())[name] for n in nets])
-                        for name, _ in nets[0].named_buffers()}
+        self.stacked_params = {
+            name: torch.stack([dict(n.named_parameters())[name].detach() for n in nets]).requires_grad_()
+            for name, _ in nets[0].named_parameters()
+        }
+        self.stacked_buffers = {
+            name: torch.stack([dict(n.named_buffers())[name] for n in nets]) for name, _ in nets[0].named_buffers()
+        }
         for i, net in enumerate(nets):
             for name, param in net.named_parameters():
                 param.data = self.stacked_params[name].detach()[i]  # same Parameter object, storage = row i
@@ -120,7 +123,9 @@ class PopulationNet(nn.Module):
         data_dim = None if shared else 0
         # The math attention kernel: CPU flash attention has no vmap batching rule (a per-member loop otherwise).
         with sdpa_kernel(SDPBackend.MATH):
-            return vmap(member_logits, in_dims=(0, 0, data_dim), randomness="different")(self.stacked_params, self.stacked_buffers, x)
+            return vmap(member_logits, in_dims=(0, 0, data_dim), randomness="different")(
+                self.stacked_params, self.stacked_buffers, x
+            )
 
     def choose_forward(self, x, y, all_positions: bool, shared: bool) -> None:
         """Keep the folded forward only if, on this minibatch, it gives every member the vmap path's losses and
@@ -138,7 +143,8 @@ class PopulationNet(nn.Module):
                 got_grads = torch.autograd.grad(got.sum(), weights, allow_unused=True)
             same = close(got.detach(), expected.detach()) and all(
                 (a is None and b is None) or (a is not None and b is not None and close(a, b))
-                for a, b in zip(got_grads, expected_grads))
+                for a, b in zip(got_grads, expected_grads)
+            )
             reason = "" if same else "its losses or gradients differ from the vmap path's"
         except Exception as err:  # noqa: BLE001 - any failure of the folded forward means: not foldable
             same, reason = False, f"{type(err).__name__}: {err}"
@@ -146,9 +152,11 @@ class PopulationNet(nn.Module):
             self.restore(saved)
         if not same and self.member_numbers:
             (module, attr), values = next(iter(self.member_numbers.items()))
-            raise UserError(f"members differ in {module}.{attr} ({', '.join(map(str, values))}), which only the folded "
-                            f"forward gives each member, and this model cannot be folded ({reason}): train members "
-                            "with one dropout rate together")
+            raise UserError(
+                f"members differ in {module}.{attr} ({', '.join(map(str, values))}), which only the folded "
+                f"forward gives each member, and this model cannot be folded ({reason}): train members "
+                "with one dropout rate together"
+            )
         if not same:
             self.folded = None
             log.info("population forward: vmap (members cannot be folded into the batch: %s)", reason)
@@ -181,8 +189,12 @@ class dropout_off:
 
     def __init__(self, net: nn.Module):
         self.modules = [m for m in net.modules() if isinstance(m, DROPOUTS) and m.training]
-        self.rates = [(m, attr, value) for m in net.modules() for attr, value in vars(m).items()
-                      if "dropout" in attr and isinstance(value, float)]
+        self.rates = [
+            (m, attr, value)
+            for m in net.modules()
+            for attr, value in vars(m).items()
+            if "dropout" in attr and isinstance(value, float)
+        ]
 
     def __enter__(self):
         for module in self.modules:

@@ -1,5 +1,4 @@
-"""`train_population`, the engine's entry point (re-exported by the package, with grouping.py's `population_refusal`).
-"""
+"""`train_population`, the engine's entry point (re-exported by the package, with grouping.py's `population_refusal`)."""
 
 import json
 import logging
@@ -76,11 +75,16 @@ def population_key(member: Member) -> str:
     """Members with the same key can be stacked: same architecture and shapes, same data and steps. The model and
     data keys that may differ are the launcher's (grouping.may_differ): one rule for both."""
     cfg = member.cfg
-    same = lambda section: {k: v for k, v in OmegaConf.to_container(cfg[section], resolve=True).items()
-                            if not grouping.may_differ(f"{section}.{k}", v)}
+    same = lambda section: {
+        k: v
+        for k, v in OmegaConf.to_container(cfg[section], resolve=True).items()
+        if not grouping.may_differ(f"{section}.{k}", v)
+    }
     model, data = same("model"), same("data")
-    trainer = {k: cfg.trainer.get(k) for k in ("max_steps", "val_check_interval", "log_every_n_steps",
-                                               "gradient_clip_algorithm")}
+    trainer = {
+        k: cfg.trainer.get(k)
+        for k in ("max_steps", "val_check_interval", "log_every_n_steps", "gradient_clip_algorithm")
+    }
     shapes = [(name, tuple(t.shape)) for name, t in member.net.state_dict().items()]
     return json.dumps([model, data, trainer, cfg.block_size, member.start_step, shapes], sort_keys=True, default=str)
 
@@ -96,16 +100,20 @@ def populations(members: list[Member], device: torch.device) -> list[list[Member
     for group in groups.values():
         first = group[0]
         x, y = first.datamodule.train_examples[torch.arange(first.cfg.data.batch_size)]
-        need = memory.member_bytes(first.cfg, first.net, first.datamodule, x.to(device), y.to(device),
-                                   first.datamodule.train_on == "items")
+        need = memory.member_bytes(
+            first.cfg, first.net, first.datamodule, x.to(device), y.to(device), first.datamodule.train_on == "items"
+        )
         budget = memory.budget_bytes(first.cfg, device)
         if need > budget:
             for member in group:
                 with member.logging_to_train_log():
-                    member.fail(UserError(
-                        f"{member.cfg.model_name}: one member needs about {need / memory.GB:.3g} GB (weights, "
-                        f"gradients, optimizer state, activations), more than the population memory budget "
-                        f"{budget / memory.GB:.3g} GB (population_max_memory_gb)"))
+                    member.fail(
+                        UserError(
+                            f"{member.cfg.model_name}: one member needs about {need / memory.GB:.3g} GB (weights, "
+                            f"gradients, optimizer state, activations), more than the population memory budget "
+                            f"{budget / memory.GB:.3g} GB (population_max_memory_gb)"
+                        )
+                    )
             continue
         result += memory.cut(group, need, budget)
     return result

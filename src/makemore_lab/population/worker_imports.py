@@ -26,6 +26,8 @@ import makemore_lab.data.module  # noqa: E402, F401
 import makemore_lab.models  # noqa: E402
 import makemore_lab.population.train  # noqa: E402, F401  - torch, Lightning, TensorBoard, matplotlib, the engine
 
-for _model in pkgutil.iter_modules(makemore_lab.models.__path__):  # every model file: a member's instantiate() imports one
+for _model in pkgutil.iter_modules(
+    makemore_lab.models.__path__
+):  # every model file: a member's instantiate() imports one
     importlib.import_module(f"makemore_lab.models.{_model.name}")
 logging.getLogger().removeHandler(_during_imports)
