@@ -56,7 +56,7 @@ def compose_train_cfg(*overrides):
         GlobalHydra.instance().clear()
 
 
-def test_every_rule_here_is_a_train_rule():  # tests/test_reliability_keys.py covers every rule, group by group
+def test_every_rule_here_is_a_train_rule():  # tests/test_config_keys.py covers every rule, group by group
     assert set(BAD_AND_GOOD) <= {rule.key for rule in TRAIN_RULES}
 
 

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from conftest import CONFIG_DIR, ROOT, TINY, run_script
 from makemore_lab.population import population_key
 from makemore_lab.population.grouping import group_jobs
-from test_reliability import saved_step, start_train_py, wait_for
+from test_interrupt_resume import saved_step, start_train_py, wait_for
 from test_sweeps import check_rows_match_jobs, job_overrides, job_summary, needs, read_rows, with_tests_on_path
 
 POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]

@@ -26,7 +26,7 @@ from makemore_lab.population.processes import (
     train_side_by_side,
     trains_on_cpu,
 )
-from test_reliability import saved_step, start_train_py
+from test_interrupt_resume import saved_step, start_train_py
 from test_sweeps import compose_with_hydra, job_summary, read_rows
 
 POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import run_script
 from makemore_lab import ranks
-from test_reliability import saved_step
+from test_interrupt_resume import saved_step
 from test_sweeps import job_summary, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -133,7 +133,7 @@ def unsupported(key: str, default, why: str) -> Rule:
 
 EPOCHS_NEVER_END = "the minibatch stream never ends an epoch; count in optimizer steps (trainer.max_steps)"
 SINGLE_RUN_STRATEGIES = ("auto", "ddp")
-# Every argument of Lightning's Trainer (tests/test_reliability_keys.py fails when a Lightning release adds one);
+# Every argument of Lightning's Trainer (tests/test_config_keys.py fails when a Lightning release adds one);
 # docs/reliability_keys.md has the table: each flag works as Lightning documents, or is refused here, and why.
 TRAINER_FLAG_RULES = [
     Rule("trainer", "a trainer option, e.g. trainer=default (configs/trainer/)", group_option, required=True),

@@ -1,4 +1,4 @@
-"""Every key of every group is declared (issue 21, items 5-8, 10): a wrong type or an out-of-range value of any of
+"""Every key of every group is declared: a wrong type or an out-of-range value of any of
 them, or a Trainer flag / callback option the engine cannot honour, is one line naming the key, before training.
 
 In-process (compose API + config_schema.validate) for the per-key matrix; the real entry points for what a

@@ -1,4 +1,4 @@
-"""Reliability, third pass (issue 21): a checkpoint is data, any file as ckpt_path is one line, a run dir or sweep
+"""Refusals and true messages: a checkpoint is data, any file as ckpt_path is one line, a run dir or sweep
 dir belongs to one run, resume means what it says, and the messages are true. Through the real entry points where
 the behaviour is what a user runs; the fuzzed set of files in-process, where each case costs a millisecond."""
 
@@ -30,7 +30,7 @@ from makemore_lab.errors import TrainingInterrupted, UserError
 from makemore_lab.population import processes
 from makemore_lab.population.processes import StopFlag
 from makemore_lab.train import train
-from test_reliability import start_training, wait_for
+from test_interrupt_resume import start_training, wait_for
 
 
 @pytest.fixture(scope="module")
