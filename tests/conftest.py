@@ -38,18 +38,32 @@ def small_names(tmp_path_factory) -> Path:
     return path
 
 
+def compose_config(*overrides: str, with_hydra: bool = False):
+    """The train config that `python train.py <overrides>` composes (with its `hydra` node where `with_hydra`): the
+    one place the tests compose configs, each composition from a fresh Hydra."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            return compose("train", overrides=list(overrides), return_hydra_config=with_hydra)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def compose_train(tmp_path):
-    """compose_train(*overrides) -> the train config, as `python train.py <overrides>` would see it."""
+    """compose_train(*overrides) -> the train config, as `python train.py <overrides>` would see it, shrunk to
+    seconds (TINY) and writing under tmp_path."""
+    return lambda *overrides: compose_config(*TINY, f"paths.output_dir={tmp_path}", *overrides)
 
-    def _compose(*overrides: str):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            cfg = compose("train", overrides=[*TINY, f"paths.output_dir={tmp_path}", *overrides])
-        return cfg
 
-    yield _compose
-    GlobalHydra.instance().clear()
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_names):
+    """(run dir, its train.py process): a tiny MLP run of the real train.py, finished, for the tests that read a
+    run's files or start from its checkpoint (each test worker trains it once). Tests leave it as it is."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
 
 
 def run_script(

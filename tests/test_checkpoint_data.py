@@ -9,17 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, run_script
+from conftest import run_script
 
 SECRET = "SECRET.LINE=do-not-print"  # a line of a local file (with the reserved '.', as /etc/os-release's have)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, small_names) -> Path:
-    run_dir = tmp_path_factory.mktemp("checkpoint_data") / "run"
-    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def trained(trained_run) -> Path:
+    return trained_run[0] / "checkpoints" / "last.ckpt"
 
 
 def crafted(trained: Path, directory: Path, recorded_path: str) -> Path:

@@ -13,14 +13,6 @@ import pytest
 from conftest import ROOT, TINY, run_script
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, small_names):
-    run_dir = tmp_path_factory.mktemp("cli_run")
-    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, result
-
-
 def test_train_writes_a_complete_run_dir(trained_run):
     run_dir, result = trained_run
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # the resolved config

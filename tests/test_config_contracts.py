@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from conftest import CONFIG_DIR, TINY, run_script
+from conftest import CONFIG_DIR, TINY, compose_config, run_script
 from makemore_lab.config_schema import POPULATION_RULES, TRAIN_RULES, check_model_contract, check_targets, validate
 from makemore_lab.errors import UserError
 from makemore_lab.models.mlp import MLP
@@ -20,12 +18,7 @@ from makemore_lab.models.rnn import RecurrentLM
 
 
 def composed(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            return compose("train", overrides=["paths.output_dir=.", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config("paths.output_dir=.", *overrides)
 
 
 def one_line(result) -> str:

@@ -1,11 +1,9 @@
 """Every documented key is checked before anything is built: a wrong type or value is one line naming the key."""
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
-from conftest import CONFIG_DIR, run_script
+from conftest import compose_config, run_script
 from makemore_lab.config_schema import SAMPLE_RULES, TRAIN_RULES, validate
 from makemore_lab.errors import UserError
 
@@ -48,12 +46,7 @@ BAD_AND_GOOD = {
 
 
 def compose_train_cfg(*overrides):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            return compose("train", overrides=["paths.output_dir=.", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config("paths.output_dir=.", *overrides)
 
 
 def test_every_rule_here_is_a_train_rule():  # tests/test_config_keys.py covers every rule, group by group

@@ -45,12 +45,9 @@ def assert_refused(result: subprocess.CompletedProcess) -> str:
     return line
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, small_names) -> Path:
-    run_dir = tmp_path_factory.mktemp("guards") / "run"
-    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+@pytest.fixture
+def finished_run(trained_run) -> Path:
+    return trained_run[0]
 
 
 @pytest.fixture(scope="module")

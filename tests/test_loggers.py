@@ -11,11 +11,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 
-from conftest import CONFIG_DIR, TINY, read_scalar_events
+from conftest import TINY, compose_config, read_scalar_events
 from makemore_lab.errors import UserError
 from makemore_lab.train import train
 
@@ -42,12 +40,7 @@ REQUIRED = {
 
 
 def compose_train(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            return compose("train", overrides=[*TINY, *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(*TINY, *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONFIG_DIR, ROOT, TINY, run_script
+from conftest import ROOT, TINY, compose_config, run_script
 from makemore_lab.population import population_key
 from makemore_lab.population.grouping import group_jobs
 from test_interrupt_resume import saved_step, start_train_py, wait_for
@@ -36,15 +34,7 @@ POPULATION = ["hydra/launcher=population", "~callbacks.progress_bar"]
 
 def compose_jobs(tmp_path: Path, *jobs: list[str]) -> list:
     """One resolved train config per job (a list of overrides), each with its own job dir, as the launcher sees them."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            cfgs = [
-                compose("train", overrides=[*TINY, f"paths.output_dir={tmp_path / str(num)}", *overrides])
-                for num, overrides in enumerate(jobs)
-            ]
-    finally:
-        GlobalHydra.instance().clear()
+    cfgs = [compose_config(*TINY, f"paths.output_dir={tmp_path / str(num)}", *job) for num, job in enumerate(jobs)]
     for cfg in cfgs:
         OmegaConf.resolve(cfg)
     return cfgs

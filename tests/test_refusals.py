@@ -33,13 +33,10 @@ from makemore_lab.train import train
 from test_interrupt_resume import start_training, wait_for
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, small_names) -> Path:
-    """A finished run dir of a real train.py (a tiny MLP): its checkpoint is the one the crafted files start from."""
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    result = run_script("train.py", *TINY, f"data.path={small_names}", f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+@pytest.fixture
+def trained(trained_run) -> Path:
+    """The finished run dir (conftest's trained_run): its checkpoint is the one the crafted files start from."""
+    return trained_run[0]
 
 
 def assert_one_line(result: subprocess.CompletedProcess, starts: str = "error: ") -> str:

@@ -9,11 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import CONFIG_DIR, ROOT, TINY, read_scalars, run_script
+from conftest import CONFIG_DIR, ROOT, TINY, compose_config, read_scalars, run_script
 from makemore_lab import sweep_summary
 
 METRIC_COLUMNS = ["params", "steps", "train_loss", "val_loss", "test_loss", "time_s", "health", "error"]
@@ -285,12 +283,7 @@ def needs(plugin: str, extra: str):
 
 
 def compose_with_hydra(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-            return compose("train", overrides=list(overrides), return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(*overrides, with_hydra=True)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in Path(CONFIG_DIR, "hparams_search").glob("*.yaml")))
