@@ -220,7 +220,7 @@ class GroupJob:
         configure_log(self.launcher.config.hydra.hydra_logging, self.launcher.config.hydra.verbose)
         for job in self.jobs:  # what an earlier run of this SLURM job (before a requeue) finished or left
             job.kept = sweep_policy.earlier_outcome(job.train_config, job.num, job.prepared.overrides)
-        return self.launcher.finish(self.jobs)
+        return self.launcher.finish(self.jobs, self.launcher.train)
 
     def checkpoint(self, *args, **kwargs):
         """submitit's requeue protocol: the same group again (its members resume from their checkpoints)."""
@@ -271,18 +271,29 @@ class PopulationLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs as populations")
         jobs = [self.prepare(initial_job_idx + index, overrides) for index, overrides in enumerate(job_overrides)]
-        returns = self.submit(jobs) if self.submitit else self.finish(jobs)
+        returns = self.finish(jobs, self.submit if self.submitit else self.train)
         return [returns[job.num] for job in jobs]
 
-    def finish(self, jobs: list[Job]) -> dict[int, JobReturn]:
-        """Each job's result: kept from an earlier run of the sweep, or trained now (in this process and its
-        workers, or in a SLURM job: GroupJob)."""
+    def finish(self, jobs: list[Job], train) -> dict[int, JobReturn]:
+        """Each job's result: kept from an earlier run of the sweep, or from `train` (self.train: in this process and
+        its workers; self.submit: each group as a SLURM job, which runs finish(..., train) there: GroupJob)."""
         returns = {job.num: self.keep(job) for job in jobs if job.kept is not None}
         to_train = [job for job in jobs if job.kept is None]
         if to_train:
-            self.start_workers(len(to_train))
-            returns.update(self.train(to_train))
+            returns.update(train(to_train))
         return returns
+
+    def groups(self, jobs: list[Job]) -> list[list[Job]]:
+        """The jobs grouped (population/grouping.py), each job that cannot join a population in a group of its own;
+        the grouping is logged, with why each job that could not join did not."""
+        from makemore_lab.population.grouping import group_jobs  # here, not at import: see the module docstring
+
+        engine = population_engine()
+        refusals = [self.refusal(job, jobs[0], engine) for job in jobs]
+        grouping = group_jobs([job.train_config for job in jobs], refusals, names=[job.num for job in jobs])
+        for line in grouping.describe():
+            log.info(line)
+        return [[jobs[index] for index in group] for group in grouping.groups]
 
     def submit(self, jobs: list[Job]) -> dict[int, JobReturn]:
         """Each group of the jobs to train as one SLURM job (submitit), all submitted at once; their results as
@@ -291,17 +302,6 @@ class PopulationLauncher(Launcher):
         same command continues it."""
         import submitit  # here, not at import: Hydra imports every plugin at start-up
 
-        from makemore_lab.population.grouping import group_jobs
-
-        returns = {job.num: self.keep(job) for job in jobs if job.kept is not None}
-        to_train = [job for job in jobs if job.kept is None]
-        if not to_train:
-            return returns
-        engine = population_engine()
-        refusals = [self.refusal(job, to_train[0], engine) for job in to_train]
-        grouping = group_jobs([job.train_config for job in to_train], refusals, names=[job.num for job in to_train])
-        for line in grouping.describe():
-            log.info(line)
         params = dict(self.submitit)
         executor = submitit.AutoExecutor(
             folder=params.pop("submitit_folder"),
@@ -309,9 +309,8 @@ class PopulationLauncher(Launcher):
             slurm_max_num_timeout=params.pop("slurm_max_num_timeout", 10),
         )
         executor.update_parameters(**params)  # None is "not set", as submitit reads it
-        submitted = []
-        for group in grouping.groups:
-            members = [to_train[index] for index in group]
+        submitted, returns = [], {}
+        for members in self.groups(jobs):
             job = executor.submit(GroupJob(self, members, Singleton.get_state()))
             log.info("job(s) %s: %s job %s", ",".join(str(m.num) for m in members), executor.cluster, job.job_id)
             submitted.append((members, job))
@@ -326,22 +325,17 @@ class PopulationLauncher(Launcher):
         return returns
 
     def train(self, jobs: list[Job]) -> dict[int, JobReturn]:
-        """Group the jobs and run the groups one after another."""
-        from makemore_lab.population.grouping import group_jobs  # here, not at import: see the module docstring
-
+        """Group the jobs and run the groups one after another, in this process and its workers."""
+        self.start_workers(len(jobs))
+        groups = self.groups(jobs)
         engine = population_engine()
-        refusals = [self.refusal(job, jobs[0], engine) for job in jobs]
-        grouping = group_jobs([job.train_config for job in jobs], refusals, names=[job.num for job in jobs])
-        for line in grouping.describe():
-            log.info(line)
         if engine is None:
             log.warning(
                 "the population engine (makemore_lab.population.train_population) is not installed: "
                 "every job runs alone, as under the basic launcher"
             )
         returns: dict[int, JobReturn] = {}
-        for group in grouping.groups:
-            members = [jobs[index] for index in group]
+        for members in groups:
             if engine is None or (len(members) == 1 and not resumes_a_member(members[0])):
                 returns.update((job.num, self.run_alone(job)) for job in members)
             else:
