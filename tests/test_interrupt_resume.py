@@ -34,20 +34,12 @@ def start_train_py(*args: str, saved=(), new_session: bool = False) -> subproces
 
 
 def start_training(run_dir: Path, data: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"hydra.run.dir={hydra_quote(str(run_dir))}",
-            f"data.path={data}",
-            "trainer.accelerator=cpu",
-            "callbacks.last_checkpoint.every_seconds=1",
-            *overrides,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    return start_train_py(
+        f"hydra.run.dir={hydra_quote(str(run_dir))}",
+        f"data.path={data}",
+        "trainer.accelerator=cpu",
+        "callbacks.last_checkpoint.every_seconds=1",
+        *overrides,
     )
 
 

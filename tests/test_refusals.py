@@ -30,7 +30,7 @@ from makemore_lab.errors import TrainingInterrupted, UserError
 from makemore_lab.population import processes
 from makemore_lab.population.processes import StopFlag
 from makemore_lab.train import train
-from test_interrupt_resume import start_training, wait_for
+from test_interrupt_resume import start_train_py, start_training, wait_for
 
 
 @pytest.fixture
@@ -245,23 +245,15 @@ def test_rerunning_into_an_interrupted_run_dir_refuses_with_the_resume_command(t
 
 
 def start_sweep(sweep_dir: Path, data: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"data.path={data}",
-            "trainer.accelerator=cpu",
-            "threads=1",
-            "num_samples=1",
-            "callbacks.last_checkpoint.every_seconds=1",
-            *overrides,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    return start_train_py(
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"data.path={data}",
+        "trainer.accelerator=cpu",
+        "threads=1",
+        "num_samples=1",
+        "callbacks.last_checkpoint.every_seconds=1",
+        *overrides,
     )
 
 
