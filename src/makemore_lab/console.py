@@ -61,6 +61,11 @@ def quiet_third_party_messages() -> None:
         module=r"pytorch_lightning\.utilities\._pytree",
     )
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    # Anomaly mode (debug=fast) also warns with the forward call's whole traceback (~80 lines) before raising: the
+    # divergence is reported in one line (engine.StepEngine.run_batch), so the warning says nothing more.
+    warnings.filterwarnings(
+        "ignore", message=r"Error detected in \S+\. Traceback of forward call", category=UserWarning
+    )
 
 
 _multirun_jobs = 0  # > 0 inside multirun_job()

@@ -24,7 +24,6 @@ Contract (what a callback author can rely on; docs/callbacks.md has the long for
 import functools
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -40,9 +39,6 @@ log = logging.getLogger(__name__)
 # Lightning hooks that fire once per optimizer step: a callback that overrides one needs one step per batch.
 PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 ANOMALY = "returned nan values"  # torch.autograd anomaly mode's message for a NaN found in backward
-# Anomaly mode (debug=fast) also warns with the forward call's whole traceback (~80 lines) before raising: the
-# divergence is reported in one line (run_batch), so the warning says nothing more.
-warnings.filterwarnings("ignore", message=r"Error detected in \S+\. Traceback of forward call", category=UserWarning)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from makemore_lab.console import quiet_third_party_messages
 from makemore_lab.errors import TrainingInterrupted, UserError
 from makemore_lab.population import grouping, memory, processes
 from makemore_lab.population.grouping import population_refusal
@@ -26,6 +27,7 @@ def train_population(cfgs: list[DictConfig], stop: StopFlag | None = None) -> li
     or SIGTERM, or, given `stop` (population/processes.py: populations side by side in several processes), when
     the process that holds the signal handlers sets it; then this process installs none of its own.
     """
+    quiet_third_party_messages()  # as train() does for a run
     members = [Member(cfg, Path(cfg.paths.output_dir)) for cfg in cfgs]
     device = choose_device(cfgs[0])
     shared_data: dict = {}  # one encoded corpus per data config: members read it, none copies it
