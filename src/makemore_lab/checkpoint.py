@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from makemore_lab.atomic_write import last_good, write_bytes_atomically  # noqa: F401 (last_good: resume, final_report)
+from makemore_lab.atomic_write import write_bytes_atomically
 from makemore_lab.configs import CONFIG_DIR
 from makemore_lab.data import CharData, Vocabulary
 from makemore_lab.data.reading import read_data_file

@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from makemore_lab import console, tensorboard_events
-from makemore_lab.atomic_write import write_atomically, write_json_atomically  # noqa: F401 (also the population's)
-from makemore_lab.checkpoint import last_good, net_state_dict, read_checkpoint
+from makemore_lab.atomic_write import last_good, write_json_atomically
+from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.commands import losses_command
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.losses import split_loss

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from makemore_lab.atomic_write import write_text_atomically
-from makemore_lab.checkpoint import check_resumable, check_weights_fit, last_good, net_state_dict, read_checkpoint
+from makemore_lab.atomic_write import last_good, write_text_atomically
+from makemore_lab.checkpoint import check_resumable, check_weights_fit, net_state_dict, read_checkpoint
 from makemore_lab.commands import losses_command, resume_command
 from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 

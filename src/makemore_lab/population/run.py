@@ -240,7 +240,7 @@ class Population:
             except UserError as err:
                 member.fail(err)
             except OSError as err:  # its summary.json or a checkpoint on a full disk
-                member.fail(cannot_write(err, step, member.out_dir))
+                member.fail(self.cannot_write(err, member))
 
     @property
     def active(self) -> list[Member]:
