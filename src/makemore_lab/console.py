@@ -23,9 +23,10 @@ multirun, each job's full reports (health, samples) go there, and the console ge
 (`job_report_line`), then the sweep's table.
 """
 
-import contextlib
 import logging
 import warnings
+
+from makemore_lab.commands import in_multirun  # the one rule for "a job of a multirun runs"
 
 QUIET_PREFIXES = (
     "💡 Tip: For seamless cloud",
@@ -66,31 +67,6 @@ def quiet_third_party_messages() -> None:
     warnings.filterwarnings(
         "ignore", message=r"Error detected in \S+\. Traceback of forward call", category=UserWarning
     )
-
-
-_multirun_jobs = 0  # > 0 inside multirun_job()
-
-
-@contextlib.contextmanager
-def multirun_job():
-    """Around a multirun job's work where HydraConfig is not that job's (the population launcher trains its members
-    under the sweep's): its reports then go to its train.log as under Hydra's own run_job."""
-    global _multirun_jobs
-    _multirun_jobs += 1
-    try:
-        yield
-    finally:
-        _multirun_jobs -= 1
-
-
-def in_multirun() -> bool:
-    """True while a job of a multirun (`-m`, `makemore_lab.sweep`) runs: its console report is one line."""
-    if _multirun_jobs:
-        return True
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def job_detail() -> dict:

@@ -23,21 +23,16 @@ import traceback
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import open_dict
 
 from makemore_lab.atomic_write import last_good, write_json_atomically
-from makemore_lab.commands import run_overrides
+from makemore_lab.commands import in_multirun, run_overrides
 from makemore_lab.errors import TrainingInterrupted, UserError
 from makemore_lab.run_dir import RunDirRefused
 
 log = logging.getLogger(__name__)
 
 FAILURE_FILE = "failure.json"
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def run_job(train, cfg, continue_sweep: bool = True) -> float:
