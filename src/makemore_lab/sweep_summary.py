@@ -5,6 +5,9 @@ which Hydra rewrites whenever a job starts in that dir), then the numbers from i
 interrupted and resumed (Ctrl-C, SIGTERM, a SLURM time limit or requeue) is timed over all its fits (its
 segments.json holds the interrupted ones, resume.py). A job that failed
 (its failure.json, see sweep_policy.py) is listed last with its one-line reason; one with neither file (still running, or killed) is listed last with empty numbers.
+A job that an Optuna pruner stopped (its summary.json's `pruned`: docs/optuna.md) is listed after the finished ones,
+"pruned at step N" with its last reported val loss; summary.csv then has pruned_step and pruned_val_loss columns. The
+`optuna_trial` key the sweeper gives such jobs is no column (the job dir is the trial's number).
 The table is rewritten after every job too, so a sweep stopped by Ctrl-C or a kill keeps the table of the jobs done;
 when the multirun ends, its path is logged and the table printed (its best PRINTED_ROWS rows).
 Jobs that differ only in `seed` and `data.seed` (a config run over several seeds) are also one row over their seeds:
@@ -86,6 +89,8 @@ class SweepSummary(Callback):
 PRINTED_ROWS = 20  # a 500-job search prints its best 20; summary.md and summary.csv hold every job
 SEED_KEYS = ("seed", "data.seed")  # jobs that differ only in these are one config over several seeds
 LOSSES = ("train_loss", "val_loss", "test_loss")
+HIDDEN_OVERRIDES = ("optuna_trial",)  # the Optuna sweeper's, for its pruner: the job dir already names the trial
+PRUNED_COLUMNS = ("pruned_step", "pruned_val_loss")
 
 
 def first_table(markdown_text: str) -> list[str]:
@@ -132,7 +137,11 @@ def read_jobs(sweep_dir: Path) -> list[dict]:
             {
                 "error": json.loads(failure_file.read_text())["error"] if failure_file.is_file() else None,
                 "job": job_dir.relative_to(sweep_dir).as_posix(),
-                "overrides": dict(parse_override(o) for o in overrides),
+                "overrides": {
+                    key: value
+                    for key, value in map(parse_override, overrides)
+                    if key.lstrip("+~") not in HIDDEN_OVERRIDES
+                },
                 "summary": summary,
                 "interrupted_seconds": sum(segment["seconds"] for segment in segments),
             }
@@ -152,17 +161,34 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
             row["time_s"] += job.get("interrupted_seconds", 0)
         row["health"] = verdict_word(summary.get("health")) if job["summary"] else ""  # the diagnostics' verdict
         row["error"] = job["error"] or ""
+        pruned = summary.get("pruned") or {}
+        row.update({"pruned_step": pruned.get("step"), "pruned_val_loss": pruned.get("val_loss")})
         rows.append(row)
 
-    def by_val_loss(row):
+    def by_val_loss(row):  # finished jobs, then pruned ones (fewer steps: not comparable), then the rest
         loss = row["val_loss"]
-        return math.inf if loss is None or math.isnan(loss) else loss
+        if loss is None or math.isnan(loss):
+            return (2, math.inf)
+        return (int(row["pruned_step"] is not None), loss)
 
     return override_keys, sorted(rows, key=by_val_loss)  # stable: ties keep job order
 
 
 def finished(row: dict) -> bool:
-    return not row["error"] and row["val_loss"] is not None and math.isfinite(row["val_loss"])
+    """Trained to its end: not failed, not pruned, with a val loss."""
+    return (
+        not row["error"]
+        and row.get("pruned_step") is None
+        and row["val_loss"] is not None
+        and math.isfinite(row["val_loss"])
+    )
+
+
+def pruned_note(row: dict) -> str:
+    """A pruned job's cell: where it stopped, and the last val loss its pruner saw."""
+    if row.get("pruned_step") is None:
+        return ""
+    return f"pruned at step {row['pruned_step']:,} (val loss {fmt(row['pruned_val_loss'], '.4f')})"
 
 
 def seed_rows(override_keys: list[str], rows: list[dict]) -> list[dict]:
@@ -185,7 +211,9 @@ def seed_rows(override_keys: list[str], rows: list[dict]) -> list[dict]:
             "params": members[0]["params"],
             "n": len(done),
             "health": "",
-            "error": f"{len(members) - len(done)} of {len(members)} seeds failed or unfinished"
+            "error": f"{len(members) - len(done)} of {len(members)} seeds failed"
+            + (", pruned" if any(r.get("pruned_step") is not None for r in members) else "")
+            + " or unfinished"
             if len(done) < len(members)
             else "",
         }
@@ -202,8 +230,10 @@ def write_csv(path: Path, override_keys: list[str], rows: list[dict], seeds: lis
     """Numbers are written in full (repr), so they read back equal to summary.json's. The seed rows, if any, after
     the jobs' (each job's n is 1)."""
     text = io.StringIO(newline="")
+    pruned = list(PRUNED_COLUMNS) if any(row["pruned_step"] is not None for row in rows) else []
     extra = ["n", *(f"{loss}_std" for loss in LOSSES)] if seeds else []
-    writer = csv.DictWriter(text, fieldnames=["job", *override_keys, *METRICS, "health", "error", *extra])
+    fields = ["job", *override_keys, *METRICS, "health", "error", *pruned, *extra]
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")  # pruned_*: only where a job was pruned
     writer.writeheader()
     writer.writerows(
         {k: "" if v is None else v for k, v in {**row, **({"n": 1} if seeds else {})}.items()} for row in rows
@@ -227,10 +257,16 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
     varying = [k for k in override_keys if len({row[k] for row in rows}) > 1] or override_keys
     shared = [f"`{k}={rows[0][k]}`" if rows[0][k] else f"`{k}`" for k in override_keys if k not in varying]
     failed = [row for row in rows if row["error"]]
+    pruned = [row for row in rows if pruned_note(row)]
     unfinished = sum(row["val_loss"] is None and not row["error"] for row in rows)
     lines = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, best val loss first (losses in nats)."]
     if shared:
         lines.append(f"Same in every job: {' '.join(shared)}.")
+    if pruned:
+        lines.append(
+            f"{len(pruned)} job(s) pruned (stopped by the Optuna pruner, their last.ckpt kept): listed after the "
+            "finished ones, with the step and the last val loss the pruner saw."
+        )
     if failed:
         lines.append(f"{len(failed)} job(s) failed: listed last, with the reason.")
     if unfinished:
@@ -263,8 +299,10 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
         "",
         "| job | "
         + " | ".join(varying)
-        + " | params | steps | train_loss | val_loss | test_loss | time (s) | health | failed |",
-        "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|---|---|",
+        + " | params | steps | train_loss | val_loss | test_loss | time (s) | health | "
+        + ("pruned | " if pruned else "")
+        + "failed |",
+        "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|---|" + ("---|" if pruned else "") + "---|",
     ]
     for row in rows:
         cells = [
@@ -277,6 +315,7 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
             fmt(row["test_loss"], ".4f"),
             fmt(row["time_s"], ".1f"),
             row["health"],
+            *([pruned_note(row)] if pruned else []),
             row["error"].replace("|", "\\|"),
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

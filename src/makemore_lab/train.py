@@ -28,6 +28,7 @@ from makemore_lab import (
     tensorboard_events,
     threads,
 )
+from makemore_lab.callbacks.pruning import OptunaPruning
 from makemore_lab.callbacks.thread_budget import ThreadBudget
 from makemore_lab.checkpoint_io import AtomicCheckpointIO
 from makemore_lab.console import quiet_third_party_messages
@@ -195,6 +196,7 @@ def shared_datamodule(cfg: DictConfig, plan: StepPlan, shared: dict):
 
 def train_in_run_dir(cfg: DictConfig) -> dict:
     callbacks, plan, datamodule, module = build_run(cfg)
+    callbacks += OptunaPruning.for_run(cfg)  # the sweeper's pruner, where it gave this job a trial (docs/optuna.md)
     out_dir = Path(cfg.paths.output_dir)
     tensorboard_events.quiet_writer_thread_disk_errors()
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]

@@ -2,7 +2,8 @@
 
 Why ours: hydra-optuna-sweeper (even its latest release) requires optuna < 3, and with it SQLAlchemy < 2. This one
 keeps its config keys (params, n_trials, n_jobs, sampler, direction, storage, study_name) and its
-optimization_results.yaml. Each batch of `n_jobs` trials is asked of the study at once and launched as one launcher
+optimization_results.yaml, and adds `pruner` (Optuna's pruners: each job reports its val losses to its trial, through
+makemore_lab.callbacks.pruning, and stops when the pruner says so; the trial is then PRUNED in the study). Each batch of `n_jobs` trials is asked of the study at once and launched as one launcher
 batch (a parallel launcher runs them together); job dir N is the study's trial N, so a resumed study's new trials
 land beside the old ones. optuna itself is imported only when a sweep starts: Hydra imports this module on every
 run to find its plugins.
@@ -30,6 +31,7 @@ from makemore_lab.atomic_write import write_text_atomically
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"
+PRUNED_ATTR = "pruned_at_step"  # a trial's user attribute, set by its job when the pruner stops it
 
 
 @dataclass
@@ -46,11 +48,53 @@ class RandomSamplerConf:
 
 
 @dataclass
+class GridSamplerConf:
+    _target_: str = "optuna.samplers.GridSampler"  # its search_space: the grid of hydra.sweeper.params
+    seed: int | None = None
+
+
+# Optuna's pruners (`hydra/sweeper/pruner=median`, or `hydra.sweeper.pruner._target_` and its arguments): steps are
+# optimizer steps (trainer.global_step), reported at each validation (trainer.val_check_interval).
+@dataclass
+class MedianPrunerConf:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5  # no pruning until this many trials have completed
+    n_warmup_steps: int = 0  # no pruning of a trial before this step
+    interval_steps: int = 1
+    n_min_trials: int = 1  # completed trials that reported at a step before a trial is pruned there
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"  # steps before the first rung; auto: from the first trial that completes
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class HyperbandPrunerConf:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"  # auto: the steps of the first trial that completes
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+@dataclass
+class NopPrunerConf:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.makemore_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     _recursive_: bool = False  # the sweeper builds the sampler itself (checked, and reseeded on resume)
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    # _self_ first: a pruner option (hydra/sweeper/pruner=median) wins over `pruner: None`
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": None}])
     sampler: Any = MISSING
+    pruner: Any = None  # e.g. hydra/sweeper/pruner=median: trials report their val losses and stop when pruned
     direction: str = "minimize"
     storage: str | None = None  # e.g. sqlite:///study.db: the study persists, and the same command resumes it
     study_name: str | None = None  # default: the hparams_search option's name
@@ -64,6 +108,14 @@ ConfigStore.instance().store(group="hydra/sweeper/sampler", name="tpe", node=TPE
 ConfigStore.instance().store(
     group="hydra/sweeper/sampler", name="random", node=RandomSamplerConf, provider="makemore_lab"
 )
+ConfigStore.instance().store(group="hydra/sweeper/sampler", name="grid", node=GridSamplerConf, provider="makemore_lab")
+for _name, _node in (
+    ("median", MedianPrunerConf),
+    ("successive_halving", SuccessiveHalvingPrunerConf),
+    ("hyperband", HyperbandPrunerConf),
+    ("nop", NopPrunerConf),
+):
+    ConfigStore.instance().store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="makemore_lab")
 
 
 class SweeperError(CompactHydraException):
@@ -80,6 +132,7 @@ class OptunaSweeper(Sweeper):
         n_trials: int,
         n_jobs: int,
         params: dict | None = None,
+        pruner: DictConfig | None = None,
     ):
         super().__init__()
         if direction not in ("minimize", "maximize"):
@@ -90,6 +143,7 @@ class OptunaSweeper(Sweeper):
         self.sampler, self.direction, self.storage = sampler, direction, storage
         self.study_name, self.n_trials, self.n_jobs = study_name, n_trials, n_jobs
         self.params = dict(params or {})
+        self.pruner = pruner
         self.config = self.launcher = self.hydra_context = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -125,44 +179,76 @@ class OptunaSweeper(Sweeper):
             except (UnsupportedSweep, ValueError) as err:
                 raise SweeperError(f"hydra.sweeper.params: {err}") from None
 
-        study = self._open_study(optuna)
+        pruner = build_pruner(self.pruner)  # a bad pruner: one line, before the study is opened
+        self.check_pruning_reaches_jobs(pruner)
+        study = self._open_study(optuna, space, pruner)
         self.check_same_search(study, space)  # refused before the sweep dir holds anything of this sweep
+        n_trials = self.n_trials
+        if isinstance(study.sampler, optuna.samplers.GridSampler):  # more trials would repeat the grid's points
+            points = math.prod(len(values) for values in grid_search_space(space).values())
+            if n_trials > points:
+                log.info("the grid has %d points: %d trials, not %d", points, points, n_trials)
+                n_trials = points
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         log.info(
-            "study %r: %d trials before this sweep, %d to run, %d at a time; searching %s",
+            "study %r: %d trials before this sweep, %d to run, %d at a time; searching %s%s",
             study.study_name,
             len(study.trials),
-            self.n_trials,
+            n_trials,
             self.n_jobs,
             ", ".join(space) or "nothing",
+            f"; pruned by {type(pruner).__name__}" if pruner else "",
         )
 
         returns = []
-        for start in range(0, self.n_trials, self.n_jobs):
-            trials = [self.ask(study, space, optuna) for _ in range(min(self.n_jobs, self.n_trials - start))]
-            batch = [[*fixed.values(), *(f"{key}={trial.params[key]}" for key in space)] for trial in trials]
+        for start in range(0, n_trials, self.n_jobs):
+            trials = [self.ask(study, space, optuna) for _ in range(min(self.n_jobs, n_trials - start))]
+            batch = [
+                [
+                    *fixed.values(),
+                    *(f"{key}={trial.params[key]}" for key in space),
+                    *(trial_override(study, trial) if pruner else []),
+                ]
+                for trial in trials
+            ]
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            pruned = pruned_steps(study, trials) if pruner else {}
             for trial, result in zip(trials, results):
                 value = trial_value(result)
                 if value is None:  # a failed job (sweep_policy returns +inf), a crash, or no number: Optuna's FAIL
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    tell(study, trial, state=optuna.trial.TrialState.FAIL)
+                elif trial.number in pruned:  # its job stopped when the pruner said so (its last.ckpt is kept)
+                    log.info("trial %d pruned at step %d", trial.number, pruned[trial.number])
+                    tell(study, trial, state=optuna.trial.TrialState.PRUNED)
                 else:
-                    study.tell(trial, value)
+                    tell(study, trial, value)
             returns.append(results)
         self._write_results(study, sweep_dir)
         return returns
 
-    def _open_study(self, optuna):
+    def check_pruning_reaches_jobs(self, pruner) -> None:
+        """A job reports to its trial through the study's storage (makemore_lab.callbacks.pruning): without one,
+        only a job in this process (Hydra's basic launcher) can reach the in-memory study."""
+        if pruner is None or self.storage:
+            return
+        launcher = self.config.hydra.launcher.get("_target_", "")
+        if launcher != BASIC_LAUNCHER:
+            raise SweeperError(
+                f"hydra.sweeper.pruner under {launcher.rsplit('.', 1)[-1]} needs hydra.sweeper.storage (e.g. "
+                "sqlite:///logs/optuna.db): its jobs run in other processes and report to the study there"
+            )
+
+    def _open_study(self, optuna, space: dict | None = None, pruner=None):
         """Create the study, or load it from `storage`. A resumed study's sampler seed is offset by its trial count,
         so that a seeded sampler does not propose the first sweep's random trials again. Two searches that start
         at once on one new storage would race on creating its tables (and the study): under storage_lock, one
         creates them and the other finds them."""
         name = self.study_name or self.config.hydra.runtime.choices.get("hparams_search") or "makemore"
         before = 0
-        storage = None
+        storage = optuna.storages.InMemoryStorage()  # the jobs of this process reach it (pruning.IN_MEMORY)
         with storage_lock(self.storage):
             if self.storage:
                 try:
@@ -179,7 +265,8 @@ class OptunaSweeper(Sweeper):
             study = optuna.create_study(
                 study_name=name,
                 storage=storage,
-                sampler=self.build_sampler(before),
+                sampler=self.build_sampler(before, space),
+                pruner=pruner,
                 direction=self.direction,
                 load_if_exists=True,
             )
@@ -188,6 +275,10 @@ class OptunaSweeper(Sweeper):
                 f"study {name!r} in {self.storage} was created to {study.direction.name.lower()}, "
                 f"not to {self.direction}: use another hydra.sweeper.study_name"
             )
+        if pruner is not None and not self.storage:
+            from makemore_lab.callbacks import pruning
+
+            pruning.IN_MEMORY[name] = (study, storage)
         return study
 
     def check_same_search(self, study, space: dict) -> None:
@@ -236,18 +327,31 @@ class OptunaSweeper(Sweeper):
             ) from None
         return trial
 
-    def build_sampler(self, trials_before: int):
+    def build_sampler(self, trials_before: int, space: dict | None = None):
         target = self.sampler.get("_target_", "")
         if not str(target).startswith("optuna.samplers."):  # a config names a class: only Optuna's samplers
             raise SweeperError(f"hydra.sweeper.sampler._target_ must be one of optuna.samplers, got {target!r}")
         seed = self.sampler.get("seed")
+        arguments = {"seed": seed + trials_before} if seed is not None else {}
+        if target == "optuna.samplers.GridSampler":
+            if "search_space" in self.sampler:
+                raise SweeperError(
+                    "hydra.sweeper.sampler.search_space: the grid is hydra.sweeper.params' (choice() and range() "
+                    "values); remove search_space"
+                )
+            arguments["search_space"] = grid_search_space(space or {})
         try:
-            return instantiate(self.sampler, **({"seed": seed + trials_before} if seed is not None else {}))
+            return instantiate(self.sampler, **arguments)
         except Exception as err:
             raise SweeperError(f"bad hydra.sweeper.sampler: {err.__cause__ or err}") from None
 
     def _write_results(self, study, sweep_dir: Path) -> None:
-        completed = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+        from optuna.trial import TrialState
+
+        # COMPLETE only: Optuna gives a PRUNED trial its last reported value, which is no result of a whole run
+        completed = [
+            t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        ]
         if not completed:
             log.warning("no trial of study %r finished: no %s", study.study_name, RESULTS_FILE)
             return
@@ -269,6 +373,81 @@ class OptunaSweeper(Sweeper):
             best.value,
             " ".join(f"{k}={v}" for k, v in best.params.items()),
         )
+
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"  # its jobs run in this process
+
+
+def build_pruner(node: DictConfig | None):
+    """hydra.sweeper.pruner -> one of Optuna's pruners (None without one); a target outside optuna.pruners, an
+    unknown one or a bad argument is one line. The sweeper checks it before any trial; each job builds the same
+    pruner from its HydraConfig (makemore_lab.callbacks.pruning), since a stored study does not keep its pruner."""
+    if node is None:
+        return None
+    if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).startswith("optuna.pruners."):
+        shown = node.get("_target_") if isinstance(node, DictConfig) else node
+        raise SweeperError(
+            f"hydra.sweeper.pruner._target_ must be one of optuna.pruners (e.g. hydra/sweeper/pruner=median), "
+            f"got {shown!r}"
+        )
+    for value in node.values():  # a nested pruner (PatientPruner's wrapped_pruner) is Optuna's too
+        if isinstance(value, DictConfig) and "_target_" in value:
+            build_pruner(value)
+    try:
+        return instantiate(node)
+    except Exception as err:
+        cause = err.__cause__ or err
+        detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise SweeperError(f"bad hydra.sweeper.pruner ({node._target_}): {detail}") from None
+
+
+def grid_search_space(space: dict) -> dict[str, list]:
+    """GridSampler's search_space from the params' distributions: choice() values, range() grids; an interval()
+    has no grid (one line)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    grid = {}
+    for key, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            grid[key] = list(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            grid[key] = list(range(dist.low, dist.high + 1, dist.step))
+        elif getattr(dist, "step", None) is not None:
+            n = round((dist.high - dist.low) / dist.step)
+            grid[key] = [dist.low + i * dist.step for i in range(n + 1)]
+        else:
+            raise SweeperError(
+                f"hydra/sweeper/sampler=grid needs a grid: {key} is searched over an interval; use choice() or range()"
+            )
+    return grid
+
+
+def tell(study, trial, *args, **kwargs) -> None:
+    """study.tell. GridSampler, told its grid's last trial, calls study.stop(), which Optuna allows only inside
+    study.optimize (RuntimeError) after the trial's state is stored: this loop ends by itself (n_trials is at most
+    the grid's size), so that one error is no error here."""
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
+
+
+def trial_override(study, trial) -> list[str]:
+    """The job's `optuna_trial` (train.yaml): which trial of which study it reports its val losses to. Where that
+    study lives is hydra.sweeper.storage, the user's setting, never this key's."""
+    name = study.study_name.replace("\\", "\\\\").replace("'", "\\'")
+    return [f"optuna_trial={{study_name:'{name}',number:{trial.number}}}"]
+
+
+def pruned_steps(study, trials) -> dict[int, int]:
+    """{trial number: step} of the trials whose job the pruner stopped (pruning.PRUNED_ATTR, set by the job)."""
+    numbers = {trial.number for trial in trials}
+    return {
+        t.number: t.user_attrs[PRUNED_ATTR]
+        for t in study.get_trials(deepcopy=False)
+        if t.number in numbers and PRUNED_ATTR in t.user_attrs
+    }
 
 
 @contextlib.contextmanager
