@@ -12,7 +12,8 @@ run to find its plugins.
 import contextlib
 import logging
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,18 +105,21 @@ class OptunaSweeperConf:
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="makemore_lab")
-ConfigStore.instance().store(group="hydra/sweeper/sampler", name="tpe", node=TPESamplerConf, provider="makemore_lab")
-ConfigStore.instance().store(
-    group="hydra/sweeper/sampler", name="random", node=RandomSamplerConf, provider="makemore_lab"
-)
-ConfigStore.instance().store(group="hydra/sweeper/sampler", name="grid", node=GridSamplerConf, provider="makemore_lab")
+# Sampler and pruner options as open nodes (dicts, not typed dataclasses): a search config's keys (`sampler.n_startup_trials`
+# for TPE) merge into any option, and one the class does not take is a one-line error naming the `~` that removes it.
+for _name, _node in (("tpe", TPESamplerConf), ("random", RandomSamplerConf), ("grid", GridSamplerConf)):
+    ConfigStore.instance().store(
+        group="hydra/sweeper/sampler", name=_name, node=asdict(_node()), provider="makemore_lab"
+    )
 for _name, _node in (
     ("median", MedianPrunerConf),
     ("successive_halving", SuccessiveHalvingPrunerConf),
     ("hyperband", HyperbandPrunerConf),
     ("nop", NopPrunerConf),
 ):
-    ConfigStore.instance().store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="makemore_lab")
+    ConfigStore.instance().store(
+        group="hydra/sweeper/pruner", name=_name, node=asdict(_node()), provider="makemore_lab"
+    )
 
 
 class SweeperError(CompactHydraException):
@@ -343,7 +347,10 @@ class OptunaSweeper(Sweeper):
         try:
             return instantiate(self.sampler, **arguments)
         except Exception as err:
-            raise SweeperError(f"bad hydra.sweeper.sampler: {err.__cause__ or err}") from None
+            cause = err.__cause__ or err
+            unknown = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+            hint = f" (remove it: ~hydra.sweeper.sampler.{unknown[1]})" if unknown else ""
+            raise SweeperError(f"bad hydra.sweeper.sampler: {cause}{hint}") from None
 
     def _write_results(self, study, sweep_dir: Path) -> None:
         from optuna.trial import TrialState
@@ -390,6 +397,12 @@ def build_pruner(node: DictConfig | None):
             f"hydra.sweeper.pruner._target_ must be one of optuna.pruners (e.g. hydra/sweeper/pruner=median), "
             f"got {shown!r}"
         )
+    import optuna.pruners
+
+    name = node._target_.removeprefix("optuna.pruners.")
+    if not isinstance(getattr(optuna.pruners, name, None), type):
+        known = ", ".join(n for n in optuna.pruners.__all__ if n.endswith("Pruner") and n != "BasePruner")
+        raise SweeperError(f"hydra.sweeper.pruner._target_={node._target_}: Optuna has no such pruner ({known})")
     for value in node.values():  # a nested pruner (PatientPruner's wrapped_pruner) is Optuna's too
         if isinstance(value, DictConfig) and "_target_" in value:
             build_pruner(value)
@@ -398,7 +411,9 @@ def build_pruner(node: DictConfig | None):
     except Exception as err:
         cause = err.__cause__ or err
         detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise SweeperError(f"bad hydra.sweeper.pruner ({node._target_}): {detail}") from None
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", detail)
+        hint = f" (remove it: ~hydra.sweeper.pruner.{unknown[1]})" if unknown else ""
+        raise SweeperError(f"bad hydra.sweeper.pruner ({node._target_}): {detail}{hint}") from None
 
 
 def grid_search_space(space: dict) -> dict[str, list]:
