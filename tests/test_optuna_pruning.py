@@ -121,6 +121,16 @@ def test_without_storage_the_basic_launchers_jobs_reach_the_study_in_memory(tmp_
     jobs = {job: summary(tmp_path / "sweep" / job) for job in ("0", "1", "2")}
     assert "pruned" not in jobs["0"] and all(jobs[job]["pruned"]["step"] < MAX_STEPS for job in ("1", "2"))
     assert OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml").best_trial == 0
+    # The same command into its sweep dir (how a sweep is continued): a new in-memory study, whose seeded grid asks
+    # the same trials; each job is kept from its dir, and a kept pruned job is a PRUNED trial again, by its record.
+    again = search(tmp_path / "sweep", small_names, *PRUNED)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert log.count("finished in an earlier run of this sweep: kept") == 3
+    for job in ("1", "2"):
+        assert f"trial {job} pruned at step {jobs[job]['pruned']['step']}" in log
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    assert best.best_trial == 0 and best.best_value == pytest.approx(jobs["0"]["val_loss"])
 
 
 @pytest.mark.slow

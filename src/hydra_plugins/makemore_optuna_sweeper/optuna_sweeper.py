@@ -10,6 +10,7 @@ run to find its plugins.
 """
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -32,7 +33,7 @@ from makemore_lab.atomic_write import write_text_atomically
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "optimization_results.yaml"
-PRUNED_ATTR = "pruned_at_step"  # a trial's user attribute, set by its job when the pruner stops it
+PRUNED_ATTR = "pruned_at_step"  # a trial's user attribute, set by its job when the pruner stops it (for the dashboard)
 
 
 @dataclass
@@ -219,13 +220,13 @@ class OptunaSweeper(Sweeper):
             ]
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-            pruned = pruned_steps(study, trials) if pruner else {}
             for trial, result in zip(trials, results):
                 value = trial_value(result)
+                pruned = pruned_step(result) if pruner and value is not None else None
                 if value is None:  # a failed job (sweep_policy returns +inf), a crash, or no number: Optuna's FAIL
                     tell(study, trial, state=optuna.trial.TrialState.FAIL)
-                elif trial.number in pruned:  # its job stopped when the pruner said so (its last.ckpt is kept)
-                    log.info("trial %d pruned at step %d", trial.number, pruned[trial.number])
+                elif pruned is not None:  # its job stopped when the pruner said so (its last.ckpt is kept)
+                    log.info("trial %d pruned at step %d", trial.number, pruned)
                     tell(study, trial, state=optuna.trial.TrialState.PRUNED)
                 else:
                     tell(study, trial, value)
@@ -455,14 +456,16 @@ def trial_override(study, trial) -> list[str]:
     return [f"optuna_trial={{study_name:'{name}',number:{trial.number}}}"]
 
 
-def pruned_steps(study, trials) -> dict[int, int]:
-    """{trial number: step} of the trials whose job the pruner stopped (pruning.PRUNED_ATTR, set by the job)."""
-    numbers = {trial.number for trial in trials}
-    return {
-        t.number: t.user_attrs[PRUNED_ATTR]
-        for t in study.get_trials(deepcopy=False)
-        if t.number in numbers and PRUNED_ATTR in t.user_attrs
-    }
+def pruned_step(result: JobReturn) -> int | None:
+    """The step at which the job's pruner stopped it, from the job's own record, its summary.json's `pruned` (in its
+    job dir, which the sweep table reads too): also a job kept from an earlier run of the same sweep into its dir,
+    whose new trial heard nothing from it. None for a job that trained to its end."""
+    try:
+        summary_file = Path(result.hydra_cfg.hydra.runtime.output_dir) / "summary.json"
+        pruned = json.loads(summary_file.read_text()).get("pruned") if summary_file.is_file() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+    return pruned.get("step") if isinstance(pruned, dict) else None
 
 
 @contextlib.contextmanager
