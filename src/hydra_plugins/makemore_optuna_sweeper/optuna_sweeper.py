@@ -191,9 +191,11 @@ class OptunaSweeper(Sweeper):
         n_trials = self.n_trials
         if isinstance(study.sampler, optuna.samplers.GridSampler):  # more trials would repeat the grid's points
             points = math.prod(len(values) for values in grid_search_space(space).values())
-            if n_trials > points:
-                log.info("the grid has %d points: %d trials, not %d", points, points, n_trials)
-                n_trials = points
+            done = sum(trial.state.is_finished() for trial in study.get_trials(deepcopy=False))
+            left = max(points - done, 0)  # a continued study's grid: the points it has not run (GridSampler's rule)
+            if n_trials > left:
+                log.info("the grid has %d points, %d not run yet: %d trials, not %d", points, left, left, n_trials)
+                n_trials = left
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
