@@ -217,3 +217,30 @@ def test_the_reporter_prunes_by_the_studys_pruner_but_never_at_the_last_step():
     trials = study.get_trials(deepcopy=False)
     assert trials[0].user_attrs == {"pruned_at_step": 20} and trials[0].intermediate_values == {10: 2.9, 20: 3.1}
     assert trials[1].user_attrs == {} and trials[1].intermediate_values == {60: 3.1}
+
+
+@pytest.mark.slow
+def test_asha_prunes_within_a_batch_under_the_population_launcher(tmp_path, small_names):
+    """Five trials launched as one batch by the population launcher (each job of a search with a pruner trains alone
+    there for now): successive halving compares every trial that reached a rung, running ones included, so the two
+    lrs too small to learn are pruned at the first rung."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = search(
+        tmp_path / "sweep",
+        small_names,
+        "optimizer.lr=choice(0.5,0.3,0.1,0.0002,0.0001)",
+        "hydra/launcher=population",
+        "hydra.sweeper.n_jobs=5",
+        "hydra/sweeper/pruner=successive_halving",
+        "hydra.sweeper.pruner.min_resource=10",
+        "hydra.sweeper.pruner.reduction_factor=2",
+        f"hydra.sweeper.storage={storage}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name="makemore", storage=storage).trials
+    pruned = {t.params["optimizer.lr"] for t in trials if t.state == TrialState.PRUNED}
+    assert pruned and pruned <= {0.0002, 0.0001}  # the losers, and only they
+    assert all(t.state == TrialState.COMPLETE for t in trials if t.params["optimizer.lr"] not in pruned)
+    for trial in trials:
+        job = summary(tmp_path / "sweep" / str(trial.number))
+        assert (job["steps"] < MAX_STEPS) == (trial.state == TrialState.PRUNED) == ("pruned" in job)
