@@ -244,3 +244,21 @@ def test_asha_prunes_within_a_batch_under_the_population_launcher(tmp_path, smal
     for trial in trials:
         job = summary(tmp_path / "sweep" / str(trial.number))
         assert (job["steps"] < MAX_STEPS) == (trial.state == TrialState.PRUNED) == ("pruned" in job)
+
+
+def test_a_study_a_job_cannot_reach_is_one_line_and_creates_nothing(tmp_path):
+    from makemore_lab.callbacks.pruning import open_trial
+    from makemore_lab.errors import UserError
+
+    gone = tmp_path / "gone.db"  # a storage deleted since the sweep began: opening it would create an empty one
+    with pytest.raises(UserError, match=r"cannot open study 'mlp': sqlite:///.*gone.db has no file"):
+        open_trial(f"sqlite:///{gone}", "mlp", 0, optuna.pruners.MedianPruner())
+    assert not gone.exists()
+    with pytest.raises(UserError, match="study 'elsewhere' has no hydra.sweeper.storage and lives in another process"):
+        open_trial(None, "elsewhere", 0, optuna.pruners.MedianPruner())
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="mlp", storage=storage)
+    study.tell(study.ask(), 1.0)
+    assert open_trial(storage, "mlp", 0, optuna.pruners.MedianPruner()) is None  # told already: nothing to report to
+    with pytest.raises(UserError, match="study 'mlp' has no trial 5 to report to"):
+        open_trial(storage, "mlp", 5, optuna.pruners.MedianPruner())

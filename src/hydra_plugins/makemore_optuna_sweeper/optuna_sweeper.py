@@ -470,15 +470,22 @@ def pruned_step(result: JobReturn) -> int | None:
     return pruned.get("step") if isinstance(pruned, dict) else None
 
 
+def sqlite_file(storage: str | None) -> Path | None:
+    """The file of a SQLite storage URL (sqlite:///<path>), else None."""
+    if not storage or not storage.startswith("sqlite:///") or storage == "sqlite:///:memory:":
+        return None
+    return Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
+
+
 @contextlib.contextmanager
 def storage_lock(storage: str | None):
     """A lock beside a SQLite storage's file (`<file>.lock`, filelock's) while the study is opened or created: two
     searches starting at once on one new file would both create its tables, and one would fail. Other databases
     (PostgreSQL, MySQL) serialise that themselves."""
-    if not storage or not storage.startswith("sqlite:///") or storage == "sqlite:///:memory:":
+    path = sqlite_file(storage)
+    if path is None:
         yield
         return
-    path = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
     if not path.parent.is_dir():
         raise SweeperError(f"hydra.sweeper.storage={storage}: the directory {path.parent} does not exist")
     with FileLock(str(path) + ".lock"):

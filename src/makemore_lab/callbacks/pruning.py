@@ -110,6 +110,10 @@ def open_trial(storage_url: str | None, study_name: str, number: int, pruner):
     `pruner`; None (and a warning) where that trial has already ended (a requeued job whose sweep told it)."""
     import optuna
 
+    from hydra_plugins.makemore_optuna_sweeper.optuna_sweeper import sqlite_file
+
+    if storage_url and sqlite_file(storage_url) and not sqlite_file(storage_url).is_file():  # opening would create it
+        raise UserError(f"cannot open study {study_name!r}: {storage_url} has no file (deleted since the sweep began?)")
     if storage_url:
         try:
             storage = optuna.storages.RDBStorage(storage_url)
