@@ -5,9 +5,9 @@
     python scripts/benchmark_population_step.py --models mlp model.n_hidden=4 model.n_embd=2   # the host-work floor
     python scripts/benchmark_population_step.py --models wavenet --threads 2 --profile 100    # where a step goes
 
-The population is trained by the engine itself (train_population's Population.step: vmapped forward, one
-backward, per-member clipping and optimizer steps, one lr per member as a sweep has); the single model by the
-solo engine's fast path (engine.StepEngine, what `python train.py` runs between Lightning batches). Both draw
+The population is stepped as the engine steps it inside the Trainer (population/run.py: PopulationLM's forward of
+every member, folded or vmapped, one backward of the summed losses, per-member clipping, MembersOptimizer's step, one
+lr per member as a sweep has); the single model by the solo engine's fast path (engine.StepEngine, what `python train.py` runs between Lightning batches). Both draw
 the same minibatches and are timed over the same steps after a warm-up; the best of --repeats is kept. Extra
 Hydra overrides apply to every member and the single model: a tiny width shows what a step costs with next to no
 arithmetic (the per-step host work of each engine).
@@ -23,9 +23,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from makemore_lab.configs import CONFIG_DIR
+from makemore_lab.data.batches import MinibatchStream
 from makemore_lab.errors import exit_on_user_error
+from makemore_lab.losses import training_loss
 from makemore_lab.population.member import Member
-from makemore_lab.population.run import Population
+from makemore_lab.population.run import MembersOptimizer, Population
 
 
 def member_cfg(model: str, lr: float, out: Path, extra: tuple[str, ...] = ()):
@@ -65,11 +67,28 @@ def rate(run_steps, steps: int, warmup: int, repeats: int) -> float:
     return best
 
 
+def minibatches(pop: Population, count: int):
+    """(x, y) of steps 0 .. count - 1, (count, B, ...): the stream every member shares (one data seed)."""
+    data = pop.members[0].datamodule
+    x, y = data.train_examples[MinibatchStream(data.num_train_examples, data.batch_size, count).minibatches(0, count)]
+    return x.view(count, data.batch_size, *x.shape[1:]), y.view(count, data.batch_size, *y.shape[1:])
+
+
 def population_steps(pop: Population):
+    """The population's steps as StepEngine._fast_steps makes them (loss, zero_grad, backward, clip, step, set_lr)."""
+    module, optimizer = pop.module, MembersOptimizer(pop)
+    clip = module.engine.plan.gradient_clip_val
+
     def run(count: int) -> None:
-        xs, ys = pop.minibatches(0, count)
+        xs, ys = minibatches(pop, count)
         for j in range(count):
-            pop.step(xs[j], ys[j], j, pop.members)
+            losses = module.net.losses(xs[j], ys[j], module.all_positions, shared=True)
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            if clip:
+                module.clip_gradients(optimizer, clip, module.engine.plan.gradient_clip_algorithm)
+            optimizer.step()
+            module.engine.set_lr(optimizer, j + 1)
 
     return run
 
@@ -87,9 +106,9 @@ def solo_steps(pop: Population):
         group.setdefault("initial_lr", group["lr"])
 
     def run(count: int) -> None:
-        xs, ys = pop.minibatches(0, count)
+        xs, ys = minibatches(pop, count)
         for j in range(count):
-            loss = pop.loss(net, xs[j], ys[j])
+            loss = training_loss(net, xs[j], ys[j], member.module.all_positions)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

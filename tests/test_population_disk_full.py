@@ -21,7 +21,7 @@ POPULATION = [
 
 
 def test_a_population_on_a_full_disk_ends_each_member_with_its_own_line(small_disk, small_names):  # noqa: F811
-    sweep_dir = small_disk(300) / "sweep"
+    sweep_dir = small_disk(315) / "sweep"
     result = run_script("train.py", "-m", *POPULATION, f"data.path={small_names}", f"hydra.sweep.dir={sweep_dir}")
     output = result.stdout + result.stderr
     assert "Traceback" not in output and "enforce fail" not in output, output[-3000:]

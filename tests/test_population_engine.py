@@ -18,7 +18,7 @@ from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.errors import TrainingDiverged, UserError
 from makemore_lab.population import population_refusal, train_population
 from makemore_lab.population.member import Member
-from makemore_lab.population.run import Population
+from makemore_lab.population.run import PopulationLM
 from makemore_lab.train import train
 
 QUIET = ["~callbacks.diagnostics", "~callbacks.sample_text", "~callbacks.progress_bar"]
@@ -127,11 +127,9 @@ def test_members_get_their_solo_runs_diagnostics_health_verdict_and_samples(
         figures,
     ]
     members = [compose_member(compose_train, tmp_path, f"member{i}", *common, f"seed={i}") for i in range(2)]
-    solo_steps, made = Population.solo_steps, []
+    solo_losses, made = PopulationLM.solo_losses, []
     monkeypatch.setattr(
-        Population,
-        "solo_steps",
-        lambda self, x, y, step, active: made.append(step) or solo_steps(self, x, y, step, active),
+        PopulationLM, "solo_losses", lambda self, x, y, step: made.append(step) or solo_losses(self, x, y, step)
     )
     results = train_population(members)
     assert made == [0, 10, 19, 20, 30, 39]  # the diagnostics' measured steps and sample_text's
@@ -323,7 +321,10 @@ def test_memory_budget_splits_or_refuses(compose_train, small_names, tmp_path):
 def test_refusals_are_one_line(compose_train):
     assert population_refusal(compose_train("model=mlp")) is None
     assert "DDP" in population_refusal(compose_train("trainer=ddp"))
-    assert "32-bit" in population_refusal(compose_train("trainer.precision=bf16-mixed"))
+    assert population_refusal(compose_train("trainer.precision=bf16-mixed", "trainer.max_time=00:00:01:00")) is None
+    assert "best checkpoint by val/loss only" in population_refusal(
+        compose_train("callbacks.model_checkpoint.monitor=train/loss")
+    )
     assert population_refusal(compose_train("callbacks=[default,early_stopping]")) is None
     for other in (
         "callbacks.early_stopping.monitor=train/loss",

@@ -23,6 +23,7 @@ multirun, each job's full reports (health, samples) go there, and the console ge
 (`job_report_line`), then the sweep's table.
 """
 
+import contextlib
 import logging
 import warnings
 
@@ -67,6 +68,26 @@ def quiet_third_party_messages() -> None:
     warnings.filterwarnings(
         "ignore", message=r"Error detected in \S+\. Traceback of forward call", category=UserWarning
     )
+
+
+# A population's Trainer restores every member's file, not the one Lightning names: each member says its own line.
+POPULATION_PREFIXES = ("Restoring states from the checkpoint path at ", "Restored all states from the checkpoint at ")
+
+
+def not_a_population_restore_line(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(POPULATION_PREFIXES)
+
+
+@contextlib.contextmanager
+def quiet_population_restore():
+    """Around a population's fit (population/run.py): Lightning's restore lines, which name the first member's
+    checkpoint only, are left out; each member logs its own resume."""
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    rank_zero.addFilter(not_a_population_restore_line)
+    try:
+        yield
+    finally:
+        rank_zero.removeFilter(not_a_population_restore_line)
 
 
 def job_detail() -> dict:

@@ -132,10 +132,17 @@ def divergence(losses: torch.Tensor, first_step: int, initial_loss: float | None
     )
 
 
+def objective(loss: torch.Tensor) -> torch.Tensor:
+    """What backward differentiates: the loss, or the sum of a population's members' losses (N,), which gives each
+    member the gradient of its own loss (member i's loss depends on member i's weights only)."""
+    return loss if loss.dim() == 0 else loss.sum()
+
+
 class StepEngine:
     """Runs the optimizer steps of one Lightning batch for `module` (a LightningModule with manual optimization).
 
-    `loss_fn(x, y)` is the minibatch loss; `lr_multiplier(step)` the schedule.
+    `loss_fn(x, y)` is the minibatch loss (or each member's, (N,), for a population); `lr_multiplier(step)` the
+    schedule (a number, or a tuple with one per param group: a population's members each follow their own).
     """
 
     def __init__(self, plan: StepPlan, loss_fn, lr_multiplier):
@@ -146,10 +153,11 @@ class StepEngine:
 
     def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         """The lr of `step`: a pure function of the step, so a resumed run needs no scheduler state."""
-        factor = self.lr_multiplier(step)
+        factor = self.lr_multiplier(step)  # one number, or one per param group (a population's members)
         if factor != self._factor:  # most schedules change rarely; writing every step would cost time
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
+            factors = factor if isinstance(factor, tuple) else [factor] * len(optimizer.param_groups)
+            for group, each in zip(optimizer.param_groups, factors):
+                group["lr"] = group["initial_lr"] * each
             self._factor = factor
 
     def run_batch(self, module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, batch_size: int):
@@ -172,10 +180,8 @@ class StepEngine:
                 f"anomaly detection: {str(err).splitlines()[0]} at step {trainer.global_step}: "
                 "training diverged (a lower optimizer.lr usually helps)"
             ) from None
-        losses = torch.stack(losses)
-        why = divergence(losses, first, module.initial_loss)  # one check per batch: no per-step sync
-        if why:
-            raise TrainingDiverged(why)
+        losses = torch.stack(losses)  # (steps,), or (steps, N) for a population's N members
+        module.check_divergence(losses, first)  # one check per batch: no per-step sync
         return losses
 
     def _lightning_step(self, module, xb, yb) -> torch.Tensor:
@@ -184,7 +190,7 @@ class StepEngine:
         optimizer = module.optimizers()
         loss = self.loss_fn(xb, yb)
         optimizer.zero_grad(set_to_none=True)
-        module.manual_backward(loss)
+        module.manual_backward(objective(loss))
         optimizer.step()
         self.set_lr(optimizer.optimizer, module.trainer.global_step)
         return loss.detach()
@@ -199,7 +205,7 @@ class StepEngine:
         for xb, yb in minibatches:
             loss = self.loss_fn(xb, yb)
             optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
+            (scaler.scale(objective(loss)) if scaler else objective(loss)).backward()
             if clip:
                 if scaler:
                     scaler.unscale_(optimizer)

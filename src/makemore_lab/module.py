@@ -5,7 +5,8 @@ import logging
 import pytorch_lightning as pl
 import torch
 
-from makemore_lab.engine import StepEngine, StepPlan
+from makemore_lab.engine import StepEngine, StepPlan, divergence
+from makemore_lab.errors import TrainingDiverged
 from makemore_lab.losses import batch_loss, training_loss
 from makemore_lab.schedules import constant
 
@@ -69,6 +70,12 @@ class CharLM(pl.LightningModule):
         self.log("lr", self.optimizers().optimizer.param_groups[0]["lr"])
         self.log("step", float(self.global_step))
         return losses[-1]
+
+    def check_divergence(self, losses: torch.Tensor, first_step: int) -> None:
+        """The engine's check of a batch's losses (steps,): a diverged run stops (a population stops a member)."""
+        why = divergence(losses, first_step, self.initial_loss)
+        if why:
+            raise TrainingDiverged(why)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.engine.clip(self, optimizer)  # one step per batch: Lightning calls this after unscaling

@@ -51,10 +51,10 @@ def check_resume_checkpoint(
 
 
 @contextlib.contextmanager
-def stop_cleanly_on_sigint(trainer: pl.Trainer, last: Path):
+def stop_cleanly_on_sigint(trainer: pl.Trainer, last: Path, signals: bool = True):
     """First Ctrl-C: finish the current batch, then stop; a second Ctrl-C aborts at once (exit 130)."""
     stop = {"requested": False}
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+    if not signals or threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
         yield stop
         return
 
@@ -105,13 +105,24 @@ def sigint_restored():
         signal.signal(signal.SIGINT, previous)
 
 
-def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir: Path) -> Segment:
-    """trainer.fit, then save the final weights to last.ckpt. Stops cleanly on Ctrl-C, SIGTERM and divergence."""
+def fit(
+    trainer: pl.Trainer,
+    module,
+    datamodule,
+    ckpt_path: str | None,
+    out_dir: Path,
+    jobs: "JobDirs | None" = None,
+) -> Segment:
+    """trainer.fit, then save the final weights to last.ckpt. Stops cleanly on Ctrl-C, SIGTERM and divergence.
+
+    `jobs`: given when the fit trains a population (population/run.py), whose checkpoint plugin writes each active
+    member's own file for every save at `out_dir`'s paths; it says where a stop is recorded and how it resumes."""
     last = out_dir / "checkpoints" / "last.ckpt"
+    jobs = jobs or JobDirs([out_dir])
     start = time.perf_counter()
     terminated = False
     try:
-        with stop_cleanly_on_sigint(trainer, last) as stop:
+        with stop_cleanly_on_sigint(trainer, last, jobs.signals) as stop:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # data, never code
     except TrainingDiverged as err:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved before it"
@@ -123,33 +134,49 @@ def fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, out_dir:
             raise
         raise TrainingInterrupted(
             f"stopped at step {trainer.global_step} with another rank, whose process group "
-            f"ended; the last saved checkpoint is kept. Resume with: {resume_command(out_dir)}",
+            f"ended; the last saved checkpoint is kept. Resume with: {jobs.resume}",
             exit_code=128 + (signal.SIGUSR2 if stop.get("scheduler") else signal.SIGTERM),
         ) from None
     except OSError as err:  # disk full, read-only or gone
-        raise cannot_write(err, trainer.global_step, out_dir) from None
+        raise jobs.cannot_write(err, trainer.global_step) from None
     seconds = time.perf_counter() - start
     try:
         trainer.save_checkpoint(last, weights_only=False)  # the final (or interrupted) weights, whatever the cadence
     except OSError as err:
-        raise cannot_write(err, trainer.global_step, out_dir) from None
+        raise jobs.cannot_write(err, trainer.global_step) from None
     if stop["requested"] or terminated:
-        record_interrupted_segment(trainer, module, seconds, out_dir)
+        for job_dir in jobs.dirs():
+            record_interrupted_segment(trainer, module, seconds, job_dir)
+    where = f"{jobs.who}stopped at step {trainer.global_step} of {trainer.max_steps}; {jobs.saved}"
     if stop.get("scheduler"):
-        hand_over_to_scheduler(
-            stop["scheduler_handler"],
-            f"stopped at step {trainer.global_step} of {trainer.max_steps}; checkpoint saved",
-            resume_command(out_dir),
-        )
+        hand_over_to_scheduler(stop["scheduler_handler"], where, jobs.resume)
     if stop["requested"] or terminated:
         signal_name, code = ("SIGTERM", 143) if terminated else ("Ctrl-C", 130)
-        raise TrainingInterrupted(
-            f"{signal_name}: stopped at step {trainer.global_step} of {trainer.max_steps}; checkpoint saved. "
-            f"Resume with: {resume_command(out_dir)}",
-            exit_code=code,
-        )
+        raise TrainingInterrupted(f"{signal_name}: {where}. Resume with: {jobs.resume}", exit_code=code)
     first_step = module.first_step  # where this fit began: 0, or the resumed checkpoint's step
     return Segment(trainer.global_step - first_step, seconds, first_step)
+
+
+@dataclass
+class JobDirs:
+    """What fit says and records when it stops: a run is its one dir; a population (population/run.py) overrides
+    these for its members (only those still training are stopped, and recorded)."""
+
+    out_dirs: list[Path]
+    command: str | None = None  # the command that resumes it (a run's: resume_command, made when it stops)
+    who: str = ""  # "population of 4 ": the stop message's subject
+    saved: str = "checkpoint saved"
+    signals: bool = True  # False: the process's signals are another's (a population trained in a worker process)
+
+    @property
+    def resume(self) -> str:
+        return self.command or resume_command(self.out_dirs[0])
+
+    def dirs(self) -> list[Path]:
+        return self.out_dirs
+
+    def cannot_write(self, err: OSError, step: int) -> Exception:
+        return cannot_write(err, step, self.out_dirs[0])
 
 
 def cannot_write(err: OSError, step: int, out_dir: Path) -> UserError:

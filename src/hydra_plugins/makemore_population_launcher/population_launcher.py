@@ -167,8 +167,9 @@ def check_population_settings(config: DictConfig) -> None:
 
 
 def resumes_a_member(job: Job) -> bool:
-    """Whether this job resumes from a population member's checkpoint (no Lightning loop state: a run cannot resume
-    it), as a job whose peers stopped early does: it then trains as a population of one. Reads the checkpoint, so
+    """Whether this job resumes from a population member's checkpoint, as a job whose peers stopped early does: it
+    then trains as a population of one, which carries on the member's own best checkpoint and early-stopping counts
+    (a run's ModelCheckpoint and EarlyStopping would start theirs afresh). Reads the checkpoint, so
     only for a job about to train in this process (a job alone imports torch anyway)."""
     ckpt_path = job.train_config.get("ckpt_path") if job.resolves else None
     if not ckpt_path or not Path(ckpt_path).is_file():
@@ -180,7 +181,7 @@ def resumes_a_member(job: Job) -> bool:
         checkpoint = read_checkpoint(ckpt_path)
     except UserError:  # not one of ours: the job alone says so, in its own words
         return False
-    return "population_member" in checkpoint and "loops" not in checkpoint
+    return "population_member" in checkpoint
 
 
 def why(err: Exception) -> str:

@@ -18,7 +18,6 @@ EXPORTS = {
     "choose_device": "train",
     "set_up": "train",
     "population_refusal": "grouping",
-    "KNOWN_CALLBACKS": "grouping",
 }
 
 

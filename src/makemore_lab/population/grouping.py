@@ -37,41 +37,23 @@ JOB_DIR = "<job dir>"  # what a job's own output dir reads as when configs are c
 SHOWN_DIFFERENCES = 3  # keys named in one reason line; the rest are counted
 
 
-# The callbacks a population honours: last.ckpt's cadence and the best checkpoint (the population saves them), the
-# diagnostics and the sample text (run per member: member.STEP_CALLBACKS), and a progress bar (left out).
-KNOWN_CALLBACKS = {
-    "makemore_lab.callbacks.last_checkpoint.LastCheckpoint",
-    "pytorch_lightning.callbacks.ModelCheckpoint",
-    "makemore_lab.callbacks.step_progress_bar.StepProgressBar",
-    "makemore_lab.diagnostics.Diagnostics",
-    "makemore_lab.callbacks.sample_text.SampleText",
-    "pytorch_lightning.callbacks.EarlyStopping",  # on val/loss, lowest best: each member stops alone
-}
-
-
 def population_refusal(cfg: DictConfig) -> str | None:
     """None if `cfg` can be a member of a population of more than one; otherwise one line why not."""
     trainer = cfg.trainer
     if "ddp" in str(trainer.get("strategy") or "") or trainer.get("devices", 1) not in (1, "1", "auto"):
         return f"trainer.strategy={trainer.get('strategy')}, devices={trainer.get('devices')}: a DDP run is one process per device"
-    if str(trainer.get("precision")) not in ("32", "32-true"):
-        return f"trainer.precision={trainer.precision}: a population trains in 32-bit only"
-    if trainer.get("max_time"):
-        return f"trainer.max_time={trainer.max_time}: a population stops by steps only"
     for name, node in (cfg.get("callbacks") or {}).items():
-        if node and "_target_" in node and node._target_ not in KNOWN_CALLBACKS:
-            return f"callbacks.{name} ({node._target_}): a population runs no Lightning callbacks of its own"
-        if (
-            node
-            and node.get("_target_", "").endswith("EarlyStopping")
-            and (
-                node.get("monitor") != "val/loss"
-                or node.get("mode", "min") != "min"
-                or node.get("stopping_threshold") is not None
-                or node.get("divergence_threshold") is not None
-            )
+        target = (node or {}).get("_target_", "") if node else ""
+        # Each member's best checkpoint and early stopping are its own (run.Population): on its val/loss, lowest best
+        if target.endswith("EarlyStopping") and (
+            node.get("monitor") != "val/loss"
+            or node.get("mode", "min") != "min"
+            or node.get("stopping_threshold") is not None
+            or node.get("divergence_threshold") is not None
         ):
             return f"callbacks.{name}: a population member stops early on val/loss (mode min, patience, min_delta) only"
+        if target.endswith("ModelCheckpoint") and node.get("monitor") not in (None, "val/loss"):
+            return f"callbacks.{name}: a population member keeps its best checkpoint by val/loss only"
     return None
 
 

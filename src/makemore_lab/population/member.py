@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from makemore_lab import commands, config_schema, final_report, logging_media
-from makemore_lab.callbacks.last_checkpoint import LastCheckpoint
 from makemore_lab.callbacks.sample_text import SampleText
-from makemore_lab.checkpoint import net_state_dict, read_checkpoint, save_atomically
+from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.console import not_train_log_only
 from makemore_lab.diagnostics import Diagnostics
 from makemore_lab.errors import TrainingInterrupted
@@ -83,7 +81,8 @@ class Member:
     optimizer: torch.optim.Optimizer | None = None
     loggers: list = field(default_factory=list)
     start_step: int = 0
-    last_every_seconds: float | None = None  # the last_checkpoint callback's cadence (None: no such callback)
+    population_callbacks: list = field(default_factory=list)  # the rest of its callbacks: the population's Trainer's
+    save_to: object = None  # path -> None: writes this member's checkpoint there (the population's Trainer, run.py)
     best_monitor: ModelCheckpoint | None = None  # the model_checkpoint callback's settings (None: not configured)
     early_stopping: EarlyStopping | None = None  # its patience and min_delta (None: trains to max_steps)
     best_path: str = ""
@@ -155,14 +154,14 @@ class Member:
         self.module.net.to(device)
         self.optimizer = self.module.make_optimizer(cfg.trainer.max_steps)
         for callback in callbacks:
-            if isinstance(callback, LastCheckpoint):
-                self.last_every_seconds = callback.every_seconds
-            elif isinstance(callback, ModelCheckpoint) and callback.monitor == "val/loss":
+            if isinstance(callback, ModelCheckpoint) and callback.monitor == "val/loss":
                 self.best_monitor = callback
             elif isinstance(callback, EarlyStopping):  # val/loss, mode min: grouping.population_refusal
                 self.early_stopping = callback
             elif isinstance(callback, STEP_CALLBACKS):
                 self.callbacks.append(callback)
+            else:  # last.ckpt's cadence, a progress bar, a user's own: the first member's train the population
+                self.population_callbacks.append(callback)
         if cfg.get("ckpt_path"):
             self._load(cfg.ckpt_path)
         self.module.start_optimizer(self.optimizer, self.start_step)
@@ -209,36 +208,21 @@ class Member:
         path = self.out_dir / "summary.json"
         return json.loads(path.read_text()) if self.cfg.get("ckpt_path") and path.is_file() else None
 
-    def save(self, path: Path, step: int) -> None:
-        """A plain single-model checkpoint, as a solo run's (the keys sample.py, eval.py and a resume read), written
-        to a temporary file and moved into place so that a kill mid-save never leaves a truncated file."""
-        checkpoint = {
-            "epoch": 0,
-            "global_step": step,
-            "pytorch-lightning_version": pl.__version__,
-            # copies: the member's tensors are rows of the population's, and torch.save writes a view's whole storage
-            # (every member's weights in each member's file)
-            "state_dict": {name: tensor.clone() for name, tensor in self.module.state_dict().items()},
-            "optimizer_states": [self.optimizer.state_dict()],
-            "lr_schedulers": [],
-            "population_member": {
-                "best_path": self.best_path,
-                "best_val": self.best_val,
-                "stale_validations": self.stale_validations,
-                "stopping_best": self.stopping_best,
-            },
-            "callbacks": {c.state_key: c.state_dict() for c in self.callbacks},  # the diagnostics' history
+    def book(self) -> dict:
+        """What a population keeps of this member beyond a run's checkpoint: its best checkpoint and early-stopping
+        counts (run.MemberCheckpointIO writes it into each of its checkpoints)."""
+        return {
+            "best_path": self.best_path,
+            "best_val": self.best_val,
+            "stale_validations": self.stale_validations,
+            "stopping_best": self.stopping_best,
         }
-        self.module.on_save_checkpoint(checkpoint)  # the model config and vocabulary: what rebuilds the net alone
-        save_atomically(checkpoint, path)  # a full disk: an OSError naming `path`, the previous file kept
 
     def save_last(self, step: int) -> None:
-        self.save(self.out_dir / "checkpoints" / "last.ckpt", step)
+        self.save_to(self.out_dir / "checkpoints" / "last.ckpt")
 
     def validated(self, val_loss: float, step: int) -> bool:
         """Record a validation (its log entry, the best checkpoint); returns whether the member should stop early."""
-        for logger in self.loggers:
-            logger.log_metrics({"val/loss": val_loss, "step": float(step)}, step=step)
         # improved, as Lightning's EarlyStopping counts it: by more than min_delta since the last improvement
         min_delta = abs(self.early_stopping.min_delta) if self.early_stopping is not None else 0.0
         if val_loss < self.stopping_best - min_delta:
@@ -248,7 +232,7 @@ class Member:
         if val_loss < self.best_val and self.best_monitor is not None:
             old, name = self.best_path, self.best_monitor.filename.format(step=step) + ".ckpt"
             self.best_path = str(Path(self.best_monitor.dirpath) / name)
-            self.save(Path(self.best_path), step)
+            self.save_to(Path(self.best_path))
             if old and old != self.best_path:
                 Path(old).unlink(missing_ok=True)  # save_top_k=1, as the solo run's ModelCheckpoint keeps
         self.best_val = min(self.best_val, val_loss)

@@ -77,6 +77,9 @@ class PopulationNet(nn.Module):
         a member's own `.grad` (the vectorised SGD step), drop them: backward then hands its gradient over as the
         new `.grad` instead of adding it to zeros (one fill and one add per tensor less, every step). A population
         keeps one of the two for its whole life (Population.plain_sgd)."""
+        if member_views and any(s.grad is None for s in self.stacked_params.values()):
+            self.bind_member_grads()  # dropped since (the Trainer zeroes its module's gradients to None at start)
+            return
         for stacked in self.stacked_params.values():
             if member_views:
                 stacked.grad.zero_()
