@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-from benchmark_population_step import population
+from benchmark_population_step import minibatches, population
 
 from makemore_lab.diagnostics import Diagnostics, figures
+from makemore_lab.losses import training_loss
 
 SETTINGS = {
     "defaults (force_autohint x8, zlib 6)": ({"text.hinting": "force_autohint", "text.hinting_factor": 8}, 6),
@@ -33,8 +34,10 @@ def measured_diagnostics(model: str, out: Path) -> Diagnostics:
     pop = population(model, 2, out)
     for member in pop.members:
         member.start_callbacks()
-    xs, ys = pop.minibatches(0, 1)
-    pop.solo_steps(xs[0], ys[0], 0, pop.members)
+    xs, ys = minibatches(pop, 1)
+    for member in pop.members:  # the solo run's own step 0, as the population makes it where the diagnostics measure
+        training_loss(member.net, xs[0], ys[0], member.module.all_positions).backward()
+        member.optimizer.step()
     return next(c for c in pop.members[0].callbacks if isinstance(c, Diagnostics))
 
 

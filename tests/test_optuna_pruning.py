@@ -221,9 +221,9 @@ def test_the_reporter_prunes_by_the_studys_pruner_but_never_at_the_last_step():
 
 @pytest.mark.slow
 def test_asha_prunes_within_a_batch_under_the_population_launcher(tmp_path, small_names):
-    """Five trials launched as one batch by the population launcher (each job of a search with a pruner trains alone
-    there for now): successive halving compares every trial that reached a rung, running ones included, so the two
-    lrs too small to learn are pruned at the first rung."""
+    """Five trials launched as one batch by the population launcher train as one population, each member reporting
+    to its own trial: successive halving compares every trial that reached a rung, running ones included, so the
+    two lrs too small to learn are pruned at the first rung and stop alone, the others train on."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     result = search(
         tmp_path / "sweep",
@@ -237,6 +237,7 @@ def test_asha_prunes_within_a_batch_under_the_population_launcher(tmp_path, smal
         f"hydra.sweeper.storage={storage}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "as one population of 5" in result.stdout + result.stderr
     trials = optuna.load_study(study_name="makemore", storage=storage).trials
     pruned = {t.params["optimizer.lr"] for t in trials if t.state == TrialState.PRUNED}
     assert pruned and pruned <= {0.0002, 0.0001}  # the losers, and only they

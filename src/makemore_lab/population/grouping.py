@@ -10,6 +10,8 @@ Two jobs share a group when their resolved train configs are equal everywhere ex
   `amsgrad` or `nesterov` (a boolean is not a hyperparameter value but a variant of the algorithm);
 - `model.init` (kaiming / naive / torch), `model.gain`, and every `model.*dropout` number (the folded forward
   drops each member's rows at its own rate: population/folded.py);
+- `optuna_trial.*` (the Optuna sweeper's trial of each job of a search with a pruner: each member reports to its
+  own, and a pruned member stops alone: callbacks/pruning.py);
 - `paths.*` and anything that holds the job's own dir (`paths.output_dir`): a checkpoint dir, the TensorBoard dir,
   `ckpt_path=${paths.output_dir}/checkpoints/last.ckpt` (resuming each member from its own checkpoint).
   Hydra's own keys (`hydra.*`) are not in a train config at all.
@@ -67,8 +69,8 @@ def is_numbers(value) -> bool:
 
 def may_differ(key: str, value) -> bool:
     """True when members of one population may hold different values of `key` (this one being `value`)."""
-    if key in ("seed", "data.seed", "model.init") or key.startswith("paths."):
-        return True
+    if key in ("seed", "data.seed", "model.init") or key.startswith(("paths.", "optuna_trial.")):
+        return True  # optuna_trial: each job's own Optuna trial, which each member reports to
     section, _, name = key.partition(".")
     if section in ("optimizer", "schedule") and "." not in name and not name.startswith("_"):
         return is_numbers(value)

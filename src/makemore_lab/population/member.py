@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
 from makemore_lab import commands, config_schema, final_report, logging_media
+from makemore_lab.callbacks.pruning import Pruning
 from makemore_lab.callbacks.sample_text import SampleText
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.console import not_train_log_only
@@ -82,6 +83,7 @@ class Member:
     loggers: list = field(default_factory=list)
     start_step: int = 0
     population_callbacks: list = field(default_factory=list)  # the rest of its callbacks: the population's Trainer's
+    pruning: object = None  # its Optuna trial's reporter (callbacks/pruning.py), where its search prunes
     save_to: object = None  # path -> None: writes this member's checkpoint there (the population's Trainer, run.py)
     best_monitor: ModelCheckpoint | None = None  # the model_checkpoint callback's settings (None: not configured)
     early_stopping: EarlyStopping | None = None  # its patience and min_delta (None: trains to max_steps)
@@ -162,6 +164,7 @@ class Member:
                 self.callbacks.append(callback)
             else:  # last.ckpt's cadence, a progress bar, a user's own: the first member's train the population
                 self.population_callbacks.append(callback)
+        self.pruning = Pruning.from_config(cfg)
         if cfg.get("ckpt_path"):
             self._load(cfg.ckpt_path)
         self.module.start_optimizer(self.optimizer, self.start_step)
@@ -248,7 +251,12 @@ class Member:
         self.trainer.checkpoint_callback = SimpleNamespace(best_model_path=self.best_path)
         segment = Segment(step - self.start_step, seconds, self.start_step)
         self.result = final_report.report(
-            self.cfg, self.trainer, self.module, self.datamodule, segment, extra={"population_size": population_size}
+            self.cfg,
+            self.trainer,
+            self.module,
+            self.datamodule,
+            segment,
+            extra={"population_size": population_size, **(self.pruning.summary_fields() if self.pruning else {})},
         )
         self.release()
 

@@ -493,7 +493,7 @@ class Population(pl.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         """Each member's val loss (logged by PopulationLM.validation_step), its best checkpoint, and early stopping
-        where its config asks for it."""
+        or its Optuna trial's pruning where its config asks for it: a stopped member ends with its final report."""
         if trainer.sanity_checking:
             return
         step = trainer.global_step
@@ -506,6 +506,8 @@ class Population(pl.Callback):
                 stop = member.validated(val, step) and step < self.max_steps
                 if stop:
                     log.info("early stopping: no better val loss in %d validations", member.stale_validations)
+                elif member.pruning is not None:  # its Optuna trial's pruner (callbacks/pruning.py) may stop it
+                    stop = member.pruning.report(step, val)
             if stop:
                 self.finish(member, step, time.perf_counter() - self.started)
         if not self.active:
