@@ -20,6 +20,7 @@ class MLP(nn.Module):
         batchnorm: bool = False,
         bn_momentum: float = 0.1,
         init: str = "kaiming",
+        gain: float = TANH_GAIN,
     ):
         super().__init__()
         self.block_size = block_size
@@ -29,7 +30,7 @@ class MLP(nn.Module):
         self.norm = nn.BatchNorm1d(n_hidden, momentum=bn_momentum) if batchnorm else nn.Identity()
         self.act = nn.Tanh()
         self.lm_head = nn.Linear(n_hidden, vocab_size)
-        initialize(self, init, gain=TANH_GAIN)
+        initialize(self, init, gain=float(gain))  # the hidden Linear's std gain / sqrt(fan_in)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.wte(idx).flatten(1)  # (B, block_size * n_embd): the concatenated embeddings
