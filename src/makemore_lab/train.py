@@ -36,6 +36,7 @@ from makemore_lab.engine import StepPlan
 from makemore_lab.errors import OverParamBudget, UserError, exit_on_user_error
 from makemore_lab.models import scores_every_position
 from makemore_lab.module import CharLM
+from makemore_lab.population import pbt
 from makemore_lab.run_dir import RunDirLock
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def build_run(
         callbacks.append(ThreadBudget())
     plan = StepPlan.from_config(cfg, callbacks)
     check_final_weights(cfg, callbacks)
+    pbt.check(cfg, population)  # population-based training needs a population
     datamodule = (
         build(cfg.data, "data", steps_per_call=plan.steps_per_batch)
         if shared_data is None

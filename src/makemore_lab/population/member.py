@@ -32,6 +32,7 @@ from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.console import not_train_log_only
 from makemore_lab.diagnostics import Diagnostics
 from makemore_lab.errors import TrainingInterrupted
+from makemore_lab.population.pbt import PBT
 from makemore_lab.resume import Segment
 from makemore_lab.run_dir import RunDirLock
 from makemore_lab.train import build, build_run
@@ -83,6 +84,7 @@ class Member:
     loggers: list = field(default_factory=list)
     start_step: int = 0
     population_callbacks: list = field(default_factory=list)  # the rest of its callbacks: the population's Trainer's
+    lineage: list = field(default_factory=list)  # its PBT exploits: [{step, from, hyperparameters, ...}] (pbt.py)
     pruning: object = None  # its Optuna trial's reporter (callbacks/pruning.py), where its search prunes
     save_to: object = None  # path -> None: writes this member's checkpoint there (the population's Trainer, run.py)
     best_monitor: ModelCheckpoint | None = None  # the model_checkpoint callback's settings (None: not configured)
@@ -168,6 +170,8 @@ class Member:
         if cfg.get("ckpt_path"):
             self._load(cfg.ckpt_path)
         self.module.start_optimizer(self.optimizer, self.start_step)
+        if self.lineage:  # PBT gave it other hyperparameters than its config's: it follows its last ones
+            PBT.apply(self, self.lineage[-1]["hyperparameters"])
         self.loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
         logging_media.prepare(self.loggers)  # as a run's: each logger's run started now, a fault one line
         self.trainer = MemberTrainer(
@@ -200,6 +204,7 @@ class Member:
         self.best_path, self.best_val = state.get("best_path", ""), state.get("best_val", float("inf"))
         self.stale_validations = state.get("stale_validations", 0)
         self.stopping_best = state.get("stopping_best", self.best_val)
+        self.lineage = list(state.get("lineage", []))
         saved = checkpoint.get("callbacks") or {}  # Lightning's layout: a solo run's checkpoint resumes them alike
         for callback in self.callbacks:
             if callback.state_key in saved:
@@ -219,6 +224,7 @@ class Member:
             "best_val": self.best_val,
             "stale_validations": self.stale_validations,
             "stopping_best": self.stopping_best,
+            "lineage": self.lineage,
         }
 
     def save_last(self, step: int) -> None:
@@ -241,7 +247,7 @@ class Member:
         self.best_val = min(self.best_val, val_loss)
         return self.early_stopping is not None and self.stale_validations >= self.early_stopping.patience
 
-    def finish(self, step: int, seconds: float, population_size: int) -> None:
+    def finish(self, step: int, seconds: float, population_size: int, extra: dict | None = None) -> None:
         """The solo run's end: last.ckpt, then final_report's exact losses, samples, hparams and summary.json.
         `seconds` is the population's wall time: the member's steps/s is honest about sharing the machine."""
         self.save_last(step)
@@ -256,7 +262,11 @@ class Member:
             self.module,
             self.datamodule,
             segment,
-            extra={"population_size": population_size, **(self.pruning.summary_fields() if self.pruning else {})},
+            extra={
+                "population_size": population_size,
+                **(self.pruning.summary_fields() if self.pruning else {}),
+                **(extra or {}),
+            },
         )
         self.release()
 

@@ -43,6 +43,7 @@ from makemore_lab.errors import TrainingDiverged, TrainingInterrupted, UserError
 from makemore_lab.losses import batch_loss, training_loss
 from makemore_lab.module import CharLM
 from makemore_lab.population.member import Member
+from makemore_lab.population.pbt import PBT
 from makemore_lab.population.processes import StopFlag, stopping_on_signals
 from makemore_lab.population.stacked import PopulationNet
 from makemore_lab.train import build
@@ -431,6 +432,7 @@ class Population(pl.Callback):
         self.stopped_at = members[0].start_step
         self.module = PopulationLM(self)
         self.trainer: pl.Trainer | None = None
+        self.pbt = PBT(self) if members[0].cfg.get("pbt") else None  # exploit and explore (pbt.py)
 
     @property
     def active(self) -> list[Member]:
@@ -497,10 +499,13 @@ class Population(pl.Callback):
         if trainer.sanity_checking:
             return
         step = trainer.global_step
+        vals = {
+            i: float(trainer.callback_metrics[f"members/{i}/val/loss"]) for i, m in enumerate(self.members) if m.active
+        }
         for i, member in enumerate(self.members):
             if not member.active:
                 continue
-            val = float(trainer.callback_metrics[f"members/{i}/val/loss"])
+            val = vals[i]
             with member.logging_to_train_log():
                 log.info("step %d: val loss %.4f", step, val)
                 stop = member.validated(val, step) and step < self.max_steps
@@ -510,6 +515,8 @@ class Population(pl.Callback):
                     stop = member.pruning.report(step, val)
             if stop:
                 self.finish(member, step, time.perf_counter() - self.started)
+        if self.pbt is not None and self.pbt.due(step):
+            self.pbt.round(step, {i: v for i, v in vals.items() if self.members[i].active}, trainer)
         if not self.active:
             trainer.should_stop = True
 
@@ -540,7 +547,7 @@ class Population(pl.Callback):
                 extra=console.TRAIN_LOG_ONLY,
             )  # the console has the job's own line
             try:
-                member.finish(step, seconds, len(self.members))
+                member.finish(step, seconds, len(self.members), {"pbt": self.pbt.summary(member)} if self.pbt else None)
             except UserError as err:
                 member.fail(err)
             except OSError as err:  # its summary.json or a checkpoint on a full disk
