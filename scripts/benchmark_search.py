@@ -297,12 +297,17 @@ def markdown(merged: list[dict]) -> str:
             continue
         per = f" per repeat, {r['repeats']} repeats" if r["repeats"] > 1 else ""
         stopped = " (stopped at the budget)" if r["stopped"] else ""
-        failed = f"; {r['failed']} failed: {'; '.join(r['notes'])}" if r["failed"] else ""
+        failed = f"; {r['failed']} failed" if r["failed"] else ""
         lines.append(
             f"| {r['model']} | {r['method']} | {mean_std(r['seconds'], 1)}{stopped} | "
             f"{mean_std(r['best_val_loss'], 4)} | {r['trials']} ({r['pruned']}){per}{failed} | {r['member_steps']:,} |"
         )
-    return "\n".join(lines) + "\n"
+    notes = [f"- {r['model']} {r['method']}: {note}" for r in merged if r["seconds"] for note in r["notes"]]
+    return (
+        "\n".join(lines)
+        + "\n"
+        + ("\nNotes (a failed trial's reason, first of its sweep):\n" + "\n".join(notes) + "\n" if notes else "")
+    )
 
 
 def asha_target(merged: list[dict]) -> list[dict]:
