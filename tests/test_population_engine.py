@@ -269,10 +269,13 @@ def test_members_read_one_copy_of_the_corpus(compose_train, small_names, tmp_pat
     assert train(solo)["train_examples"] == first.num_examples("train")
 
 
-def test_members_stop_early_as_lightnings_early_stopping_stops_their_solo_runs(compose_train, small_names, tmp_path):
+def test_members_stop_early_as_lightnings_early_stopping_stops_their_solo_runs(
+    compose_train, small_names, tmp_path, caplog
+):
     """callbacks=[...,early_stopping] (Lightning's EarlyStopping: patience 3, min_delta 0.001): the lr=1e-9 member,
     whose val loss still falls by ~1e-9 a validation, stops alone, at the step its solo run stops at; the learning
     member trains on. A member reads the callback's own patience and min_delta."""
+    caplog.set_level(logging.INFO, logger="makemore_lab.population.run")
     common = [
         "model=mlp",
         f"data.path={small_names}",
@@ -293,6 +296,12 @@ def test_members_stop_early_as_lightnings_early_stopping_stops_their_solo_runs(c
     assert results[0]["steps"] == solo["steps"] == 40  # its first validation, then three without 0.001 better
     assert results[0]["val_loss"] == pytest.approx(solo["val_loss"], abs=1e-6)
     assert results[1]["steps"] == 80
+    # The stopped member's rows are dropped: the learning one goes on alone from step 40 (Population.repack_due),
+    # as its solo run would, and still reports the population it trained in
+    assert "1 members ended; the 1 still training go on as a population of 1 from step 40" in caplog.text
+    alone = train(compose_member(compose_train, tmp_path, "solo_learning", *common, *learning))
+    assert results[1]["val_loss"] == pytest.approx(alone["val_loss"], abs=1e-5)
+    assert results[1]["population_size"] == 2 and "resumed_from_step" not in results[1]
     patient = train_population(
         [compose_member(compose_train, tmp_path, "patient", *common, *stuck, "callbacks.early_stopping.patience=5")]
     )

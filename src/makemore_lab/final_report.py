@@ -2,6 +2,7 @@
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -49,9 +50,8 @@ def hparams_tab(cfg: DictConfig, hparams: dict, overrides=()) -> dict:
     return {"model": hparams["model"], "params": hparams["params"], **chosen} if chosen else hparams
 
 
-def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
-    """Put the best validation checkpoint's weights into `net`; returns the step they were saved at."""
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+def load_best_weights(best: str, net: torch.nn.Module) -> int:
+    """Put the best validation checkpoint's weights (the file `best`) into `net`; returns the step they were saved at."""
     if not best:
         raise UserError("final_weights=best needs the model_checkpoint callback and at least one validation")
     checkpoint = read_checkpoint(best)
@@ -60,7 +60,7 @@ def load_best_weights(trainer: pl.Trainer, net: torch.nn.Module) -> int:
     return checkpoint["global_step"]
 
 
-def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: int, overrides=()) -> dict:
+def final_losses(cfg: DictConfig, end: "RunEnd", net, datamodule, params: int, overrides=()) -> dict:
     """Exact losses on all three splits, logged with the run's hparams. In TensorBoard the val loss is one tag,
     `val/loss`: its last point is the exact final loss (added at the last step unless the last validation gave it)."""
     losses = {split: split_loss(net, datamodule, split) for split in ("train", "val", "test")}
@@ -71,15 +71,15 @@ def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: 
         losses["test"],
         extra=console.job_detail(),
     )
-    seen = getattr(trainer, "callback_metrics", None)  # None: a trainer that does not say (a population member's)
+    seen = end.metrics  # None: a run that does not say (a population member's: its val/loss is logged already)
     validated = None if seen is None else seen.get("val/loss")
     exact_is_last = seen is None or (
         validated is not None and math.isclose(float(validated), losses["val"], rel_tol=1e-5)
     )
     hparams = hparams_for_tensorboard(cfg, params, datamodule.block_size, overrides)
-    for logger in trainer.loggers:
+    for logger in end.loggers:
         final = {"test/loss": losses["test"], **({} if exact_is_last else {"val/loss": losses["val"]})}
-        logger.log_metrics(final, step=trainer.global_step)
+        logger.log_metrics(final, step=end.step)
         logger.log_hyperparams(hparams)
         if isinstance(logger, TensorBoardLogger):  # the HParams tab shows each run's val/loss and test/loss
             tensorboard_events.write_hparams(
@@ -87,15 +87,15 @@ def final_losses(cfg: DictConfig, trainer: pl.Trainer, net, datamodule, params: 
             )
             if seen is not None and validated is None:
                 tensorboard_events.write_text(
-                    logger.experiment, "val/note", no_validation_note(cfg, trainer), trainer.global_step
+                    logger.experiment, "val/note", no_validation_note(cfg, end.step), end.step
                 )
         logger.save()
     return {f"{split}_loss": loss for split, loss in losses.items()}
 
 
-def no_validation_note(cfg: DictConfig, trainer) -> str:
+def no_validation_note(cfg: DictConfig, step: int) -> str:
     return (
-        f"This run ended at step {trainer.global_step}, before its first validation "
+        f"This run ended at step {step}, before its first validation "
         f"(trainer.val_check_interval={cfg.trainer.get('val_check_interval')}): val/loss has one point, the "
         "exact final loss on the whole val split."
     )
@@ -120,15 +120,33 @@ def print_samples(net, datamodule, num_samples: int, seed: int) -> list[str]:
     return samples
 
 
-def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, extra: dict | None = None) -> dict:
+@dataclass(frozen=True)
+class RunEnd:
+    """What a finished fit hands its report: the step it reached, its loggers, the callbacks that add summary
+    fields (`summary_fields()`), its best checkpoint's path, and the metrics its last validation logged (None where
+    they are not the run's own: a population member's)."""
+
+    step: int
+    loggers: list
+    callbacks: list
+    best_path: str = ""
+    metrics: dict | None = None
+
+    @classmethod
+    def of(cls, trainer: pl.Trainer) -> "RunEnd":
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+        return cls(trainer.global_step, trainer.loggers, trainer.callbacks, best, trainer.callback_metrics)
+
+
+def report(cfg: DictConfig, end: RunEnd, module, datamodule, segment, extra: dict | None = None) -> dict:
     """The run's summary.json (written last: its presence means the run finished), returned as a dict.
 
     `segment` is the fit just done (a resumed run reports its own steps and time, not the whole run's); `extra`
     adds fields (a population member's `population_size`).
     """
     net, params = module.net, sum(p.numel() for p in module.net.parameters())
-    final_step = load_best_weights(trainer, net) if cfg.final_weights == "best" else trainer.global_step
-    losses = final_losses(cfg, trainer, net, datamodule, params, module.checkpoint_meta.get("overrides", []))
+    final_step = load_best_weights(end.best_path, net) if cfg.final_weights == "best" else end.step
+    losses = final_losses(cfg, end, net, datamodule, params, module.checkpoint_meta.get("overrides", []))
     check_finite(losses, Path(cfg.paths.output_dir))
     summary = {
         "model": cfg.model_name,
@@ -136,7 +154,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
         "vocab_size": datamodule.vocab_size,
         "block_size": datamodule.block_size,
         **{f"{split}_examples": datamodule.num_examples(split) for split in ("train", "val", "test")},
-        "steps": trainer.global_step,
+        "steps": end.step,
         "final_weights_step": final_step,
         "initial_loss": module.initial_loss,
         "expected_initial_loss": math.log(datamodule.vocab_size),
@@ -151,7 +169,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
     if segment.resumed_from_step:
         summary["resumed_from_step"] = segment.resumed_from_step
     summary.update(extra or {})
-    for callback in trainer.callbacks:  # callbacks that measure something add it here (e.g. the diagnostics' `health`)
+    for callback in end.callbacks:  # callbacks that measure something add it here (e.g. the diagnostics' `health`)
         if hasattr(callback, "summary_fields"):
             summary.update(callback.summary_fields())
     out_dir = Path(cfg.paths.output_dir)
@@ -160,7 +178,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, module, datamodule, segment, ex
     except OSError as err:  # a full disk at the very end: the trained weights are in last.ckpt
         raise UserError(
             f"cannot write {err.filename} ({err.strerror}): the run trained to step "
-            f"{trainer.global_step}, and {last_good(out_dir)}; its losses: "
+            f"{end.step}, and {last_good(out_dir)}; its losses: "
             f"{losses_command(out_dir / 'checkpoints' / 'last.ckpt', datamodule.source)}"
         ) from None
     log.info("summary: %s", Path(cfg.paths.output_dir) / "summary.json", extra=console.job_detail())

@@ -219,7 +219,7 @@ def train_in_run_dir(cfg: DictConfig) -> dict:
             segment = resume.fit(trainer, module, datamodule, cfg.get("ckpt_path"), out_dir)
             if not trainer.is_global_zero:
                 return {}
-            return final_report.report(cfg, trainer, module, datamodule, segment)
+            return final_report.report(cfg, final_report.RunEnd.of(trainer), module, datamodule, segment)
     finally:
         logging_media.finish(loggers if trainer.is_global_zero else [])
 

@@ -19,7 +19,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -60,7 +59,7 @@ class Labelled(logging.Formatter):
 
 @dataclass
 class MemberTrainer:
-    """What the step callbacks and final_report read of a trainer, for one member (a member has no Trainer)."""
+    """What the step callbacks read of a trainer, for one member (their contract: docs/population.md)."""
 
     loggers: list
     optimizers: list
@@ -69,7 +68,6 @@ class MemberTrainer:
     max_steps: int
     global_step: int = 0
     callbacks: list = field(default_factory=list)
-    checkpoint_callback: object = None  # best_model_path, for final_weights=best
     is_global_zero: bool = True
 
 
@@ -254,11 +252,10 @@ class Member:
         self.trainer.global_step = step
         for callback in self.callbacks:  # the health report and figures, before the summary that holds the verdict
             callback.on_train_end(self.trainer, self.module)
-        self.trainer.checkpoint_callback = SimpleNamespace(best_model_path=self.best_path)
         segment = Segment(step - self.start_step, seconds, self.start_step)
         self.result = final_report.report(
             self.cfg,
-            self.trainer,
+            final_report.RunEnd(step, self.loggers, self.callbacks, self.best_path),
             self.module,
             self.datamodule,
             segment,

@@ -393,7 +393,7 @@ class PopulationDirs(resume.JobDirs):
         members = population.members
         super().__init__(
             [m.out_dir for m in members],
-            who=f"population of {len(members)} ",
+            who=f"population of {population.size} ",
             saved="every member's checkpoint saved",
             signals=False,  # the population's StopFlag (its own handlers, or its parent process's)
         )
@@ -422,8 +422,20 @@ class MembersEnded(Exception):
 class Population(pl.Callback):
     """A group of members trained as one by the one Trainer (`fit`), and the callback that keeps each a job."""
 
-    def __init__(self, members: list[Member], device: torch.device, stop: StopFlag | None = None):
+    def __init__(
+        self,
+        members: list[Member],
+        device: torch.device,
+        stop: StopFlag | None = None,
+        before: "Population | None" = None,
+    ):
+        """`before`: the population these members trained in until it repacked them (`fit`): its size, its wall
+        time and its PBT search space carry on."""
         self.members, self.device = members, device
+        self.size = before.size if before else len(members)  # the population_size each member reports
+        self.seconds_before = before.seconds_before + before.seconds if before else 0.0
+        self.seconds = 0.0
+        self.repacking = False
         self.root = members[0].out_dir
         self.max_steps = members[0].cfg.trainer.max_steps
         # Why to stop early: this population's own, with its own signal handlers, or the one shared by populations
@@ -433,6 +445,26 @@ class Population(pl.Callback):
         self.module = PopulationLM(self)
         self.trainer: pl.Trainer | None = None
         self.pbt = PBT(self) if members[0].cfg.get("pbt") else None  # exploit and explore (pbt.py)
+        if self.pbt and before and before.pbt:
+            self.pbt.space = before.pbt.space  # the sweep's values, not only the survivors'
+
+    def train(self) -> None:
+        """fit, and fit the members still training again as a smaller population each time it repacks them."""
+        population, ckpt_path = self, self.members[0].cfg.get("ckpt_path")
+        while True:
+            survivors = population.fit(ckpt_path)
+            if not survivors:
+                return
+            log.info(
+                "population of %d: %d members ended; the %d still training go on as a population of %d from step %d",
+                len(population.members),
+                len(population.members) - len(survivors),
+                len(survivors),
+                len(survivors),
+                population.trainer.global_step,
+            )
+            ckpt_path = str(survivors[0].out_dir / "checkpoints" / "last.ckpt")  # Lightning's loop state: every one's
+            population = Population(survivors, self.device, self.stop, before=population)
 
     @property
     def active(self) -> list[Member]:
@@ -442,8 +474,10 @@ class Population(pl.Callback):
         """The first step >= `step` at which a member's step callback is due (inf if none)."""
         return min([math.inf, *(clock.due_step for m in self.active for clock in m.clocks)])
 
-    def fit(self) -> None:
-        """Train until max_steps, every member stopped, or a signal; every member's result is set at the end."""
+    def fit(self, ckpt_path: str | None) -> list[Member]:
+        """Train until max_steps, every member stopped, or a signal; every member's result is set at the end. Or,
+        where enough members ended that their rows cost more than a restart (`repack`), until then: returns the
+        members still training (each saved), which `train` fits again without the others' rows."""
         first = self.members[0]
         for index, member in enumerate(self.members):
             member.save_to = lambda path, i=index: self.trainer.save_checkpoint(
@@ -465,27 +499,31 @@ class Population(pl.Callback):
                     self.trainer,
                     self.module,
                     PopulationData(self.members),
-                    first.cfg.get("ckpt_path"),
+                    ckpt_path,
                     self.root,
                     PopulationDirs(self),
                 )
             except MembersEnded:
-                return
+                return []
             except TrainingInterrupted as err:  # SIGTERM, which Lightning stops the fit on: every member saved
                 for member in self.active:
                     member.release(err)
                 raise
-        step = self.trainer.global_step
+        step, self.seconds = self.trainer.global_step, segment.seconds
         if self.stop.requested:
             self.interrupted(step, segment.seconds)
+        if self.repacking and self.active and step < self.max_steps:
+            return self.active
         for member in self.active:
-            self.finish(member, step, segment.seconds)
+            self.finish(member, step, self.seconds_before + segment.seconds)
+        return []
 
     # The callback's hooks: what makes each member a job.
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.started = time.perf_counter()
         for member in self.active:
+            member.trainer.global_step = trainer.global_step  # a repacked population starts where it stopped
             member.start_callbacks()
 
     def on_train_batch_end(self, trainer, *args) -> None:
@@ -514,11 +552,20 @@ class Population(pl.Callback):
                 elif member.pruning is not None:  # its Optuna trial's pruner (callbacks/pruning.py) may stop it
                     stop = member.pruning.report(step, val)
             if stop:
-                self.finish(member, step, time.perf_counter() - self.started)
+                self.finish(member, step, self.seconds_before + time.perf_counter() - self.started)
         if self.pbt is not None and self.pbt.due(step):
             self.pbt.round(step, {i: v for i, v in vals.items() if self.members[i].active}, trainer)
         if not self.active:
             trainer.should_stop = True
+        elif self.repack_due(step):  # stop here; `train` fits the others again, without the ended members' rows
+            self.repacking = trainer.should_stop = True
+
+    def repack_due(self, step: int) -> bool:
+        """Whether to drop the ended members' rows (pruned, stopped early, diverged): they cost every step as much
+        as a training member's. A restart (a new Trainer, every member's checkpoint) costs about a second: worth it
+        once a quarter of the rows are idle, with steps still to go."""
+        ended = len(self.members) - len(self.active)
+        return ended >= max(1, len(self.members) // 4) and step < self.max_steps and not self.stop.requested
 
     def diverged(self, member: Member, why: str) -> None:
         last = member.out_dir / "checkpoints" / "last.ckpt"
@@ -547,7 +594,7 @@ class Population(pl.Callback):
                 extra=console.TRAIN_LOG_ONLY,
             )  # the console has the job's own line
             try:
-                member.finish(step, seconds, len(self.members), {"pbt": self.pbt.summary(member)} if self.pbt else None)
+                member.finish(step, seconds, self.size, {"pbt": self.pbt.summary(member)} if self.pbt else None)
             except UserError as err:
                 member.fail(err)
             except OSError as err:  # its summary.json or a checkpoint on a full disk
@@ -559,14 +606,11 @@ class Population(pl.Callback):
         command = sweep_resume_command([m.out_dir for m in self.members])
         if not self.active:  # the signal came after every member had ended (stopped early, failed): nothing stopped
             raise TrainingInterrupted(
-                f"{self.stop.requested} after every member of the population of {len(self.members)} "
+                f"{self.stop.requested} after every member of the population of {self.size} "
                 f"had ended: their results are kept. Continue the sweep with: {command}",
                 exit_code=self.stop.exit_code,
             )
-        where = (
-            f"population of {len(self.members)} stopped at step {step} of {self.max_steps}; every member's "
-            "checkpoint saved"
-        )
+        where = f"population of {self.size} stopped at step {step} of {self.max_steps}; every member's checkpoint saved"
         error = TrainingInterrupted(
             f"{self.stop.requested}: {where}. Resume with: {command}", exit_code=self.stop.exit_code
         )

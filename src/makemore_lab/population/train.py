@@ -36,7 +36,7 @@ def train_population(cfgs: list[DictConfig], stop: StopFlag | None = None) -> li
     for group in populations(members, device):
         log.info("population of %d: %s", len(group), ", ".join(str(m.out_dir) for m in group))
         try:
-            Population(group, device, stop).fit()
+            Population(group, device, stop).train()
         except TrainingInterrupted as err:
             for member in members:
                 if member.active:
