@@ -34,8 +34,8 @@ finished count.
 (sweep_summary.read_jobs, as `summary.md` is made). Best val loss: the lowest `val_loss` of the trials that trained
 every step (a pruned member's is at its rung: not comparable, as Optuna's best ignores PRUNED trials); trials: the
 jobs with a summary.json, and how many of them were pruned; member-steps: the steps every trial trained, summed
-(a pruned member counts its steps until its rung: what pruning saves once pruned members leave the stacked
-population; today they stay in it with lr 0, so the wall time does not drop with them: docs/optuna.md).
+(a pruned member counts its steps until its rung). Once a quarter of a population has ended, it continues as a
+smaller population of the rest (repacking), so the member-steps pruning saves show in ASHA's wall time.
 
 On a CPU, `--threads` (2) is each command's torch threads (threads=N and OMP_NUM_THREADS=N), as in
 scripts/benchmark_population.py; on a machine loaded by other work use `--threads 1`. `--repeats` R runs every method
