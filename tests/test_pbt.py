@@ -155,3 +155,6 @@ def test_a_pbt_sweep_through_train_py_leaves_lineage_in_its_jobs(tmp_path, small
     copied = [job for job in jobs if job["pbt"]["lineage"]]
     assert copied and all(e["step"] in (40, 80) for job in copied for e in job["pbt"]["lineage"])
     assert "pbt: step 40: copied" in (sweep / Path(copied[0]["output_dir"]).name / "train.log").read_text()
+    table = (sweep / "summary.md").read_text()
+    last = copied[0]["pbt"]["lineage"][-1]
+    assert "| pbt: copied |" in table and f"the last of job {last['from']} at step {last['step']}" in table

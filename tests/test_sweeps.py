@@ -291,8 +291,9 @@ def test_every_search_minimises_over_keys_its_model_has(name):
     pytest.importorskip("optuna", reason="needs the optuna extra: pip install -e '.[optuna]'")
     cfg = compose_with_hydra(f"hparams_search={name}")
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
-    assert "optimizer.lr" in sweeper.params and len(sweeper.params) >= 3  # a refining stage may fix the batch
+    assert "optimizer.lr" in sweeper.params
+    if sweeper._target_.endswith("OptunaSweeper"):  # an Optuna search (the others: a grid, e.g. for PBT)
+        assert sweeper.direction == "minimize" and len(sweeper.params) >= 2
     for key in sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, f"{name} searches {key}, which the config does not have"
 

@@ -163,6 +163,7 @@ def summary_rows(jobs: list[dict]) -> tuple[list[str], list[dict]]:
         row["error"] = job["error"] or ""
         pruned = summary.get("pruned") or {}
         row.update({"pruned_step": pruned.get("step"), "pruned_val_loss": pruned.get("val_loss")})
+        row["pbt_copied"] = pbt_note(summary.get("pbt"))
         rows.append(row)
 
     def by_val_loss(row):  # finished jobs, then pruned ones (fewer steps: not comparable), then the rest
@@ -189,6 +190,16 @@ def pruned_note(row: dict) -> str:
     if row.get("pruned_step") is None:
         return ""
     return f"pruned at step {row['pruned_step']:,} (val loss {fmt(row['pruned_val_loss'], '.4f')})"
+
+
+def pbt_note(pbt: dict | None) -> str:
+    """A PBT member's cell (population/pbt.py): the hyperparameters it ended with and whom it copied last."""
+    if not pbt or not pbt.get("lineage"):
+        return ""
+    last = pbt["lineage"][-1]
+    values = ", ".join(f"{key.partition('.')[2]} {value:.3g}" for key, value in pbt["hyperparameters"].items())
+    copies = len(pbt["lineage"])
+    return f"{values}; {copies} cop{'y' if copies == 1 else 'ies'}, the last of job {last['from']} at step {last['step']:,}"
 
 
 def seed_rows(override_keys: list[str], rows: list[dict]) -> list[dict]:
@@ -232,7 +243,8 @@ def write_csv(path: Path, override_keys: list[str], rows: list[dict], seeds: lis
     text = io.StringIO(newline="")
     pruned = list(PRUNED_COLUMNS) if any(row["pruned_step"] is not None for row in rows) else []
     extra = ["n", *(f"{loss}_std" for loss in LOSSES)] if seeds else []
-    fields = ["job", *override_keys, *METRICS, "health", "error", *pruned, *extra]
+    pbt = ["pbt_copied"] if any(row.get("pbt_copied") for row in rows) else []  # only where a PBT member copied another
+    fields = ["job", *override_keys, *METRICS, "health", "error", *pruned, *pbt, *extra]
     writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")  # pruned_*: only where a job was pruned
     writer.writeheader()
     writer.writerows(
@@ -258,6 +270,7 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
     shared = [f"`{k}={rows[0][k]}`" if rows[0][k] else f"`{k}`" for k in override_keys if k not in varying]
     failed = [row for row in rows if row["error"]]
     pruned = [row for row in rows if pruned_note(row)]
+    pbt = any(row.get("pbt_copied") for row in rows)
     unfinished = sum(row["val_loss"] is None and not row["error"] for row in rows)
     lines = [f"# Sweep {sweep_dir}", "", f"{len(rows)} jobs, best val loss first (losses in nats)."]
     if shared:
@@ -266,6 +279,11 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
         lines.append(
             f"{len(pruned)} job(s) pruned (stopped by the Optuna pruner, their last.ckpt kept): listed after the "
             "finished ones, with the step and the last val loss the pruner saw."
+        )
+    if pbt:
+        lines.append(
+            "pbt, copied: the hyperparameters a member ended with, after copying better members (population-based training; "
+            "its columns on the left are the values it started from)."
         )
     if failed:
         lines.append(f"{len(failed)} job(s) failed: listed last, with the reason.")
@@ -301,8 +319,14 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
         + " | ".join(varying)
         + " | params | steps | train_loss | val_loss | test_loss | time (s) | health | "
         + ("pruned | " if pruned else "")
+        + ("pbt: copied | " if pbt else "")
         + "failed |",
-        "|---:|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|---|" + ("---|" if pruned else "") + "---|",
+        "|---:|"
+        + "---|" * len(varying)
+        + "---:|---:|---:|---:|---:|---:|---|"
+        + ("---|" if pruned else "")
+        + ("---|" if pbt else "")
+        + "---|",
     ]
     for row in rows:
         cells = [
@@ -316,6 +340,7 @@ def markdown(sweep_dir: Path, override_keys: list[str], rows: list[dict]) -> str
             fmt(row["time_s"], ".1f"),
             row["health"],
             *([pruned_note(row)] if pruned else []),
+            *([row.get("pbt_copied", "")] if pbt else []),
             row["error"].replace("|", "\\|"),
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

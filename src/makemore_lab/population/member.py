@@ -2,16 +2,18 @@
 
 A member owns what a solo run owns: its config, its run-dir lock, its data module, its CharLM (net, schedule,
 checkpoint metadata, initial loss), its torch optimizer, its loggers, its train.log, and its step callbacks (the
-diagnostics and the sample text, below). The population only decides *when* its optimizer steps; everything a job
-dir holds is written here, through the solo code paths.
+diagnostics and the sample text, below). The population's one Trainer (population/run.py) trains every member;
+what a job dir holds is written here, through the solo code paths.
 
-Step callbacks in a population (the contract for callback authors; docs/population.md). A member has no Lightning
-Trainer, so only the callbacks in STEP_CALLBACKS run, each on its member alone, and they see a `MemberTrainer`
-(the trainer attributes they read, and no others): `on_train_start`, then their `StepClock` hooks on the member's
+Step callbacks in a population (the contract for callback authors; docs/population.md). The callbacks in
+STEP_CALLBACKS run per member, each on its member alone, and they see a `MemberTrainer` (the trainer attributes
+they read, and no others): `on_train_start`, then their `StepClock` hooks on the member's
 own torch optimizer, then `on_train_end` (or `on_exception`). On every step a callback's clock is due at
 (`StepClock.due_step`), the population trains each member with the solo run's own step (its own net's forward and
 backward, its optimizer's `step()`), so forward hooks, gradients and the weights' update are exactly what the
-callback would see in a solo run; on the other steps the clock only counts (`StepClock.count_to`).
+callback would see in a solo run; on the other steps the clock only counts (`StepClock.count_to`). The member's
+other callbacks are the population's Trainer's (`population_callbacks`), except its best checkpoint and early
+stopping on val/loss, which the population keeps per member (`validated`).
 """
 
 import contextlib

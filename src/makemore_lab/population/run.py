@@ -441,6 +441,8 @@ class Population(pl.Callback):
         # Why to stop early: this population's own, with its own signal handlers, or the one shared by populations
         # trained side by side in several processes (population/processes.py), whose handlers are their parent's.
         self.stop, self.owns_stop = (StopFlag(), True) if stop is None else (stop, False)
+        if before is not None:  # a repacked population: the same flag, and whoever held its signal handlers holds them
+            self.stop, self.owns_stop = before.stop, before.owns_stop
         self.stopped_at = members[0].start_step
         self.module = PopulationLM(self)
         self.trainer: pl.Trainer | None = None
