@@ -2,19 +2,17 @@
 ones' weights and optimizer state at a round, explore their hyperparameters, and record their lineage."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import run_script
 from makemore_lab.checkpoint import net_state_dict, read_checkpoint
 from makemore_lab.errors import UserError
 from makemore_lab.population import train_population
 from makemore_lab.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["~callbacks.progress_bar", "~callbacks.diagnostics", "~callbacks.sample_text", "logger=none"]
 COMMON = ["model=mlp", "model.n_hidden=16", "schedule=constant", "pbt=default", "trainer.accelerator=cpu", *QUIET]
 LRS = [0.02, 0.3, 0.1]  # three members: the bottom one copies the top one (quantile 0.25 of 3: one each)
@@ -128,25 +126,18 @@ def test_pbt_refuses_what_cannot_work_in_one_line(compose_train):
 @pytest.mark.slow
 def test_a_pbt_sweep_through_train_py_leaves_lineage_in_its_jobs(tmp_path, small_names):
     sweep = tmp_path / "sweep"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            "hydra/launcher=population",
-            *COMMON,
-            "threads=1",
-            f"data.path={small_names}",
-            "optimizer.lr=0.01,0.03,0.1,0.3",
-            "pbt.interval=40",
-            "trainer.val_check_interval=40",
-            "trainer.max_steps=120",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=population",
+        *COMMON,
+        "threads=1",
+        f"data.path={small_names}",
+        "optimizer.lr=0.01,0.03,0.1,0.3",
+        "pbt.interval=40",
+        "trainer.val_check_interval=40",
+        "trainer.max_steps=120",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "as one population of 4" in result.stdout + result.stderr

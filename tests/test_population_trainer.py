@@ -3,17 +3,14 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from conftest import run_script
 from makemore_lab.population import train_population
 from makemore_lab.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["~callbacks.progress_bar", "~callbacks.diagnostics", "~callbacks.sample_text", "logger=none"]
 COMMON = ["model=mlp", "model.n_hidden=16", "trainer.accelerator=cpu", "threads=1", *QUIET]
 
@@ -67,7 +64,7 @@ class Record(pl.Callback):
 
 
 @pytest.mark.slow
-def test_a_users_own_callback_from_config_dir_trains_with_the_population(tmp_path, small_names):
+def test_a_users_own_callback_from_config_dir_trains_with_the_population(tmp_path, small_names, monkeypatch):
     (tmp_path / "user_callbacks.py").write_text(CALLBACK)
     config_dir = tmp_path / "configs" / "callbacks"
     config_dir.mkdir(parents=True)
@@ -80,57 +77,33 @@ def test_a_users_own_callback_from_config_dir_trains_with_the_population(tmp_pat
             """)
     )
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            f"--config-dir={tmp_path / 'configs'}",
-            "hydra/launcher=population",
-            "callbacks=[default,record]",
-            *COMMON,
-            f"data.path={small_names}",
-            "trainer.max_steps=40",
-            "trainer.val_check_interval=20",
-            "optimizer.lr=0.1,0.2",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")  # the user's module
+    result = run_script(
+        "train.py",
+        "-m",
+        f"--config-dir={tmp_path / 'configs'}",
+        "hydra/launcher=population",
+        "callbacks=[default,record]",
+        *COMMON,
+        f"data.path={small_names}",
+        "trainer.max_steps=40",
+        "trainer.val_check_interval=20",
+        "optimizer.lr=0.1,0.2",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "group 0: job(s) 0,1 as one population of 2" in result.stdout + result.stderr
     # One instance, on the population's Trainer: each member's metrics under members/<i>/ (docs/population.md)
-    assert json.loads(seen.read_text()) == [
-        [
-            20,
-            [
-                "members/0/lr",
-                "members/0/train/loss",
-                "members/0/val/loss",
-                "members/1/lr",
-                "members/1/train/loss",
-                "members/1/val/loss",
-                "step",
-            ],
-        ],
-        [
-            40,
-            [
-                "members/0/lr",
-                "members/0/train/loss",
-                "members/0/val/loss",
-                "members/1/lr",
-                "members/1/train/loss",
-                "members/1/val/loss",
-                "step",
-            ],
-        ],
+    seen_at = [
+        "members/0/lr",
+        "members/0/train/loss",
+        "members/0/val/loss",
+        "members/1/lr",
+        "members/1/train/loss",
+        "members/1/val/loss",
+        "step",
     ]
+    assert json.loads(seen.read_text()) == [[20, seen_at], [40, seen_at]]
     for job in ("0", "1"):
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert summary["population_size"] == 2 and summary["steps"] == 40
