@@ -131,18 +131,18 @@ def test_a_pbt_sweep_through_train_py_leaves_lineage_in_its_jobs(tmp_path, small
         "-m",
         "hydra/launcher=population",
         *COMMON,
-        "threads=1",
+        "threads=2",  # which would cut the group into two populations side by side: PBT keeps it whole
         f"data.path={small_names}",
-        "optimizer.lr=0.01,0.03,0.1,0.3",
+        "optimizer.lr=0.01,0.02,0.03,0.05,0.1,0.2,0.3,0.5",
         "pbt.interval=40",
         "trainer.val_check_interval=40",
         "trainer.max_steps=120",
         f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "as one population of 4" in result.stdout + result.stderr
-    jobs = [summary(sweep / str(i)) for i in range(4)]
-    assert all(job["population_size"] == 4 and "pbt" in job for job in jobs)
+    assert "as one population of 8" in result.stdout + result.stderr and "side by side" not in result.stderr
+    jobs = [summary(sweep / str(i)) for i in range(8)]
+    assert all(job["population_size"] == 8 and "pbt" in job for job in jobs)
     copied = [job for job in jobs if job["pbt"]["lineage"]]
     assert copied and all(e["step"] in (40, 80) for job in copied for e in job["pbt"]["lineage"])
     assert "pbt: step 40: copied" in (sweep / Path(copied[0]["output_dir"]).name / "train.log").read_text()

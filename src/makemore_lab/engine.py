@@ -151,10 +151,11 @@ class StepEngine:
         self.lr_multiplier = lr_multiplier
         self._factor: float | None = None  # the multiplier the optimizer's lr holds now
 
-    def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        """The lr of `step`: a pure function of the step, so a resumed run needs no scheduler state."""
+    def set_lr(self, optimizer: torch.optim.Optimizer, step: int, base_changed: bool = False) -> None:
+        """The lr of `step`: a pure function of the step, so a resumed run needs no scheduler state. `base_changed`:
+        a group's base lr (`initial_lr`) changed since (a resume reloaded it, PBT explored it): write every lr."""
         factor = self.lr_multiplier(step)  # one number, or one per param group (a population's members)
-        if factor != self._factor:  # most schedules change rarely; writing every step would cost time
+        if factor != self._factor or base_changed:  # most schedules change rarely: writing every step costs time
             factors = factor if isinstance(factor, tuple) else [factor] * len(optimizer.param_groups)
             for group, each in zip(optimizer.param_groups, factors):
                 group["lr"] = group["initial_lr"] * each

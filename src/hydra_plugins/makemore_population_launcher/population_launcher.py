@@ -384,7 +384,7 @@ class PopulationLauncher(Launcher):
         budget = threads.budget(cfgs[0].threads)
         on_cpu = processes.trains_on_cpu(cfgs[0].trainer.get("accelerator", "auto"))
         count = min(processes.process_count(self.processes, budget, len(cfgs), on_cpu), len(self.workers or []))
-        if count < 2:
+        if count < 2 or cfgs[0].get("pbt"):  # PBT ranks the whole population: its members train in one process
             return [cfgs]
         share = max(1, budget // count)
         parts = [[processes.with_threads(cfg, share) for cfg in part] for part in processes.split(cfgs, count)]

@@ -124,8 +124,7 @@ class PBT:
             members[loser].lineage.append(entry)
             self.log(members[loser], entry, step)
         module = self.population.module
-        module.engine._factor = None  # every member's lr written afresh from its (new) base lr
-        module.engine.set_lr(optimizer, step)
+        module.engine.set_lr(optimizer, step, base_changed=True)  # every member's lr from its (new) base lr
 
     def copy_state(self, donor, loser) -> None:
         """The donor's weights, BatchNorm statistics and optimizer state become the loser's (its rows of the stacked

@@ -101,8 +101,7 @@ class PopulationLM(CharLM):
 
     def on_train_start(self) -> None:
         self.first_step = self.global_step
-        self.engine._factor = None  # every member's lr written afresh (a resume reloaded their groups)
-        self.engine.set_lr(self.optimizers().optimizer, self.global_step)
+        self.engine.set_lr(self.optimizers().optimizer, self.global_step, base_changed=True)  # a resume reloaded them
         self.hooked = self.global_step
 
     def _minibatch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
