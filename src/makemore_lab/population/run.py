@@ -175,7 +175,7 @@ class PopulationLM(CharLM):
             if member.active:
                 loss, scored = batch_loss(member.net, batch)
                 self.log(f"members/{i}/val/loss", loss, batch_size=scored)
-        self.log("step", float(self.global_step))
+        self.log("step", float(self.global_step), batch_size=1)  # the same in every batch: any weight
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         pass  # each member's file gets its own (MemberCheckpointIO)
