@@ -29,15 +29,16 @@ at >= 0.5x one model's steps/s). `--json` (docs/benchmark_population.json) gains
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+
+from benchmark_record import append_run
 
 from makemore_lab.sweep_summary import read_jobs
 
@@ -233,19 +234,7 @@ def main():
             rows += measure(model, args.steps, args.points, args.launchers, args)
     table = markdown(rows)
     print(table, end="")
-    # one entry per invocation, added to what the file holds: measurements of other models or devices stay
-    runs = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
-    runs.append(
-        {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work)",
-            "command": " ".join(["python", "scripts/benchmark_population.py", *sys.argv[1:]]),
-            "rows": rows,
-            "table": table,
-        }
-    )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    append_run(args.json, "scripts/benchmark_population.py", rows, table)
 
 
 if __name__ == "__main__":

@@ -44,18 +44,17 @@ R times with seeds 0..R-1 (the runs' `seed` and the samplers'); the table shows 
 """
 
 import argparse
-import json
 import math
 import os
-import platform
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from benchmark_record import append_run
 
 from makemore_lab.sweep_summary import read_jobs
 
@@ -372,21 +371,7 @@ def main():
             f"{'met' if t['met'] else 'not met'})"
         )
     if args.json:
-        runs = json.loads(args.json.read_text())["runs"] if args.json.is_file() else []
-        runs.append(
-            {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
-                "command": " ".join(["python", "scripts/benchmark_search.py", *sys.argv[1:]]),
-                "rows": rows,
-                "table": table,
-                "asha_target": targets,
-            }
-        )
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.json.with_name(args.json.name + ".partial")
-        partial.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-        partial.replace(args.json)  # atomic: a stopped benchmark leaves the file as it was
+        append_run(args.json, "scripts/benchmark_search.py", rows, table, asha_target=targets)
 
 
 if __name__ == "__main__":
