@@ -377,8 +377,11 @@ class MemberCheckpointIO(AtomicCheckpointIO):
         member), the members' weights and optimizer states as each member loaded its own (member.set_up)."""
         checkpoint = read_checkpoint(path)
         module = self.population.module
+        ours = {callback.state_key for callback in self.population.trainer.callbacks}
         return {
             **checkpoint,
+            # the population's own callbacks' states; each member's (its diagnostics' history) it loaded itself
+            "callbacks": {k: v for k, v in (checkpoint.get("callbacks") or {}).items() if k in ours},
             "state_dict": module.state_dict(),
             "optimizer_states": [{"members": [m.optimizer.state_dict() for m in self.population.members]}],
             "lr_schedulers": [],
