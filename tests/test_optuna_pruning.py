@@ -263,3 +263,59 @@ def test_a_study_a_job_cannot_reach_is_one_line_and_creates_nothing(tmp_path):
     assert open_trial(storage, "mlp", 0, optuna.pruners.MedianPruner()) is None  # told already: nothing to report to
     with pytest.raises(UserError, match="study 'mlp' has no trial 5 to report to"):
         open_trial(storage, "mlp", 5, optuna.pruners.MedianPruner())
+
+
+@pytest.mark.slow
+def test_an_interrupted_pruned_population_search_is_continued_by_the_command_it_printed(tmp_path, small_names):
+    """Ctrl-C while a batch trains as one population (members pruned by then keep their summary.json): the printed
+    command runs the same trials again in the same sweep dir, each pruned job kept, each interrupted one resumed from its last.ckpt,
+    and the study ends with every trial told (none left RUNNING) and no new trial asked (n_trials counts them)."""
+    import shlex
+    import signal
+
+    from test_interrupt_resume import saved_step, start_train_py, wait_for
+
+    sweep_dir, storage = tmp_path / "sweep", f"sqlite:///{tmp_path / 'study.db'}"
+    proc = start_train_py(
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra/launcher=population",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=4",
+        "hydra/sweeper/pruner=successive_halving",
+        "hydra.sweeper.pruner.min_resource=10",
+        "hydra.sweeper.pruner.reduction_factor=2",
+        f"hydra.sweeper.storage={storage}",
+        "optimizer.lr=choice(0.5,0.3,0.0002,0.0001)",
+        "model.n_hidden=16",
+        "trainer.max_steps=3000",
+        "trainer.val_check_interval=10",
+        "trainer.accelerator=cpu",
+        "~callbacks.progress_bar",
+        "callbacks.last_checkpoint.every_seconds=0.5",
+        "logger=none",
+        "threads=1",
+        f"data.path={small_names}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    for job in range(4):
+        wait_for(sweep_dir / str(job) / "checkpoints" / "last.ckpt", proc, timeout=180)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    [line] = [line for line in err.splitlines() if "Resume with:" in line]
+    stopped = {d.name: saved_step(d / "checkpoints" / "last.ckpt") for d in sweep_dir.glob("[0-9]*")}
+    kept = {
+        d.name: (d / "summary.json").read_bytes() for d in sweep_dir.glob("[0-9]*") if (d / "summary.json").exists()
+    }
+    assert len(kept) < 4  # members still training when stopped (those pruned by then have their summary.json)
+    again = run_script("train.py", *shlex.split(line.split("Resume with: ", 1)[1])[2:], timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing trial(s) 0,1,2,3, interrupted in an earlier run of this sweep" in again.stdout + again.stderr
+    trials = optuna.load_study(study_name="makemore", storage=storage).trials
+    assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for job, summary_bytes in kept.items():
+        assert (sweep_dir / job / "summary.json").read_bytes() == summary_bytes  # a pruned job is kept, not rerun
+    for job in set(stopped) - set(kept):
+        resumed = summary(sweep_dir / job)
+        assert resumed["resumed_from_step"] == stopped[job] < resumed["steps"]

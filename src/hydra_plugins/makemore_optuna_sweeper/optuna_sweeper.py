@@ -209,32 +209,53 @@ class OptunaSweeper(Sweeper):
             f"; pruned by {type(pruner).__name__}" if pruner else "",
         )
 
-        returns = []
+        # Trials an interrupted run of this sweep left RUNNING, with their job dirs here: continued first (each job
+        # resumes from its last.ckpt, or keeps its summary.json), and counted in this command's n_trials
+        interrupted = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if (sweep_dir / str(t.number) / ".hydra").is_dir() and set(t.params) == set(space)
+        ]
+        if interrupted:
+            log.info(
+                "continuing trial(s) %s, interrupted in an earlier run of this sweep",
+                ",".join(str(t.number) for t in interrupted),
+            )
+        returns = [
+            self.run_batch(study, batch, space, fixed, pruner, optuna)
+            for batch in consecutive_batches(interrupted, self.n_jobs)
+        ]
+        n_trials = max(0, n_trials - len(interrupted))
         for start in range(0, n_trials, self.n_jobs):
             trials = [self.ask(study, space, optuna) for _ in range(min(self.n_jobs, n_trials - start))]
-            batch = [
-                [
-                    *fixed.values(),
-                    *(f"{key}={trial.params[key]}" for key in space),
-                    *(trial_override(study, trial) if pruner else []),
-                ]
-                for trial in trials
-            ]
-            self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-            for trial, result in zip(trials, results):
-                value = trial_value(result)
-                pruned = pruned_step(result) if pruner and value is not None else None
-                if value is None:  # a failed job (sweep_policy returns +inf), a crash, or no number: Optuna's FAIL
-                    tell(study, trial, state=optuna.trial.TrialState.FAIL)
-                elif pruned is not None:  # its job stopped when the pruner said so (its last.ckpt is kept)
-                    log.info("trial %d pruned at step %d", trial.number, pruned)
-                    tell(study, trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    tell(study, trial, value)
-            returns.append(results)
+            returns.append(self.run_batch(study, trials, space, fixed, pruner, optuna))
         self._write_results(study, sweep_dir)
         return returns
+
+    def run_batch(self, study, trials: list, space: dict, fixed: dict, pruner, optuna) -> list[JobReturn]:
+        """Launch `trials` (consecutive numbers: job dir N is trial N) as one launcher batch, and tell each its
+        result."""
+        batch = [
+            [
+                *fixed.values(),
+                *(f"{key}={trial.params[key]}" for key in space),
+                *(trial_override(study, trial) if pruner else []),
+            ]
+            for trial in trials
+        ]
+        self.validate_batch_is_legal(batch)
+        results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+        for trial, result in zip(trials, results):
+            value = trial_value(result)
+            pruned = pruned_step(result) if pruner and value is not None else None
+            if value is None:  # a failed job (sweep_policy returns +inf), a crash, or no number: Optuna's FAIL
+                tell(study, trial.number, state=optuna.trial.TrialState.FAIL)
+            elif pruned is not None:  # its job stopped when the pruner said so (its last.ckpt is kept)
+                log.info("trial %d pruned at step %d", trial.number, pruned)
+                tell(study, trial.number, state=optuna.trial.TrialState.PRUNED)
+            else:
+                tell(study, trial.number, value)
+        return results
 
     def check_pruning_reaches_jobs(self, pruner) -> None:
         """A job reports to its trial through the study's storage (makemore_lab.callbacks.pruning): without one,
@@ -438,6 +459,18 @@ def grid_search_space(space: dict) -> dict[str, list]:
                 f"hydra/sweeper/sampler=grid needs a grid: {key} is searched over an interval; use choice() or range()"
             )
     return grid
+
+
+def consecutive_batches(trials: list, size: int) -> list[list]:
+    """`trials` (by number) in batches of at most `size` consecutive numbers (a launcher batch numbers its jobs
+    from its first)."""
+    batches: list[list] = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        if batches and len(batches[-1]) < size and batches[-1][-1].number == trial.number - 1:
+            batches[-1].append(trial)
+        else:
+            batches.append([trial])
+    return batches
 
 
 def tell(study, trial, *args, **kwargs) -> None:
