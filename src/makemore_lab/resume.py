@@ -147,7 +147,7 @@ def fit(
     if stop["requested"] or terminated:
         for job_dir in jobs.dirs():
             record_interrupted_segment(trainer, module, seconds, job_dir)
-    where = f"{jobs.who}stopped at step {trainer.global_step} of {trainer.max_steps}; {jobs.saved}"
+    where = jobs.where(trainer.global_step, trainer.max_steps)
     if stop.get("scheduler"):
         hand_over_to_scheduler(stop["scheduler_handler"], where, jobs.resume)
     if stop["requested"] or terminated:
@@ -174,6 +174,10 @@ class JobDirs:
 
     def dirs(self) -> list[Path]:
         return self.out_dirs
+
+    def where(self, step: int, max_steps: int) -> str:
+        """What a stop says it stopped and saved: `stopped at step S of M; checkpoint saved`."""
+        return f"{self.who}stopped at step {step} of {max_steps}; {self.saved}"
 
     def cannot_write(self, err: OSError, step: int) -> Exception:
         return cannot_write(err, step, self.out_dirs[0])

@@ -496,6 +496,7 @@ class Population(pl.Callback):
             enable_checkpointing=False,  # the members' best checkpoints are this callback's (Member.validated)
             **first.module.engine.plan.trainer_arguments(first.cfg.trainer),
         )
+        self.dirs = PopulationDirs(self)  # what resume.fit and `interrupted` say and record of a stop
         signals = stopping_on_signals(self.stop) if self.owns_stop else contextlib.nullcontext()
         with signals, console.quiet_population_restore():
             try:
@@ -505,7 +506,7 @@ class Population(pl.Callback):
                     PopulationData(self.members),
                     ckpt_path,
                     self.root,
-                    PopulationDirs(self),
+                    self.dirs,
                 )
             except MembersEnded:
                 return []
@@ -607,14 +608,14 @@ class Population(pl.Callback):
     def interrupted(self, step: int, seconds: float) -> None:
         """A stop asked through the StopFlag (Ctrl-C, SIGUSR2, or the parent's signal in a worker): resume.fit has
         saved every training member's last.ckpt."""
-        command = sweep_resume_command([m.out_dir for m in self.members])
+        command = self.dirs.resume
         if not self.active:  # the signal came after every member had ended (stopped early, failed): nothing stopped
             raise TrainingInterrupted(
                 f"{self.stop.requested} after every member of the population of {self.size} "
                 f"had ended: their results are kept. Continue the sweep with: {command}",
                 exit_code=self.stop.exit_code,
             )
-        where = f"population of {self.size} stopped at step {step} of {self.max_steps}; every member's checkpoint saved"
+        where = self.dirs.where(step, self.max_steps)
         error = TrainingInterrupted(
             f"{self.stop.requested}: {where}. Resume with: {command}", exit_code=self.stop.exit_code
         )
