@@ -159,15 +159,15 @@ class PopulationLM(CharLM):
         """Each member's own trainer.gradient_clip_val (torch's clip_grad_norm_ / clip_grad_value_ arithmetic, each
         member over its own gradients: never one norm across members; no clipping is an infinite value)."""
         grads, limits = self.net.grads(), self.clip_values
-        shaped = lambda g: limits.view(-1, *[1] * (g.dim() - 1))
+        rows = lambda per_member, g: per_member.view(-1, *[1] * (g.dim() - 1))  # (N,) against g's (N, ...)
         if gradient_clip_algorithm == "value":
             for g in grads:
-                g.clamp_(-shaped(g), shaped(g))
+                g.clamp_(-rows(limits, g), rows(limits, g))
             return
         norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (N,)
         coef = (limits / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:
-            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+            g.mul_(rows(coef, g))
 
     def validation_step(self, batch, batch_idx):
         """Each member's own net on the batch (eval mode: its own BatchNorm statistics): its solo run's numbers."""
