@@ -454,6 +454,11 @@ class Population(pl.Callback):
 
     def train(self) -> None:
         """fit, and fit the members still training again as a smaller population each time it repacks them."""
+        # the handlers span every fit and the repacks between them: a signal during a repack stops it too
+        with stopping_on_signals(self.stop) if self.owns_stop else contextlib.nullcontext():
+            self.train_repacking()
+
+    def train_repacking(self) -> None:
         population, ckpt_path = self, self.members[0].cfg.get("ckpt_path")
         while True:
             survivors = population.fit(ckpt_path)
@@ -497,8 +502,7 @@ class Population(pl.Callback):
             **first.module.engine.plan.trainer_arguments(first.cfg.trainer),
         )
         self.dirs = PopulationDirs(self)  # what resume.fit and `interrupted` say and record of a stop
-        signals = stopping_on_signals(self.stop) if self.owns_stop else contextlib.nullcontext()
-        with signals, console.quiet_population_restore():
+        with console.quiet_population_restore():
             try:
                 segment = resume.fit(
                     self.trainer,
